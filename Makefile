@@ -1,0 +1,22 @@
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-slow bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m appliance.demo $(DEMO_ARGS)
+
+test: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf .venv .pytest_cache build *.egg-info

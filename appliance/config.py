@@ -1,0 +1,255 @@
+"""Layered TOML configuration, validated into one problem line per mistake (file, key, what is wrong)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from appliance.core.protocol import SITE_ID, SITE_KINDS
+from appliance.core.signing import public_key_from_base64
+
+DEFAULT_FILES = ("/etc/appliance/appliance.toml", "/var/lib/appliance/site.toml")
+REQUIRED = object()
+Check = Callable[[Any], str | None]
+
+
+@dataclass(frozen=True)
+class Key:
+    kind: type | tuple[type, ...]
+    default: Any
+    check: Check | None = None
+
+
+def _choice(*options: str) -> Check:
+    return lambda value: None if value in options else f"must be one of {', '.join(options)}, not {value!r}"
+
+
+def _between(low: float, high: float) -> Check:
+    return lambda value: None if low <= value <= high else f"must be between {low:g} and {high:g}, not {value!r}"
+
+
+def _site_id(value: str) -> str | None:
+    return None if SITE_ID.match(value) else f"{value!r} must match ^[a-z0-9][a-z0-9-]{{0,31}}$"
+
+
+def _broker_url(value: str) -> str | None:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as exc:
+        return f"{value!r} is not a URL ({exc})"
+    if parts.scheme not in ("mqtt", "mqtts"):
+        return f"{value!r} must start with mqtt:// or mqtts://"
+    if not parts.hostname:
+        return f"{value!r} names no host"
+    return None
+
+
+def _topic_prefix(value: str) -> str | None:
+    bad = [char for char in "#+" if char in value]
+    if not value or value.startswith("/") or value.endswith("/") or bad:
+        return f"{value!r} must be a topic path without wildcards or leading/trailing '/'"
+    return None
+
+
+def _timezone(value: str) -> str | None:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"{value!r} is not a known time zone (e.g. Asia/Jakarta)"
+    return None
+
+
+def _hosts(value: list[Any]) -> str | None:
+    if not all(isinstance(host, str) and host for host in value):
+        return "must be a list of host names"
+    return None
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "site": {
+        "id": Key(str, REQUIRED, _site_id),
+        "name": Key(str, ""),
+        "kind": Key(str, "other", _choice(*SITE_KINDS)),
+    },
+    "broker": {
+        "url": Key(str, REQUIRED, _broker_url),
+        "username": Key(str, ""),
+        "password": Key(str, ""),
+        "password_file": Key(str, ""),
+        "ca_file": Key(str, ""),
+        "client_cert_file": Key(str, ""),
+        "client_key_file": Key(str, ""),
+        "keepalive_s": Key(int, 30, _between(5, 3600)),
+        "topic_prefix": Key(str, "rapat/v1", _topic_prefix),
+    },
+    "security": {
+        "console_public_key": Key(str, ""),
+        "allow_unsigned": Key(bool, False),
+        "allowed_media_hosts": Key(list, [], _hosts),
+        "max_command_age_s": Key((int, float), 86400, _between(1, 30 * 86400)),
+    },
+    "panel": {
+        "backend": Key(str, "gpio", _choice("gpio", "mock")),
+        "button_pin": Key(int, 17, _between(0, 27)),
+        "led_pin": Key(int, 27, _between(0, 27)),
+        "hold_s": Key((int, float), 3.0, _between(0.5, 30)),
+    },
+    "camera": {"backend": Key(str, "picamera2", _choice("picamera2", "testsrc", "none"))},
+    "display": {
+        "backend": Key(str, "vlc", _choice("vlc", "none")),
+        "language": Key(str, "id", _choice("id", "en")),
+    },
+    "telemetry": {"interval_s": Key((int, float), 60, _between(5, 86400))},
+    "paths": {
+        "state_dir": Key(str, "/var/lib/appliance"),
+        "control_socket": Key(str, "/run/appliance/control.sock"),
+    },
+    "time": {"timezone": Key(str, "Asia/Jakarta", _timezone)},
+}
+
+SIMULATE_BACKENDS = {("panel", "backend"): "mock", ("camera", "backend"): "testsrc", ("display", "backend"): "vlc"}
+
+
+class ConfigError(Exception):
+    """Raised with every problem found, one per line, so a technician can fix them all at once."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class Config:
+    values: dict[str, dict[str, Any]]
+    sources: dict[tuple[str, str], str] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+    def __getitem__(self, section: str) -> dict[str, Any]:
+        return self.values[section]
+
+    def where(self, section: str, key: str) -> str:
+        return self.sources.get((section, key), self.files[-1] if self.files else "(defaults)")
+
+    def broker_password(self) -> str:
+        broker = self["broker"]
+        if broker["password_file"]:
+            return Path(broker["password_file"]).read_text(encoding="utf-8").strip()
+        return broker["password"]
+
+
+def config_files(explicit: list[str] | None, environ: dict[str, str] | None = None) -> tuple[list[str], bool]:
+    """Which files to read, and whether they were named (named files must exist; defaults may not)."""
+    environ = os.environ if environ is None else environ
+    if explicit:
+        return list(explicit), True
+    if environ.get("APPLIANCE_CONFIG"):
+        return [part for part in environ["APPLIANCE_CONFIG"].split(":") if part], True
+    return [path for path in DEFAULT_FILES if os.path.exists(path)], False
+
+
+def load(paths: list[str], simulate: bool = False) -> Config:
+    """Read, merge key by key (later files win) and validate; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    merged: dict[str, dict[str, Any]] = {}
+    sources: dict[tuple[str, str], str] = {}
+    if not paths:
+        raise ConfigError([f"(none): no configuration file found; looked for {', '.join(DEFAULT_FILES)}"])
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                document = tomllib.load(handle)
+        except OSError as exc:
+            problems.append(f"{path}: cannot read the file ({exc.strerror or exc})")
+            continue
+        except tomllib.TOMLDecodeError as exc:
+            problems.append(f"{path}: not valid TOML ({exc})")
+            continue
+        for section, table in document.items():
+            if section not in SCHEMA:
+                problems.append(f"{path}: [{section}]: unknown section (known: {', '.join(SCHEMA)})")
+                continue
+            if not isinstance(table, dict):
+                problems.append(f"{path}: {section}: must be a table [{section}]")
+                continue
+            for key, value in table.items():
+                if key not in SCHEMA[section]:
+                    problems.append(f"{path}: {section}.{key}: unknown key (known: {', '.join(SCHEMA[section])})")
+                    continue
+                merged.setdefault(section, {})[key] = value
+                sources[(section, key)] = path
+    config = Config({}, sources, list(paths))
+    for section, keys in SCHEMA.items():
+        values = config.values.setdefault(section, {})
+        for key, spec in keys.items():
+            where = config.where(section, key)
+            if key not in merged.get(section, {}):
+                if simulate and (section, key) in SIMULATE_BACKENDS:
+                    values[key] = SIMULATE_BACKENDS[(section, key)]
+                elif spec.default is REQUIRED:
+                    problems.append(f"{where}: {section}.{key}: required but missing")
+                else:
+                    values[key] = spec.default
+                continue
+            value = merged[section][key]
+            if not isinstance(value, spec.kind) or (isinstance(value, bool) and spec.kind is not bool):
+                problems.append(f"{where}: {section}.{key}: expected {_type_name(spec.kind)}, got {value!r}")
+                continue
+            problem = spec.check(value) if spec.check else None
+            if problem:
+                problems.append(f"{where}: {section}.{key}: {problem}")
+                continue
+            values[key] = value
+    problems.extend(_cross_checks(config))
+    if problems:
+        raise ConfigError(problems)
+    config.values["security"]["allowed_media_hosts"] = tuple(config["security"]["allowed_media_hosts"])
+    return config
+
+
+def _cross_checks(config: Config) -> list[str]:
+    problems = []
+    security, broker = config["security"], config["broker"]
+    key_text = security.get("console_public_key", "")
+    if key_text:
+        try:
+            public_key_from_base64(key_text)
+        except ValueError as exc:
+            problems.append(f"{config.where('security', 'console_public_key')}: security.console_public_key: {exc}")
+    elif security.get("allow_unsigned") is False:
+        problems.append(f"{config.where('security', 'console_public_key')}: security.console_public_key: "
+                        "required unless security.allow_unsigned = true")
+    if broker.get("password") and broker.get("password_file"):
+        problems.append(f"{config.where('broker', 'password_file')}: broker.password_file: "
+                        "set either broker.password or broker.password_file, not both")
+    if bool(broker.get("client_cert_file")) != bool(broker.get("client_key_file")):
+        problems.append(f"{config.where('broker', 'client_cert_file')}: broker.client_cert_file: "
+                        "client_cert_file and client_key_file go together")
+    tls_files = [key for key in ("ca_file", "client_cert_file", "client_key_file") if broker.get(key)]
+    if tls_files and str(broker.get("url", "")).startswith("mqtt://"):
+        problems.append(f"{config.where('broker', tls_files[0])}: broker.{tls_files[0]}: "
+                        "TLS files need an mqtts:// broker.url")
+    return problems
+
+
+def file_problems(config: Config) -> list[str]:
+    """Problems with the files the configuration points to; only meaningful on the device itself."""
+    problems = []
+    for key in ("password_file", "ca_file", "client_cert_file", "client_key_file"):
+        path = config["broker"][key]
+        if path and not os.access(path, os.R_OK):
+            reason = "does not exist" if not os.path.exists(path) else "is not readable"
+            problems.append(f"{config.where('broker', key)}: broker.{key}: {path} {reason}")
+    return problems
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "a whole number", float: "a number", bool: "true or false", list: "a list"}
+    if isinstance(kind, tuple):
+        return "a number" if set(kind) == {int, float} else " or ".join(names[item] for item in kind)
+    return names[kind]

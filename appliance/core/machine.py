@@ -1,0 +1,458 @@
+"""The appliance's state machine: events in, effects out, time from an injected clock.
+
+States follow the contract: idle -> meeting_available -> joining -> in_meeting -> leaving -> idle
+(or back to meeting_available when the meeting goes on without us).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.core import led
+from appliance.core.clock import Clock, rfc3339
+from appliance.core.io import (
+    BrokerConnected, BrokerDisconnected, ButtonDown, ButtonUp, Effect, Event, HealthReport, Log,
+    MediaStatus, MessageReceived, NotifyStatus, Publish, PublishDenied, RunSelftest, SaveReplayMemory,
+    SetLed, ShowScreen, StartProgram, StartUplink, StopProgram, StopUplink, TelemetryDue,
+)
+from appliance.core.protocol import (
+    INVALID_STATE, RETAINED_COMMAND, Command, CommandPolicy, CommandRejected, Topics, check_command,
+    identify,
+)
+
+IDLE = "idle"
+MEETING_AVAILABLE = "meeting_available"
+JOINING = "joining"
+IN_MEETING = "in_meeting"
+LEAVING = "leaving"
+STATES = (IDLE, MEETING_AVAILABLE, JOINING, IN_MEETING, LEAVING)
+
+BROKEN_HEALTH = ("missing", "error")
+UPLINK_STOPPED = ("idle", "failed")
+PROGRAM_STOPPED = ("idle", "failed")
+
+
+@dataclass(frozen=True)
+class Meeting:
+    meeting_id: str
+    title: str
+    program_url: str
+    ingest_url: str
+    auto_join: bool = False
+
+
+@dataclass(frozen=True)
+class CoreSettings:
+    site_id: str
+    site_kind: str
+    policy: CommandPolicy
+    site_name: str = ""
+    topic_prefix: str = "rapat/v1"
+    hold_s: float = 3.0
+    camera_enabled: bool = False
+    display_enabled: bool = False
+    version: str = "0.0.0"
+    boot_id: str = ""
+    join_timeout_s: float = 20.0
+    leave_timeout_s: float = 2.0
+    notice_s: float = 6.0
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    message: str
+    effects: list[Effect] = field(default_factory=list)
+
+
+class ApplianceCore:
+    def __init__(self, settings: CoreSettings, clock: Clock, replay_memory: dict[str, float] | None = None) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.topics = Topics(settings.topic_prefix, settings.site_id, settings.site_kind)
+        self.state = IDLE
+        self.meeting: Meeting | None = None
+        self.since = clock.wall()
+        self.started_at = clock.monotonic()
+        self.broker_connected = False
+        self.publish_denied = ""
+        self.reconnects = 0
+        self._connected_once = False
+        self.health: dict[str, str] = {
+            "broker": "error",
+            "panel": "ok",
+            "camera": "missing" if settings.camera_enabled else "disabled",
+            "display": "missing" if settings.display_enabled else "disabled",
+            "uplink": "idle",
+            "program": "idle",
+            "clock": "unsynced",
+        }
+        self._replay = {key: value for key, value in (replay_memory or {}).items() if value > clock.wall()}
+        self._button_down_at: float | None = None
+        self._hold_fired = False
+        self._state_deadline: float | None = None
+        self._leave_reason = ""
+        self._notice: tuple[str, float] | None = None
+        self._effects: list[Effect] = []
+        self._shown: tuple[Any, ...] | None = None
+        self._published: tuple[Any, ...] | None = None
+
+    # --- public API -----------------------------------------------------------------------------
+    def start(self) -> list[Effect]:
+        self._log("info", f"site {self.settings.site_id} starting in state {self.state}")
+        return self._finish()
+
+    def handle(self, event: Event) -> list[Effect]:
+        handler = getattr(self, f"_on_{type(event).__name__}")
+        handler(event)
+        return self._finish()
+
+    def local(self, action: str) -> Outcome:
+        """A request from the local control socket (`appliance join|leave`)."""
+        try:
+            self._require_allowed(action, {})
+        except CommandRejected as refusal:
+            return Outcome(False, refusal.message, self._finish())
+        message = self._apply(action, {})
+        return Outcome(True, message, self._finish())
+
+    def next_deadline(self) -> float | None:
+        deadlines = [self._state_deadline]
+        if self._button_down_at is not None and not self._hold_fired:
+            deadlines.append(self._button_down_at + self.settings.hold_s)
+        if self._notice:
+            deadlines.append(self._notice[1])
+        pending = [deadline for deadline in deadlines if deadline is not None]
+        return min(pending) if pending else None
+
+    def tick(self) -> list[Effect]:
+        now = self.clock.monotonic()
+        if self._button_down_at is not None and not self._hold_fired and now >= self._button_down_at + self.settings.hold_s:
+            self._hold_fired = True
+            self._on_hold()
+        if self._notice and now >= self._notice[1]:
+            self._notice = None
+        if self._state_deadline is not None and now >= self._state_deadline:
+            self._state_deadline = None
+            if self.state == JOINING:
+                self._log("warning", f"join timed out after {self.settings.join_timeout_s:g} s: {self._media_summary()}")
+                self._enter_meeting(degraded=True)
+            elif self.state == LEAVING:
+                self._log("warning", f"media did not stop within {self.settings.leave_timeout_s:g} s; leaving anyway")
+                self._finish_leaving()
+        return self._finish()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            **self._state_payload(),
+            "broker_connected": self.broker_connected,
+            "led": self._led_pattern().name,
+            "screen": self._screen()[0],
+        }
+
+    # --- events ---------------------------------------------------------------------------------
+    def _on_BrokerConnected(self, event: BrokerConnected) -> None:
+        if self._connected_once:
+            self.reconnects += 1
+        self._connected_once = True
+        self.broker_connected = True
+        self.publish_denied = ""
+        self.health["broker"] = "ok"
+        self._published = None  # republish the retained state on every (re)connect
+
+    def _on_BrokerDisconnected(self, event: BrokerDisconnected) -> None:
+        self.broker_connected = False
+        self.health["broker"] = "error"
+        self._log("warning", f"broker connection lost: {event.reason}")
+
+    def _on_PublishDenied(self, event: PublishDenied) -> None:
+        self.publish_denied = f"{event.topic}: {event.reason}"
+        self.health["broker"] = "error"
+        self._log("error", f"broker refused a publish to {event.topic}: {event.reason}")
+
+    def _on_MessageReceived(self, event: MessageReceived) -> None:
+        if event.retained:
+            command_id, command_type = identify(event.payload)
+            self._ack(command_id, command_type, RETAINED_COMMAND, "retained commands are ignored; publish with retain=false")
+            return
+        try:
+            command = check_command(event.payload, self.settings.policy, self.clock.wall(), self._replay.__contains__)
+            self._require_allowed(command.type, command.body)
+        except CommandRejected as refusal:
+            self._log("warning", f"command {refusal.command_id or '?'} refused: {refusal}")
+            self._ack(refusal.command_id, refusal.command_type, refusal.code, refusal.message)
+            return
+        self._remember(command)
+        self._log("info", f"command {command.id} ({command.type}) accepted")
+        self._apply(command.type, command.body)
+        self._ack(command.id, command.type)
+
+    def _on_ButtonDown(self, event: ButtonDown) -> None:
+        if self._button_down_at is None:
+            self._button_down_at = self.clock.monotonic()
+            self._hold_fired = False
+
+    def _on_ButtonUp(self, event: ButtonUp) -> None:
+        if self._button_down_at is None:
+            return
+        was_hold = self._hold_fired
+        self._button_down_at = None
+        self._hold_fired = False
+        if not was_hold:
+            self._on_short_press()
+
+    def _on_MediaStatus(self, event: MediaStatus) -> None:
+        previous = self.health.get(event.kind)
+        self.health[event.kind] = event.status
+        if event.status in ("retrying", "failed") and previous != event.status:
+            self._event("media.error", kind=event.kind, status=event.status, detail=event.detail)
+        if self.state == JOINING and self._media_ready():
+            self._enter_meeting(degraded=False)
+        elif self.state == LEAVING and self._media_stopped():
+            self._finish_leaving()
+
+    def _on_HealthReport(self, event: HealthReport) -> None:
+        if self.health.get(event.component) != event.value and event.value in BROKEN_HEALTH:
+            self._log("error", f"{event.component} is {event.value}: {event.detail}")
+        self.health[event.component] = event.value
+
+    def _on_TelemetryDue(self, event: TelemetryDue) -> None:
+        payload = {
+            "v": 1,
+            "site": self.settings.site_id,
+            "at": rfc3339(self.clock.wall()),
+            "uptime_s": round(self.clock.monotonic() - self.started_at, 1),
+            "boot_id": self.settings.boot_id,
+            "mqtt_reconnects": self.reconnects,
+            "state": self.state,
+            **event.sample,
+        }
+        self._emit(Publish(self.topics.telemetry, payload))
+
+    # --- the panel button -----------------------------------------------------------------------
+    def _on_short_press(self) -> None:
+        if self.state == MEETING_AVAILABLE:
+            self._event("button.press", result="joining")
+            self._begin_join()
+        elif self.state == IDLE:
+            self._event("button.press", result="no_meeting")
+            self._show_notice("no_meeting")
+        else:
+            self._event("button.press", result="ignored")
+            self._show_notice("hold_to_leave" if self.state in (JOINING, IN_MEETING) else "please_wait")
+
+    def _on_hold(self) -> None:
+        if self.state in (JOINING, IN_MEETING):
+            self._event("button.hold", result="leaving")
+            self._begin_leave(reason="button")
+        else:
+            self._event("button.hold", result="ignored")
+            self._show_notice("nothing_to_leave")
+
+    # --- commands -------------------------------------------------------------------------------
+    def _require_allowed(self, action: str, body: dict[str, Any]) -> None:
+        """Raise invalid_state when the current state cannot take `action`."""
+        problem = None
+        if action == "meeting.start":
+            busy = self.state in (JOINING, IN_MEETING, LEAVING)
+            if busy and self.meeting and self.meeting.meeting_id != body["meeting_id"]:
+                problem = f"already in meeting {self.meeting.meeting_id!r}; end it first"
+        elif action == "meeting.end":
+            if self.meeting is None or self.meeting.meeting_id != body["meeting_id"]:
+                current = self.meeting.meeting_id if self.meeting else "none"
+                problem = f"meeting {body['meeting_id']!r} is not the current meeting (current: {current})"
+        elif action == "join":
+            if self.state == IDLE:
+                problem = "no meeting has been announced to this site"
+            elif self.state == LEAVING:
+                problem = "still leaving the previous meeting; try again in a moment"
+        if problem:
+            raise CommandRejected(INVALID_STATE, f"{problem} (state {self.state})")
+
+    def _apply(self, action: str, body: dict[str, Any]) -> str:
+        if action == "meeting.start":
+            meeting = Meeting(body["meeting_id"], body["title"], body["program_url"],
+                              body["ingest_url"].replace("{site}", self.settings.site_id), bool(body.get("auto_join")))
+            if self.state in (IDLE, MEETING_AVAILABLE):
+                self.meeting = meeting
+                self._transition(MEETING_AVAILABLE)
+                if meeting.auto_join:
+                    self._begin_join()
+            return f"meeting {meeting.meeting_id} announced"
+        if action == "meeting.end":
+            if self.state == MEETING_AVAILABLE:
+                self.meeting = None
+                self._transition(IDLE)
+            else:
+                self.meeting = None
+                self._begin_leave(reason="meeting.end")
+            return "meeting ended"
+        if action == "join":
+            if self.state == MEETING_AVAILABLE:
+                self._begin_join()
+                return "joining"
+            return f"already {self.state}"
+        if action == "leave":
+            if self.state in (JOINING, IN_MEETING):
+                self._begin_leave(reason="leave")
+                return "leaving"
+            return f"not in a meeting (state {self.state})"
+        if action == "selftest":
+            self._emit(RunSelftest())
+            return "self-test started"
+        return "pong"
+
+    def _remember(self, command: Command) -> None:
+        now = self.clock.wall()
+        self._replay = {key: expiry for key, expiry in self._replay.items() if expiry > now}
+        self._replay[command.id] = command.expires_at
+        self._emit(SaveReplayMemory(dict(self._replay)))
+
+    def _ack(self, command_id: str | None, command_type: str | None, code: str | None = None, message: str = "") -> None:
+        payload: dict[str, Any] = {
+            "v": 1, "site": self.settings.site_id, "id": command_id, "type": command_type,
+            "ok": code is None, "state": self.state,
+        }
+        if code is not None:
+            payload["error"] = {"code": code, "message": message}
+        payload["at"] = rfc3339(self.clock.wall())
+        self._emit(Publish(self.topics.ack, payload))
+
+    # --- joining and leaving --------------------------------------------------------------------
+    def _begin_join(self) -> None:
+        assert self.meeting is not None
+        self._transition(JOINING)
+        if self.settings.camera_enabled:
+            self._emit(StartUplink(self.meeting.ingest_url))
+        if self.settings.display_enabled:
+            self._emit(StartProgram(self.meeting.program_url))
+        if self._media_ready():
+            self._enter_meeting(degraded=False)
+        else:
+            self._state_deadline = self.clock.monotonic() + self.settings.join_timeout_s
+
+    def _enter_meeting(self, degraded: bool) -> None:
+        self._state_deadline = None
+        self._transition(IN_MEETING)
+        meeting_id = self.meeting.meeting_id if self.meeting else None
+        self._event("meeting.joined", meeting_id=meeting_id, degraded=degraded,
+                    uplink=self.health["uplink"], program=self.health["program"])
+
+    def _begin_leave(self, reason: str) -> None:
+        self._leave_reason = reason
+        self._transition(LEAVING)
+        if self.settings.camera_enabled:
+            self._emit(StopUplink())
+        if self.settings.display_enabled:
+            self._emit(StopProgram())
+        if self._media_stopped():
+            self._finish_leaving()
+        else:
+            self._state_deadline = self.clock.monotonic() + self.settings.leave_timeout_s
+
+    def _finish_leaving(self) -> None:
+        self._state_deadline = None
+        self._event("meeting.left", reason=self._leave_reason)
+        self._transition(MEETING_AVAILABLE if self.meeting else IDLE)
+
+    def _media_ready(self) -> bool:
+        uplink_ok = not self.settings.camera_enabled or self.health["uplink"] == "live"
+        program_ok = not self.settings.display_enabled or self.health["program"] == "playing"
+        return uplink_ok and program_ok
+
+    def _media_stopped(self) -> bool:
+        uplink_ok = not self.settings.camera_enabled or self.health["uplink"] in UPLINK_STOPPED
+        program_ok = not self.settings.display_enabled or self.health["program"] in PROGRAM_STOPPED
+        return uplink_ok and program_ok
+
+    def _media_summary(self) -> str:
+        return f"uplink {self.health['uplink']}, program {self.health['program']}"
+
+    def _transition(self, state: str) -> None:
+        if state != self.state:
+            self._log("info", f"state {self.state} -> {state}")
+            self.state = state
+            self.since = self.clock.wall()
+
+    # --- outputs derived from the state ---------------------------------------------------------
+    def _broken(self) -> bool:
+        return any(self.health[part] in BROKEN_HEALTH for part in ("panel", "camera", "display")) or bool(self.publish_denied)
+
+    def _led_pattern(self) -> led.LedPattern:
+        if self.state == IN_MEETING:
+            return led.ON
+        if self.state in (JOINING, LEAVING):
+            return led.FAST_BLINK
+        if self.state == MEETING_AVAILABLE:
+            return led.SLOW_BLINK
+        if self._broken():
+            return led.DOUBLE_BLINK
+        if not self.broker_connected:
+            return led.BLIP
+        return led.OFF
+
+    def _screen(self) -> tuple[str, dict[str, Any]]:
+        screen = self.state
+        if self.state == IDLE and not self.broker_connected:
+            screen = "broker_unreachable"
+        elif self.state == IDLE and self.health["camera"] in BROKEN_HEALTH:
+            screen = "camera_missing"
+        elif self.state == IN_MEETING and self.health["program"] in ("retrying", "buffering"):
+            screen = "program_reconnecting"
+        info = {
+            "site_name": self.settings.site_name or self.settings.site_id,
+            "title": self.meeting.title if self.meeting else None,
+            "notice": self._notice[0] if self._notice else None,
+            "broker_connected": self.broker_connected,
+            "uplink": self.health["uplink"],
+            "program": self.health["program"],
+            "camera": self.health["camera"],
+        }
+        return screen, info
+
+    def _state_payload(self) -> dict[str, Any]:
+        return {
+            "v": 1,
+            "site": self.settings.site_id,
+            "online": True,
+            "state": self.state,
+            "meeting": {"meeting_id": self.meeting.meeting_id, "title": self.meeting.title} if self.meeting else None,
+            "since": rfc3339(self.since),
+            "version": self.settings.version,
+            "boot_id": self.settings.boot_id,
+            "health": dict(self.health),
+            "at": rfc3339(self.clock.wall()),
+        }
+
+    def _finish(self) -> list[Effect]:
+        """Emit whatever derived output changed, then hand the accumulated effects over."""
+        payload = self._state_payload()
+        fingerprint = (payload["state"], str(payload["meeting"]), str(payload["health"]))
+        if fingerprint != self._published:
+            self._published = fingerprint
+            self._emit(Publish(self.topics.state, payload, retain=True))
+            self._emit(NotifyStatus(f"{self.state}; broker {self.health['broker']}"))
+        screen, info = self._screen()
+        shown = (screen, str(sorted(info.items())), self._led_pattern())
+        if shown != self._shown:
+            if self._shown is None or shown[2] != self._shown[2]:
+                self._emit(SetLed(shown[2]))
+            if self._shown is None or shown[:2] != self._shown[:2]:
+                self._emit(ShowScreen(screen, info))
+            self._shown = shown
+        effects, self._effects = self._effects, []
+        return effects
+
+    def _show_notice(self, notice: str) -> None:
+        self._notice = (notice, self.clock.monotonic() + self.settings.notice_s)
+
+    def _event(self, event_type: str, **fields: Any) -> None:
+        payload = {"v": 1, "site": self.settings.site_id, "at": rfc3339(self.clock.wall()), "type": event_type, **fields}
+        self._emit(Publish(self.topics.event, payload))
+
+    def _log(self, level: str, message: str) -> None:
+        self._emit(Log(level, message))
+
+    def _emit(self, effect: Effect) -> None:
+        self._effects.append(effect)

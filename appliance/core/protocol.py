@@ -1,0 +1,246 @@
+"""The MQTT protocol of the contract: topics, command checks in the contract's order, error codes.
+
+Pure functions over bytes and values; the caller supplies the time and the replay memory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from appliance.core.clock import parse_rfc3339
+from appliance.core.signing import verify_command
+
+PROTOCOL_VERSION = 1
+MAX_PAYLOAD_BYTES = 16 * 1024
+MAX_CLOCK_SKEW_S = 300
+COMMAND_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+SITE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+GROUPS = ("all", "kecamatan", "desa")
+SITE_KINDS = ("kecamatan", "desa", "other")
+MEDIA_SCHEMES = ("rtmp", "rtmps", "rtsp", "rtsps", "srt", "http", "https")
+COMMAND_TYPES = ("meeting.start", "meeting.end", "join", "leave", "selftest", "ping")
+
+# Error codes, in the order the checks run (invalid_state is the state machine's).
+TOO_LARGE = "too_large"
+BAD_JSON = "bad_json"
+UNSUPPORTED_VERSION = "unsupported_version"
+BAD_SCHEMA = "bad_schema"
+UNKNOWN_TYPE = "unknown_type"
+BAD_SIGNATURE = "bad_signature"
+NOT_FOR_THIS_SITE = "not_for_this_site"
+EXPIRED = "expired"
+REPLAYED = "replayed"
+URL_NOT_ALLOWED = "url_not_allowed"
+INVALID_STATE = "invalid_state"
+RETAINED_COMMAND = "retained_command"
+
+
+class Topics:
+    """Every topic one site uses, built once from the prefix, the site id and its kind."""
+
+    def __init__(self, prefix: str, site: str, kind: str) -> None:
+        base = f"{prefix}/site/{site}"
+        self.cmd = f"{base}/cmd"
+        self.state = f"{base}/state"
+        self.ack = f"{base}/ack"
+        self.event = f"{base}/event"
+        self.telemetry = f"{base}/telemetry"
+        self.uptime = f"{base}/uptime"
+        self.selftest = f"{base}/selftest"
+        groups = ["all"] + ([kind] if kind in GROUPS else [])
+        self.group_cmds = [f"{prefix}/group/{group}/cmd" for group in groups]
+
+    @property
+    def subscriptions(self) -> list[str]:
+        return [self.cmd, *self.group_cmds]
+
+
+@dataclass(frozen=True)
+class Command:
+    id: str
+    type: str
+    issued_at: float
+    expires_at: float
+    to: tuple[str, ...]
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CommandPolicy:
+    site_id: str
+    public_key: Ed25519PublicKey | None
+    allow_unsigned: bool = False
+    allowed_media_hosts: tuple[str, ...] = ()
+    max_command_age_s: float = 86400.0
+
+
+@dataclass
+class CommandRejected(Exception):
+    code: str
+    message: str
+    command_id: str | None = None
+    command_type: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+def identify(payload: bytes) -> tuple[str | None, str | None]:
+    """Best-effort id and type of a payload, so even a rejected command's ack can name it."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None, None
+    try:
+        document = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None, None
+    if not isinstance(document, dict):
+        return None, None
+    command_id = document.get("id")
+    command_type = document.get("type")
+    return (
+        command_id if isinstance(command_id, str) and COMMAND_ID.match(command_id) else None,
+        command_type if isinstance(command_type, str) and len(command_type) <= 64 else None,
+    )
+
+
+def check_command(
+    payload: bytes,
+    policy: CommandPolicy,
+    now: float,
+    already_accepted: Callable[[str], bool],
+) -> Command:
+    """Run every check of the contract up to `url_not_allowed`; raise CommandRejected on the first failure."""
+    command_id, command_type = identify(payload)
+
+    def reject(code: str, message: str) -> CommandRejected:
+        return CommandRejected(code, message, command_id, command_type)
+
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise reject(TOO_LARGE, f"payload is {len(payload)} bytes, the limit is {MAX_PAYLOAD_BYTES}")
+    try:
+        document = json.loads(payload.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise reject(BAD_JSON, f"payload is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise reject(BAD_JSON, "payload nests too deeply") from None
+    except ValueError as exc:
+        raise reject(BAD_JSON, f"payload is not JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise reject(BAD_JSON, f"payload is a JSON {type(document).__name__}, not an object")
+    version = document.get("v")
+    if version != PROTOCOL_VERSION or isinstance(version, bool):
+        raise reject(UNSUPPORTED_VERSION, f"v is {version!r}; this device speaks v={PROTOCOL_VERSION}")
+
+    command = _check_envelope(document, reject)
+    if command.type not in COMMAND_TYPES:
+        raise reject(UNKNOWN_TYPE, f"type {command.type!r} is not one of {', '.join(COMMAND_TYPES)}")
+    _check_body(command, reject)
+
+    if not policy.allow_unsigned:
+        if "sig" not in document:
+            raise reject(BAD_SIGNATURE, "command is not signed")
+        if policy.public_key is None or not verify_command(document, policy.public_key):
+            raise reject(BAD_SIGNATURE, "signature does not verify with the console's public key")
+    if "*" not in command.to and policy.site_id not in command.to:
+        raise reject(NOT_FOR_THIS_SITE, f"site {policy.site_id!r} is not in 'to'")
+    if command.issued_at > now + MAX_CLOCK_SKEW_S:
+        raise reject(EXPIRED, f"issued_at is {command.issued_at - now:.0f} s in the future")
+    if command.expires_at <= now:
+        raise reject(EXPIRED, f"expired {now - command.expires_at:.0f} s ago")
+    if command.expires_at - command.issued_at > policy.max_command_age_s:
+        raise reject(EXPIRED, f"validity span exceeds max_command_age_s={policy.max_command_age_s:g}")
+    if already_accepted(command.id):
+        raise reject(REPLAYED, f"command id {command.id!r} was already accepted")
+    for key, url in media_urls(command, policy.site_id).items():
+        problem = url_problem(url, policy.allowed_media_hosts)
+        if problem:
+            raise reject(URL_NOT_ALLOWED, f"body.{key}: {problem}")
+    return command
+
+
+def _check_envelope(document: dict[str, Any], reject: Callable[[str, str], CommandRejected]) -> Command:
+    def need(key: str, kind: type | tuple[type, ...], what: str) -> Any:
+        value = document.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise reject(BAD_SCHEMA, f"{key}: expected {what}, got {_describe(value)}")
+        return value
+
+    command_id = need("id", str, "a string")
+    if not COMMAND_ID.match(command_id):
+        raise reject(BAD_SCHEMA, "id: expected 1-64 of [A-Za-z0-9_.:-]")
+    command_type = need("type", str, "a string")
+    times = {}
+    for key in ("issued_at", "expires_at"):
+        text = need(key, str, "an RFC 3339 time")
+        try:
+            times[key] = parse_rfc3339(text)
+        except ValueError as exc:
+            raise reject(BAD_SCHEMA, f"{key}: {text!r} is not an RFC 3339 time with offset ({exc})") from None
+    to = need("to", list, "a list of site ids")
+    if not to or not all(isinstance(item, str) and (item == "*" or SITE_ID.match(item)) for item in to):
+        raise reject(BAD_SCHEMA, "to: expected a non-empty list of site ids or [\"*\"]")
+    body = need("body", dict, "an object")
+    if "sig" in document and not isinstance(document["sig"], str):
+        raise reject(BAD_SCHEMA, f"sig: expected a base64 string, got {_describe(document['sig'])}")
+    return Command(command_id, command_type, times["issued_at"], times["expires_at"], tuple(to), body)
+
+
+def _check_body(command: Command, reject: Callable[[str, str], CommandRejected]) -> None:
+    body = command.body
+    required: dict[str, type] = {}
+    if command.type == "meeting.start":
+        required = {"meeting_id": str, "title": str, "program_url": str, "ingest_url": str}
+        if "auto_join" in body and not isinstance(body["auto_join"], bool):
+            raise reject(BAD_SCHEMA, f"body.auto_join: expected true or false, got {_describe(body['auto_join'])}")
+    elif command.type == "meeting.end":
+        required = {"meeting_id": str}
+    for key, kind in required.items():
+        if not isinstance(body.get(key), kind) or not body[key]:
+            raise reject(BAD_SCHEMA, f"body.{key}: expected a non-empty string, got {_describe(body.get(key))}")
+    if "meeting_id" in required and not COMMAND_ID.match(body["meeting_id"]):
+        raise reject(BAD_SCHEMA, "body.meeting_id: expected 1-64 of [A-Za-z0-9_.:-]")
+    if command.type == "meeting.start" and len(body["title"]) > 200:
+        raise reject(BAD_SCHEMA, "body.title: longer than 200 characters")
+
+
+def media_urls(command: Command, site_id: str) -> dict[str, str]:
+    """The media URLs a command carries, with `{site}` already replaced by this site's id."""
+    if command.type != "meeting.start":
+        return {}
+    return {
+        "program_url": command.body["program_url"],
+        "ingest_url": command.body["ingest_url"].replace("{site}", site_id),
+    }
+
+
+def url_problem(url: str, allowed_hosts: tuple[str, ...]) -> str | None:
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        return f"{url!r} is not a URL ({exc})"
+    if parts.scheme.lower() not in MEDIA_SCHEMES:
+        return f"scheme {parts.scheme or '(none)'!r} is not one of {', '.join(MEDIA_SCHEMES)}"
+    if not host:
+        return f"{url!r} names no host"
+    if host not in {allowed.lower() for allowed in allowed_hosts}:
+        return f"host {host!r} is not in security.allowed_media_hosts"
+    return None
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "an empty string" if not value else "a string"
+    return {int: "a number", float: "a number", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
