@@ -1,0 +1,1 @@
+"""Thin adapters between the core and the world: MQTT, panel, media, control socket, systemd, storage."""

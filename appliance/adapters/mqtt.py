@@ -1,0 +1,152 @@
+"""The MQTT link: paho-mqtt 2.x, MQTT v5, our own reconnect loop with full-jitter back-off.
+
+paho's callbacks run on the network thread; they only post events to the daemon's loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from appliance.core.backoff import Backoff
+from appliance.core.io import BrokerConnected, BrokerDisconnected, MessageReceived, PublishDenied
+from appliance.core.protocol import Topics
+
+log = logging.getLogger(__name__)
+
+# Commands sent while a site reboots are still delivered (they carry their own expiry).
+SESSION_EXPIRY_S = 3600
+MAX_QUEUED_MESSAGES = 1000
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def describe_connect_error(exc: BaseException, url: str) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate of {url} not trusted ({exc.verify_message}); check broker.ca_file"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake with {url} failed ({exc.reason or exc}); check broker.ca_file and client certificate"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"{url} refused the connection (is the broker running?)"
+    return f"cannot reach {url}: {exc}"
+
+
+class MqttLink:
+    def __init__(
+        self,
+        *,
+        site_id: str,
+        topics: Topics,
+        broker: dict[str, Any],
+        password: str,
+        post: Callable[[Any], None],
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.url = broker["url"]
+        parts = urlsplit(self.url)
+        self.host = parts.hostname or ""
+        self.tls = parts.scheme == "mqtts"
+        self.port = parts.port or (8883 if self.tls else 1883)
+        self.keepalive = int(broker["keepalive_s"])
+        self.topics = topics
+        self._post = post
+        self._backoff = backoff or Backoff()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._inflight: dict[int, str] = {}  # touched only on the daemon's loop thread
+
+        client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id=f"appliance-{site_id}", protocol=paho.MQTTv5
+        )
+        if broker["username"]:
+            client.username_pw_set(broker["username"], password or None)
+        if self.tls:
+            client.tls_set(
+                ca_certs=broker["ca_file"] or None,
+                certfile=broker["client_cert_file"] or None,
+                keyfile=broker["client_key_file"] or None,
+            )
+        offline = {"v": 1, "site": site_id, "online": False, "state": "offline"}
+        client.will_set(topics.state, encode(offline), qos=1, retain=True)
+        client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        self.client = client
+
+    # --- called from the daemon's loop thread ---------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        self._thread.start()
+
+    def publish(self, topic: str, payload: dict[str, Any], retain: bool = False) -> None:
+        info = self.client.publish(topic, encode(payload), qos=1, retain=retain)
+        if info.rc == paho.MQTT_ERR_SUCCESS or info.rc == paho.MQTT_ERR_NO_CONN:
+            self._inflight[info.mid] = topic
+        else:
+            log.warning("publish to %s not queued: %s", topic, paho.error_string(info.rc))
+
+    def publish_done(self, mid: int, reason: ReasonCode) -> None:
+        topic = self._inflight.pop(mid, "?")
+        if reason.is_failure:
+            self._post(PublishDenied(topic, str(reason)))
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Leave cleanly but let the broker publish our will, so the fleet sees `offline` at once."""
+        self._stop.set()
+        if self.client.is_connected():
+            with_will = ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
+            self.client.disconnect(reasoncode=with_will)
+        if self._thread:
+            self._thread.join(timeout)
+
+    # --- the network thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        while not self._stop.is_set():
+            try:
+                self.client.connect(self.host, self.port, self.keepalive, clean_start=False, properties=properties)
+            except (OSError, ssl.SSLError) as exc:
+                self._post(BrokerDisconnected(describe_connect_error(exc, self.url)))
+            else:
+                while not self._stop.is_set():
+                    if self.client.loop(timeout=1.0) != paho.MQTT_ERR_SUCCESS:
+                        break
+                if self._stop.is_set():
+                    # Flush the DISCONNECT packet that stop() queued.
+                    self.client.loop(timeout=0.2)
+                    break
+            delay = self._backoff.next_delay()
+            log.info("reconnecting to %s in %.1f s", self.url, delay)
+            self._stop.wait(delay)
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any) -> None:
+        if reason.is_failure:
+            self._post(BrokerDisconnected(f"{self.url} refused the session: {reason}"))
+            return
+        self._backoff.reset()
+        client.subscribe([(topic, 1) for topic in self.topics.subscriptions])
+        self._post(BrokerConnected())
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any) -> None:
+        if not self._stop.is_set():
+            self._post(BrokerDisconnected(f"disconnected from {self.url}: {reason}"))
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        self._post(MessageReceived(message.topic, bytes(message.payload), bool(message.retain)))
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
+        self._post(lambda: self.publish_done(mid, reason))

@@ -1,0 +1,110 @@
+"""What the system says about itself, read from /proc and /sys; None wherever it says nothing."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+THROTTLED_SYSFS = Path("/sys/devices/platform/soc/soc:firmware/get_throttled")
+# Bits of the Pi firmware's get_throttled word (documented for `vcgencmd get_throttled`).
+THROTTLE_FLAGS = {
+    "under_voltage": 0, "freq_capped": 1, "throttled": 2, "soft_temp_limit": 3,
+    "under_voltage_occurred": 16, "freq_capped_occurred": 17, "throttled_occurred": 18,
+    "soft_temp_limit_occurred": 19,
+}
+TIME_ERROR = 5  # adjtimex(2): the kernel clock is not synchronised
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def system_uptime_s() -> float | None:
+    try:
+        return float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_temp_c() -> float | None:
+    try:
+        return round(int(Path("/sys/class/thermal/thermal_zone0/temp").read_text()) / 1000, 1)
+    except (OSError, ValueError):
+        return None
+
+
+def mem_available_mb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def disk_free_mb(path: str) -> float | None:
+    try:
+        return round(shutil.disk_usage(path).free / 2**20, 1)
+    except OSError:
+        return None
+
+
+def throttled() -> dict[str, Any] | None:
+    word = _throttled_word()
+    if word is None:
+        return None
+    return {"raw": hex(word), **{name: bool(word >> bit & 1) for name, bit in THROTTLE_FLAGS.items()}}
+
+
+def _throttled_word() -> int | None:
+    try:
+        return int(THROTTLED_SYSFS.read_text().strip(), 16)
+    except (OSError, ValueError):
+        pass
+    if shutil.which("vcgencmd"):
+        try:
+            out = subprocess.run(["vcgencmd", "get_throttled"], capture_output=True, text=True, timeout=2).stdout
+            return int(out.strip().split("=")[1], 16)
+        except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+            return None
+    return None
+
+
+def clock_synced() -> bool | None:
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return None
+    try:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        timex = ctypes.create_string_buffer(512)  # struct timex with modes = 0: read only
+        state = libc.adjtimex(timex)
+    except (OSError, AttributeError):
+        return None
+    return None if state < 0 else state != TIME_ERROR
+
+
+def load1() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def telemetry_sample(state_dir: str) -> dict[str, Any]:
+    return {
+        "system_uptime_s": system_uptime_s(),
+        "cpu_temp_c": cpu_temp_c(),
+        "load1": load1(),
+        "mem_available_mb": mem_available_mb(),
+        "disk_free_mb": disk_free_mb(state_dir),
+        "throttled": throttled(),
+    }

@@ -1,0 +1,1 @@
+"""appliance-console: the central operator's CLI for the whole fleet (sites, keys, broker, meetings)."""

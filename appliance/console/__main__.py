@@ -1,0 +1,3 @@
+from appliance.console.cli import main
+
+raise SystemExit(main())

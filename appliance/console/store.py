@@ -1,0 +1,228 @@
+"""The console's SQLite database: sites with their broker credentials, settings, commands sent."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from appliance.console.errors import BadInput
+from appliance.console.passwords import hash_password
+from appliance.core.clock import rfc3339
+from appliance.core.protocol import SITE_ID, SITE_KINDS
+
+CONSOLE_USERNAME = "_console"  # can never be a site id: site ids start with [a-z0-9]
+
+# The 25 kecamatan of Banyuwangi; road distance to the regency office where it is known.
+KECAMATAN: dict[str, float | None] = {
+    "Bangorejo": None, "Banyuwangi": None, "Blimbingsari": None, "Cluring": None, "Gambiran": None,
+    "Genteng": None, "Giri": None, "Glagah": None, "Glenmore": None, "Kabat": None,
+    "Kalibaru": 60.0, "Kalipuro": None, "Licin": None, "Muncar": None, "Pesanggaran": 62.0,
+    "Purwoharjo": None, "Rogojampi": None, "Sempu": None, "Siliragung": None, "Singojuruh": None,
+    "Songgon": None, "Srono": None, "Tegaldlimo": None, "Tegalsari": None, "Wongsorejo": 27.9,
+}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sites (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('kecamatan', 'desa', 'other')),
+    distance_km REAL,
+    password TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    password_changed_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS commands (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    target TEXT NOT NULL,
+    meeting_id TEXT,
+    payload TEXT NOT NULL,
+    sent_at TEXT NOT NULL,
+    results TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class Site:
+    id: str
+    name: str
+    kind: str
+    distance_km: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "kind": self.kind, "distance_km": self.distance_km}
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def check_site(site_id: str, name: str, kind: str, distance: str | float | None) -> tuple[list[str], float | None]:
+    """Problems with one site's fields (empty when fine), and the distance as a number."""
+    problems = []
+    if not SITE_ID.match(site_id or ""):
+        problems.append(f"id {site_id!r} must match ^[a-z0-9][a-z0-9-]{{0,31}}$ (lower-case letters, digits, '-')")
+    if not (name or "").strip():
+        problems.append("name is empty")
+    elif len(name) > 100:
+        problems.append("name is longer than 100 characters")
+    if kind not in SITE_KINDS:
+        problems.append(f"kind {kind!r} must be one of {', '.join(SITE_KINDS)}")
+    value = None
+    if distance not in (None, ""):
+        try:
+            value = float(distance)  # type: ignore[arg-type]
+        except ValueError:
+            problems.append(f"distance_km {distance!r} is not a number")
+        else:
+            if not 0 <= value <= 1000 or value != value:
+                problems.append(f"distance_km {distance!r} must be between 0 and 1000")
+                value = None
+    return problems, value
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        fresh = not self.path.exists()
+        self.db = sqlite3.connect(self.path, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        if fresh:
+            self.path.chmod(0o600)
+        with self.transaction():
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+            if self.get_meta("seeded") is None:
+                for name, distance in KECAMATAN.items():
+                    self._insert(name.lower(), f"Kecamatan {name}", "kecamatan", distance)
+                self.set_meta("seeded", rfc3339(time.time()))
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # --- settings -------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row["value"]) if row else None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    # --- sites ----------------------------------------------------------------------------------
+    def sites(self, ids: list[str] | None = None, kind: str | None = None) -> list[Site]:
+        rows = self.db.execute("SELECT id, name, kind, distance_km FROM sites ORDER BY id").fetchall()
+        sites = [Site(row["id"], row["name"], row["kind"], row["distance_km"]) for row in rows]
+        if kind is not None:
+            sites = [site for site in sites if site.kind == kind]
+        if ids is not None:
+            by_id = {site.id: site for site in sites}
+            unknown = [site_id for site_id in ids if site_id not in by_id]
+            if unknown:
+                raise BadInput(f"unknown site{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)} "
+                               "(see `appliance-console sites list`)")
+            sites = [by_id[site_id] for site_id in dict.fromkeys(ids)]
+        return sites
+
+    def site(self, site_id: str) -> Site:
+        return self.sites([site_id])[0]
+
+    def credentials(self) -> dict[str, tuple[str, str]]:
+        """username -> (password, mosquitto hash) for every site and the console itself."""
+        rows = self.db.execute("SELECT id, password, password_hash FROM sites ORDER BY id").fetchall()
+        result = {row["id"]: (row["password"], row["password_hash"]) for row in rows}
+        console = self.get_meta("console_credentials")
+        if console:
+            result[CONSOLE_USERNAME] = (console["password"], console["hash"])
+        return result
+
+    def site_password(self, site_id: str) -> str:
+        self.site(site_id)
+        return self.db.execute("SELECT password FROM sites WHERE id = ?", (site_id,)).fetchone()["password"]
+
+    def _insert(self, site_id: str, name: str, kind: str, distance: float | None) -> None:
+        password = new_password()
+        now = rfc3339(time.time())
+        self.db.execute(
+            "INSERT INTO sites (id, name, kind, distance_km, password, password_hash, created_at, password_changed_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (site_id, name, kind, distance, password, hash_password(password), now, now),
+        )
+
+    def add_site(self, site_id: str, name: str, kind: str, distance: str | float | None) -> Site:
+        problems, value = check_site(site_id, name, kind, distance)
+        if problems:
+            raise BadInput(f"site {site_id!r} not added", problems)
+        with self.transaction():
+            if self.db.execute("SELECT 1 FROM sites WHERE id = ?", (site_id,)).fetchone():
+                raise BadInput(f"site {site_id!r} already exists; nothing changed")
+            self._insert(site_id, name.strip(), kind, value)
+        return Site(site_id, name.strip(), kind, value)
+
+    def remove_site(self, site_id: str) -> None:
+        with self.transaction():
+            if self.db.execute("DELETE FROM sites WHERE id = ?", (site_id,)).rowcount == 0:
+                raise BadInput(f"unknown site: {site_id}; nothing changed")
+
+    def upsert_sites(self, rows: list[Site]) -> dict[str, list[str]]:
+        """Add new sites and update the name, kind and distance of known ones, all or nothing."""
+        result: dict[str, list[str]] = {"added": [], "updated": [], "unchanged": []}
+        with self.transaction():
+            for site in rows:
+                old = self.db.execute("SELECT name, kind, distance_km FROM sites WHERE id = ?", (site.id,)).fetchone()
+                if old is None:
+                    self._insert(site.id, site.name, site.kind, site.distance_km)
+                    result["added"].append(site.id)
+                elif (old["name"], old["kind"], old["distance_km"]) == (site.name, site.kind, site.distance_km):
+                    result["unchanged"].append(site.id)
+                else:
+                    self.db.execute("UPDATE sites SET name = ?, kind = ?, distance_km = ? WHERE id = ?",
+                                    (site.name, site.kind, site.distance_km, site.id))
+                    result["updated"].append(site.id)
+        return result
+
+    def rotate_password(self, site_id: str) -> str:
+        self.site(site_id)
+        password = new_password()
+        with self.transaction():
+            self.db.execute("UPDATE sites SET password = ?, password_hash = ?, password_changed_at = ? WHERE id = ?",
+                            (password, hash_password(password), rfc3339(time.time()), site_id))
+        return password
+
+    # --- commands -------------------------------------------------------------------------------
+    def record_command(self, command: dict[str, Any], target: str) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO commands (id, type, target, meeting_id, payload, sent_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (command["id"], command["type"], target, command["body"].get("meeting_id"),
+                 json.dumps(command, ensure_ascii=False), rfc3339(time.time())),
+            )
+
+    def record_results(self, command_id: str, results: list[dict[str, Any]]) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE commands SET results = ? WHERE id = ?", (json.dumps(results), command_id))
+
+    def last_meeting(self) -> dict[str, Any] | None:
+        row = self.db.execute(
+            "SELECT payload FROM commands WHERE type = 'meeting.start' ORDER BY sent_at DESC, rowid DESC LIMIT 1"
+        ).fetchone()
+        return json.loads(row["payload"]) if row else None
