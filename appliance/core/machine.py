@@ -178,10 +178,13 @@ class ApplianceCore:
             return
         try:
             command = check_command(event.payload, self.settings.policy, self.clock.wall(), self._replay.__contains__)
+        except CommandRejected as refusal:
+            self._refuse(refusal.command_id, refusal.command_type, refusal)
+            return
+        try:
             self._require_allowed(command.type, command.body)
         except CommandRejected as refusal:
-            self._log("warning", f"command {refusal.command_id or '?'} refused: {refusal}")
-            self._ack(refusal.command_id, refusal.command_type, refusal.code, refusal.message)
+            self._refuse(command.id, command.type, refusal)
             return
         self._remember(command)
         self._log("info", f"command {command.id} ({command.type}) accepted")
@@ -255,7 +258,7 @@ class ApplianceCore:
         """Raise invalid_state when the current state cannot take `action`."""
         problem = None
         if action == "meeting.start":
-            busy = self.state in (JOINING, IN_MEETING, LEAVING)
+            busy = self.state in (JOINING, IN_MEETING)
             if busy and self.meeting and self.meeting.meeting_id != body["meeting_id"]:
                 problem = f"already in meeting {self.meeting.meeting_id!r}; end it first"
         elif action == "meeting.end":
@@ -279,6 +282,8 @@ class ApplianceCore:
                 self._transition(MEETING_AVAILABLE)
                 if meeting.auto_join:
                     self._begin_join()
+            elif self.state == LEAVING:
+                self.meeting = meeting  # offered again as soon as the old one is left
             return f"meeting {meeting.meeting_id} announced"
         if action == "meeting.end":
             if self.state == MEETING_AVAILABLE:
@@ -308,6 +313,10 @@ class ApplianceCore:
         self._replay = {key: expiry for key, expiry in self._replay.items() if expiry > now}
         self._replay[command.id] = command.expires_at
         self._emit(SaveReplayMemory(dict(self._replay)))
+
+    def _refuse(self, command_id: str | None, command_type: str | None, refusal: CommandRejected) -> None:
+        self._log("warning", f"command {command_id or '?'} refused: {refusal}")
+        self._ack(command_id, command_type, refusal.code, refusal.message)
 
     def _ack(self, command_id: str | None, command_type: str | None, code: str | None = None, message: str = "") -> None:
         payload: dict[str, Any] = {
@@ -431,7 +440,9 @@ class ApplianceCore:
         fingerprint = (payload["state"], str(payload["meeting"]), str(payload["health"]))
         if fingerprint != self._published:
             self._published = fingerprint
-            self._emit(Publish(self.topics.state, payload, retain=True))
+            # Offline, a state would only queue up stale; the reconnect publishes the current one.
+            if self.broker_connected:
+                self._emit(Publish(self.topics.state, payload, retain=True))
             self._emit(NotifyStatus(f"{self.state}; broker {self.health['broker']}"))
         screen, info = self._screen()
         shown = (screen, str(sorted(info.items())), self._led_pattern())

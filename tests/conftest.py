@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.support.broker import Mosquitto
+from tests.support.site import ConsoleKey, DaemonProcess, Observer, site_config
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    server = Mosquitto(tmp_path / "broker").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def console_key() -> ConsoleKey:
+    return ConsoleKey()
+
+
+@pytest.fixture
+def observer(broker: Mosquitto) -> Iterator[Observer]:
+    client = Observer(broker.port)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def start_site(tmp_path: Path, broker: Mosquitto, console_key: ConsoleKey) -> Iterator:
+    """Start real daemons for sites on the test's broker; every one is stopped afterwards."""
+    started: list[DaemonProcess] = []
+
+    def start(site: str = "kalibaru", kind: str = "kecamatan", extra: str = "", env: dict | None = None) -> DaemonProcess:
+        config = site_config(tmp_path, site, broker.url, console_key.public_b64, kind=kind, extra=extra)
+        daemon = DaemonProcess(config, env).start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()

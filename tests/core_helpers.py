@@ -1,0 +1,66 @@
+"""Build a core on a fake clock and drive it the way the daemon would."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from appliance.core import io
+from appliance.core.clock import FakeClock
+from appliance.core.machine import ApplianceCore, CoreSettings
+from appliance.core.protocol import CommandPolicy
+from tests.support.site import ConsoleKey, meeting_body
+
+SITE = "kalibaru"
+KEY = ConsoleKey()
+
+
+def make_core(*, camera: bool = False, display: bool = False, clock: FakeClock | None = None,
+              replay: dict[str, float] | None = None, allow_unsigned: bool = False) -> tuple[ApplianceCore, FakeClock]:
+    clock = clock or FakeClock()
+    settings = CoreSettings(
+        site_id=SITE, site_kind="kecamatan", site_name="Kecamatan Kalibaru",
+        policy=CommandPolicy(SITE, KEY.private.public_key(), allow_unsigned, ("127.0.0.1",), 86400),
+        camera_enabled=camera, display_enabled=display, version="test", boot_id="boot",
+    )
+    core = ApplianceCore(settings, clock, replay)
+    core.start()
+    core.handle(io.BrokerConnected())
+    return core, clock
+
+
+def command(core: ApplianceCore, command_type: str, body: dict[str, Any] | None = None, **kwargs: Any) -> tuple[dict, list]:
+    """Send a signed command at the core's own time; return its ack and all effects."""
+    signed = KEY.command(command_type, body, issued_at=core.clock.wall(), **kwargs)
+    effects = core.handle(io.MessageReceived(f"rapat/v1/site/{SITE}/cmd", json.dumps(signed).encode()))
+    return ack_of(effects), effects
+
+
+def announce(core: ApplianceCore, meeting_id: str = "m1", auto_join: bool = False) -> dict:
+    return command(core, "meeting.start", meeting_body(meeting_id, auto_join=auto_join))[0]
+
+
+def ack_of(effects: list) -> dict:
+    acks = [e.payload for e in effects if isinstance(e, io.Publish) and e.topic.endswith("/ack")]
+    assert len(acks) == 1, effects
+    return acks[0]
+
+
+def published(effects: list, suffix: str) -> list[dict]:
+    return [e.payload for e in effects if isinstance(e, io.Publish) and e.topic.endswith(suffix)]
+
+
+def events(effects: list) -> list[str]:
+    return [payload["type"] for payload in published(effects, "/event")]
+
+
+def press(core: ApplianceCore, clock: FakeClock, seconds: float = 0.2) -> list:
+    """A finger on the button: down, time passes (deadlines fire as the loop would fire them), up."""
+    effects = core.handle(io.ButtonDown())
+    end = clock.monotonic() + seconds
+    while (deadline := core.next_deadline()) is not None and deadline <= end:
+        clock.advance(max(0.0, deadline - clock.monotonic()))
+        effects += core.tick()
+    clock.advance(max(0.0, end - clock.monotonic()))
+    effects += core.handle(io.ButtonUp())
+    return effects
