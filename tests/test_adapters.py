@@ -1,0 +1,115 @@
+"""Adapters on their own: raw sd_notify, atomic state files, the panel on gpiozero mock pins, back-off."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from appliance.adapters.panel import Panel
+from appliance.adapters.storage import ReplayStore, write_atomic
+from appliance.adapters.systemd import Notifier
+from appliance.core import led
+from appliance.core.backoff import Backoff
+from appliance.core.io import ButtonDown, ButtonUp, HealthReport
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_raw_notify_datagram(tmp_path: Path, abstract: bool) -> None:
+    name = f"@rapat-test-{os.getpid()}" if abstract else str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name[1:] if abstract else name)
+        notifier = Notifier({"NOTIFY_SOCKET": name, "WATCHDOG_USEC": "30000000"})
+        notifier._systemd_notify = None  # the path used where systemd-python is not installed
+        notifier.ready()
+        notifier.status("idle")
+        sock.settimeout(2)
+        assert sock.recv(100) == b"READY=1"
+        assert sock.recv(100) == b"STATUS=idle"
+    assert notifier.watchdog_interval_s == 15.0
+
+
+def test_notifier_off_without_systemd() -> None:
+    notifier = Notifier({})
+    assert notifier.notify("READY=1") is False and notifier.watchdog_interval_s is None
+    assert Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}).watchdog_interval_s is None
+
+
+def test_atomic_write_leaves_old_or_new(tmp_path: Path) -> None:
+    target = tmp_path / "state" / "file.json"
+    write_atomic(target, b"old")
+    assert target.read_bytes() == b"old" and target.stat().st_mode & 0o777 == 0o600
+
+    class Boom(Exception):
+        pass
+
+    original = os.replace
+    os.replace = lambda *a: (_ for _ in ()).throw(Boom())  # a crash just before the rename
+    try:
+        with pytest.raises(Boom):
+            write_atomic(target, b"new")
+    finally:
+        os.replace = original
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in target.parent.iterdir()] == ["file.json"]  # no temporary left behind
+
+
+def test_replay_store_round_trip_and_damage(tmp_path: Path) -> None:
+    store = ReplayStore(str(tmp_path))
+    assert store.load() == {}
+    store.save({"a": 1.5})
+    assert store.load() == {"a": 1.5}
+    store.path.write_text("{half")
+    assert store.load() == {}
+
+
+def test_panel_button_edges_and_led_pattern_on_mock_pins() -> None:
+    factory = MockFactory()
+    posted: list = []
+    panel = Panel("mock", 17, 27, posted.append, pin_factory=factory)
+    panel.open()
+    try:
+        assert HealthReport("panel", "ok") in posted
+        button = factory.pin(17)
+        button.drive_low()
+        button.drive_high()
+        assert [type(e) for e in posted if isinstance(e, (ButtonDown, ButtonUp))] == [ButtonDown, ButtonUp]
+        led_pin = factory.pin(27)
+        panel.show(led.ON)
+        time.sleep(0.05)
+        assert led_pin.state
+        panel.show(led.FAST_BLINK)
+        time.sleep(0.7)
+        changes = [s.state for s in led_pin.states[-6:]]
+        assert True in changes and False in changes
+        panel.show(led.OFF)
+        time.sleep(0.15)
+        assert not led_pin.state
+    finally:
+        panel.close()
+
+
+def test_panel_missing_hardware_is_reported_not_fatal() -> None:
+    posted: list = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GPIOZERO_PIN_FACTORY", "no-such-factory")
+        panel = Panel("gpio", 17, 27, posted.append)
+        panel.open()
+    assert posted and posted[0].component == "panel" and posted[0].value == "missing"
+    panel.show(led.ON)  # harmless without an LED
+    panel.close()
+
+
+def test_backoff_full_jitter_capped() -> None:
+    draws = iter([1.0 - 1e-9] * 20)
+    backoff = Backoff(base_s=1, cap_s=60, rand=lambda: next(draws))
+    ceilings = [round(backoff.next_delay()) for _ in range(9)]
+    assert ceilings == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    backoff.reset()
+    assert Backoff(rand=lambda: 0.0).next_delay() == 0.0
+    spread = {round(Backoff().next_delay(), 3) for _ in range(50)}
+    assert len(spread) > 40  # 242 sites do not pick the same moment
