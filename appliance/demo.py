@@ -1,0 +1,297 @@
+"""`make demo`: a local broker, one simulated site and a console-side script, all on this machine.
+
+The script announces a signed meeting, presses the (mock) button, and shows every step live: state,
+LED, acks and events. `--interactive` lets a person press the button with Enter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+
+from appliance.adapters.control import NoDaemon, request
+from appliance.core.clock import rfc3339
+from appliance.core.signing import generate_private_key, public_key_to_base64, sign_command
+
+SITE = "kalibaru"
+PREFIX = "rapat/v1"
+COLOURS = {"state": "36", "ack": "32", "event": "35", "led": "33", "console": "1", "telemetry": "2"}
+
+
+class Screen:
+    """Timestamped, coloured lines (colour only on a terminal)."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.colour = sys.stdout.isatty()
+        self.lock = threading.Lock()
+
+    def line(self, tag: str, text: str) -> None:
+        stamp = f"{time.monotonic() - self.start:6.2f}s"
+        label = f"{tag:<9}"
+        if self.colour:
+            label = f"\033[{COLOURS.get(tag, '0')}m{label}\033[0m"
+        with self.lock:
+            print(f"{stamp} {label} {text}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    if not shutil.which("mosquitto"):
+        sys.exit("demo: mosquitto is not installed; run `make setup` first")
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return broker, port
+        except OSError:
+            time.sleep(0.05)
+    sys.exit("demo: mosquitto did not start")
+
+
+def write_site_config(workdir: Path, port: int, public_key: str) -> Path:
+    config = workdir / "site.toml"
+    config.write_text(f"""[site]
+id = "{SITE}"
+name = "Kecamatan Kalibaru"
+kind = "kecamatan"
+[broker]
+url = "mqtt://127.0.0.1:{port}"
+[security]
+console_public_key = "{public_key}"
+allowed_media_hosts = ["127.0.0.1"]
+[panel]
+backend = "mock"
+[camera]
+backend = "none"
+[display]
+backend = "none"
+[telemetry]
+interval_s = 15
+[paths]
+state_dir = "{workdir / 'state'}"
+control_socket = "{workdir / 'control.sock'}"
+""")
+    return config
+
+
+class ConsoleSide:
+    """What the central console does, in miniature: sign, publish, and watch the site's topics."""
+
+    def __init__(self, port: int, screen: Screen) -> None:
+        self.key = generate_private_key()
+        self.screen = screen
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+        self.changed = threading.Condition()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="demo-console", protocol=paho.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(f"{PREFIX}/site/{SITE}/#", qos=1)
+        self.client.loop_start()
+
+    @property
+    def public_key(self) -> str:
+        return public_key_to_base64(self.key.public_key())
+
+    def _on_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
+        kind = message.topic.rsplit("/", 1)[-1]
+        if kind == "cmd":
+            return
+        try:
+            payload = json.loads(message.payload)
+        except ValueError:
+            return
+        self.screen.line(kind, summarise(kind, payload))
+        with self.changed:
+            self.seen.append((kind, payload))
+            self.changed.notify_all()
+
+    def send(self, command_type: str, body: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        command = sign_command({
+            "v": 1, "id": f"demo-{uuid.uuid4().hex[:10]}", "type": command_type,
+            "issued_at": rfc3339(now), "expires_at": rfc3339(now + 600), "to": [SITE], "body": body,
+        }, self.key)
+        self.screen.line("console", f"send {command_type} {command['id']} (signed, Ed25519)")
+        self.resend(command)
+        return command
+
+    def resend(self, command: dict[str, Any]) -> None:
+        self.client.publish(f"{PREFIX}/site/{SITE}/cmd", json.dumps(command), qos=1)
+
+    def wait(self, kind: str, predicate: Any, timeout: float = 15.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                for seen_kind, payload in self.seen:
+                    if seen_kind == kind and predicate(payload):
+                        return payload
+                if not self.changed.wait(max(0.0, deadline - time.monotonic())):
+                    raise TimeoutError(f"no {kind} message matched within {timeout} s")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def summarise(kind: str, payload: dict[str, Any]) -> str:
+    if kind == "state":
+        if not payload.get("online"):
+            return "site OFFLINE (last will)"
+        meeting = payload.get("meeting") or {}
+        return f"{payload['state']:<18} meeting={meeting.get('title', '-')}  broker={payload['health']['broker']}"
+    if kind == "ack":
+        outcome = "ok" if payload["ok"] else f"REFUSED {payload['error']['code']}: {payload['error']['message']}"
+        return f"{payload['type']} {payload['id']}: {outcome} (state {payload.get('state')})"
+    if kind == "event":
+        extra = {k: v for k, v in payload.items() if k not in ("v", "site", "at", "type")}
+        return f"{payload['type']} {extra}"
+    if kind == "telemetry":
+        return f"uptime {payload['uptime_s']} s, load {payload['load1']}, mem {payload['mem_available_mb']} MB"
+    return json.dumps(payload)[:120]
+
+
+class LedWatcher(threading.Thread):
+    """Polls the daemon's status over its control socket and prints every LED change."""
+
+    def __init__(self, socket_path: str, screen: Screen) -> None:
+        super().__init__(daemon=True)
+        self.socket_path, self.screen = socket_path, screen
+        self.stop = threading.Event()
+        self.history: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop.wait(0.1):
+            try:
+                pattern = request(self.socket_path, {"cmd": "status"}, timeout=2)["status"]["led"]
+            except (NoDaemon, KeyError):
+                continue
+            if not self.history or self.history[-1] != pattern:
+                self.history.append(pattern)
+                self.screen.line("led", LED_WORDS.get(pattern, pattern))
+
+
+LED_WORDS = {
+    "off": "off (idle, connected)", "blip": "blip every 3 s (broker unreachable)",
+    "slow_blink": "slow blink 1 Hz (a meeting is available: press the button)",
+    "fast_blink": "fast blink (joining / leaving)", "on": "steady on (in the meeting)",
+    "double_blink": "double blink (something is broken)",
+}
+
+
+def press(socket_path: str, screen: Screen, hold: float | None = None) -> None:
+    body: dict[str, Any] = {"cmd": "press"}
+    if hold:
+        body["hold"] = hold
+    screen.line("console", f"{'hold' if hold else 'press'} the button{f' for {hold:g} s' if hold else ''} (mock GPIO pin)")
+    reply = request(socket_path, body)
+    screen.line("console", f"  -> {reply.get('message', reply.get('error'))}, state {reply.get('state')}")
+
+
+def run_demo(interactive: bool, keep: bool) -> int:
+    screen = Screen()
+    workdir = Path(tempfile.mkdtemp(prefix="rapat-demo-"))
+    broker, port = start_broker(workdir)
+    console = ConsoleSide(port, screen)
+    config = write_site_config(workdir, port, console.public_key)
+    screen.line("console", f"broker on 127.0.0.1:{port}; site config {config}")
+    daemon_log = open(workdir / "daemon.log", "wb")
+    daemon = subprocess.Popen([sys.executable, "-m", "appliance", "run", "--config", str(config)],
+                              stdout=daemon_log, stderr=daemon_log)
+    socket_path = str(workdir / "control.sock")
+    leds = LedWatcher(socket_path, screen)
+    try:
+        console.wait("state", lambda p: p.get("online") and p["state"] == "idle")
+        leds.start()
+        time.sleep(0.5)
+        announcement = console.send("meeting.start", {
+            "meeting_id": "musrenbang-2026", "title": "Musrenbang Kecamatan",
+            "program_url": "srt://127.0.0.1:9000", "ingest_url": "rtmp://127.0.0.1/live/{site}", "auto_join": False,
+        })
+        console.wait("state", lambda p: p.get("state") == "meeting_available")
+        screen.line("console", "an attacker replays the same signed command:")
+        console.resend(announcement)
+        console.wait("ack", lambda p: p.get("error", {}).get("code") == "replayed")
+        time.sleep(2.2)  # long enough to watch the slow blink
+        if interactive:
+            interactive_loop(socket_path, screen)
+        else:
+            press(socket_path, screen)
+            console.wait("state", lambda p: p.get("state") == "in_meeting")
+            time.sleep(1.5)
+            press(socket_path, screen, hold=3.2)
+            console.wait("event", lambda p: p.get("type") == "meeting.left")
+        console.send("meeting.end", {"meeting_id": "musrenbang-2026"})
+        console.wait("state", lambda p: p.get("state") == "idle" and p.get("meeting") is None)
+        time.sleep(0.5)
+    except TimeoutError as exc:
+        screen.line("console", f"DEMO FAILED: {exc}; daemon log: {workdir / 'daemon.log'}")
+        return 1
+    finally:
+        leds.stop.set()
+        daemon.terminate()
+        daemon.wait(10)
+        time.sleep(0.3)
+        console.close()
+        broker.terminate()
+        broker.wait(5)
+        daemon_log.close()
+    print_summary(console, leds, screen)
+    if not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"kept {workdir} (site.toml, daemon.log, state/)")
+    return 0
+
+
+def interactive_loop(socket_path: str, screen: Screen) -> None:
+    print("\n  Enter = press the button   h + Enter = hold it (leave)   q + Enter = end the meeting\n", flush=True)
+    for line in sys.stdin:
+        choice = line.strip().lower()
+        if choice == "q":
+            return
+        press(socket_path, screen, hold=3.2 if choice == "h" else None)
+
+
+def print_summary(console: ConsoleSide, leds: LedWatcher, screen: Screen) -> None:
+    states = [p["state"] for kind, p in console.seen if kind == "state"]
+    acks = [p for kind, p in console.seen if kind == "ack"]
+    events = [p["type"] for kind, p in console.seen if kind == "event"]
+    print("\nSummary", flush=True)
+    print(f"  states seen : {' -> '.join(states)}")
+    print(f"  LED         : {' -> '.join(leds.history)}")
+    print(f"  acks        : {sum(a['ok'] for a in acks)} ok, {sum(not a['ok'] for a in acks)} refused")
+    print(f"  events      : {', '.join(events)}")
+    print(f"  time        : {time.monotonic() - screen.start:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m appliance.demo", description=__doc__)
+    parser.add_argument("--interactive", action="store_true", help="press the button yourself with Enter")
+    parser.add_argument("--keep", action="store_true", help="keep the working directory and logs")
+    args = parser.parse_args(argv)
+    return run_demo(args.interactive, args.keep)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
