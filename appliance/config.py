@@ -100,10 +100,25 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "led_pin": Key(int, 27, _between(0, 27)),
         "hold_s": Key((int, float), 3.0, _between(0.5, 30)),
     },
-    "camera": {"backend": Key(str, "picamera2", _choice("picamera2", "testsrc", "none"))},
+    "camera": {
+        "backend": Key(str, "picamera2", _choice("picamera2", "testsrc", "none")),
+        # 720p30 at 1.5 Mbit/s: a meeting room, within a Pi 4's hardware encoder and a village uplink.
+        "width": Key(int, 1280, _between(160, 1920)),
+        "height": Key(int, 720, _between(120, 1080)),
+        "fps": Key(int, 30, _between(5, 60)),
+        "bitrate_kbps": Key(int, 1500, _between(100, 20000)),
+        "audio_device": Key(str, "default"),  # ALSA capture device; "" = no microphone (silent track)
+    },
     "display": {
         "backend": Key(str, "vlc", _choice("vlc", "none")),
         "language": Key(str, "id", _choice("id", "en")),
+        "output": Key(str, "drm", _choice("drm", "x11", "headless")),
+        "drm_connector": Key(str, "HDMI-A-1"),
+        "width": Key(int, 1280, _between(160, 3840)),   # screens are drawn at this size, then scaled
+        "height": Key(int, 720, _between(120, 2160)),
+        "network_caching_ms": Key(int, 200, _between(0, 10000)),
+        "audio_device": Key(str, ""),  # ALSA output for the program's sound; "" = VLC's default
+        "frames_dir": Key(str, ""),    # headless only: where display.jpg snapshots go
     },
     "telemetry": {"interval_s": Key((int, float), 60, _between(5, 86400))},
     "paths": {
@@ -113,7 +128,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "time": {"timezone": Key(str, "Asia/Jakarta", _timezone)},
 }
 
-SIMULATE_BACKENDS = {("panel", "backend"): "mock", ("camera", "backend"): "testsrc", ("display", "backend"): "vlc"}
+SIMULATE_BACKENDS = {("panel", "backend"): "mock", ("camera", "backend"): "testsrc", ("display", "backend"): "vlc",
+                     ("display", "output"): "headless"}
 
 
 class ConfigError(Exception):

@@ -59,7 +59,7 @@ class Daemon:
             boot_id=sysinfo.boot_id(),
         )
         self.replay_store = ReplayStore(config["paths"]["state_dir"])
-        self.core = ApplianceCore(settings, self.clock, self.replay_store.load())
+        self.core = ApplianceCore(settings, self.clock, self.replay_store.load(self.clock.wall()))
         self.notifier = Notifier()
         self.panel = Panel(config["panel"]["backend"], config["panel"]["button_pin"], config["panel"]["led_pin"], post)
         self.camera = self._backend(create_camera, "camera")
@@ -147,8 +147,8 @@ class Daemon:
             self.display.start_program(effect.url)
         elif isinstance(effect, io.StopProgram) and self.display is not None:
             self.display.stop_program()
-        elif isinstance(effect, io.SaveReplayMemory):
-            self.replay_store.save(effect.entries)
+        elif isinstance(effect, io.RememberCommand):
+            self.replay_store.remember(effect.command_id, effect.expires_at)
         elif isinstance(effect, io.NotifyStatus):
             self.notifier.status(effect.text)
         elif isinstance(effect, io.RunSelftest):

@@ -37,6 +37,7 @@ def start_site(tmp_path: Path, broker: Mosquitto, console_key: ConsoleKey) -> It
         config = site_config(tmp_path, site, broker.url, console_key.public_b64, kind=kind, extra=extra)
         daemon = DaemonProcess(config, env).start()
         started.append(daemon)
+        daemon.wait_connected()
         return daemon
 
     yield start

@@ -58,13 +58,27 @@ def test_atomic_write_leaves_old_or_new(tmp_path: Path) -> None:
     assert [p.name for p in target.parent.iterdir()] == ["file.json"]  # no temporary left behind
 
 
-def test_replay_store_round_trip_and_damage(tmp_path: Path) -> None:
-    store = ReplayStore(str(tmp_path))
-    assert store.load() == {}
-    store.save({"a": 1.5})
-    assert store.load() == {"a": 1.5}
-    store.path.write_text("{half")
-    assert store.load() == {}
+def test_replay_store_survives_torn_lines_and_compacts(tmp_path: Path) -> None:
+    now = [1000.0]
+    store = ReplayStore(str(tmp_path), clock=lambda: now[0])
+    assert store.load(now[0]) == {}
+    store.remember("a", 1500.0)
+    store.remember("b", 1100.0)
+    store.close()
+    with open(store.path, "ab") as handle:
+        handle.write(b"c 15")  # a power cut mid-line; loads as "c" expiring at 15, i.e. already gone
+    reopened = ReplayStore(str(tmp_path), clock=lambda: now[0])
+    assert reopened.load(now[0]) == {"a": 1500.0, "b": 1100.0}
+    now[0] = 1200.0
+    for index in range(600):
+        reopened.remember(f"x{index}", 1201.0 + index)
+    now[0] = 1250.0
+    reopened.remember("last", 5000.0)
+    reopened.close()
+    lines = store.path.read_text().splitlines()
+    assert len(lines) < 650  # compacted at least once: expired ids were dropped
+    final = ReplayStore(str(tmp_path)).load(1250.0)
+    assert final["a"] == 1500.0 and final["last"] == 5000.0 and "b" not in final and "x10" not in final
 
 
 def test_panel_button_edges_and_led_pattern_on_mock_pins() -> None:

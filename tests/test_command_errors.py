@@ -20,6 +20,7 @@ def running(tmp_path_factory: pytest.TempPathFactory, console_key: ConsoleKey) -
     workdir = tmp_path_factory.mktemp("errors")
     broker = Mosquitto(workdir / "broker").start()
     daemon = DaemonProcess(site_config(workdir, SITE, broker.url, console_key.public_b64)).start()
+    daemon.wait_connected()
     observer = Observer(broker.port)
     yield broker, daemon, observer
     observer.close()

@@ -177,7 +177,8 @@ def test_reconnect_republishes_state_and_counts() -> None:
 def test_replay_memory_survives_and_expires() -> None:
     core, clock = make_core()
     ack, effects = command(core, "ping", command_id="once", ttl_s=60)
-    saved = [e for e in effects if isinstance(e, io.SaveReplayMemory)][0].entries
+    remembered = [e for e in effects if isinstance(e, io.RememberCommand)][0]
+    saved = {remembered.command_id: remembered.expires_at}
     restarted, _ = make_core(clock=clock, replay=saved)
     assert command(restarted, "ping", command_id="once", ttl_s=60)[0]["error"]["code"] == "replayed"
     clock.advance(120)

@@ -57,7 +57,7 @@ def test_replay_refused_after_daemon_restart(start_site, observer: Observer, con
     observer.publish(CMD, json.dumps(command))
     assert observer.ack_for(command["id"], SITE)["ok"] is True
     daemon.stop()
-    daemon.start()
+    daemon.start().wait_connected()
     mark = observer.mark()
     observer.publish(CMD, json.dumps(command))
     ack = observer.ack_for(command["id"], SITE, after=mark)

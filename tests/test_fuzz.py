@@ -72,6 +72,7 @@ def live_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     workdir = tmp_path_factory.mktemp("fuzz")
     broker = Mosquitto(workdir / "broker").start()
     daemon = DaemonProcess(site_config(workdir, SITE, broker.url, KEY.public_b64)).start()
+    daemon.wait_connected()
     observer = Observer(broker.port, f"rapat/v1/site/{SITE}/ack")
     yield daemon, observer
     observer.close()

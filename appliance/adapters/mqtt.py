@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
 import threading
 from typing import Any, Callable
@@ -30,6 +31,14 @@ MAX_QUEUED_MESSAGES = 1000
 
 def encode(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """Acks are tiny: without this, Nagle and delayed ACKs add ~40 ms to every command's answer."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass
 
 
 def describe_connect_error(exc: BaseException, url: str) -> str:
@@ -84,6 +93,10 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_socket_open = _no_delay
+        # Without a registered "external loop", paho writes to the socket from whichever thread calls
+        # publish(), racing our network thread; with one, publish() only wakes the network thread.
+        client.on_socket_register_write = lambda *_: None
         self.client = client
 
     # --- called from the daemon's loop thread ---------------------------------------------------

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS commands (
     sent_at TEXT NOT NULL,
     results TEXT
 );
+CREATE TABLE IF NOT EXISTS seen (site TEXT PRIMARY KEY, at TEXT NOT NULL)
 """
 
 
@@ -220,6 +221,19 @@ class Store:
     def record_results(self, command_id: str, results: list[dict[str, Any]]) -> None:
         with self.transaction():
             self.db.execute("UPDATE commands SET results = ? WHERE id = ?", (json.dumps(results), command_id))
+
+    def mark_seen(self, seen: dict[str, str]) -> None:
+        with self.transaction():
+            self.db.executemany("INSERT OR REPLACE INTO seen (site, at) VALUES (?, ?)", list(seen.items()))
+
+    def last_seen(self) -> dict[str, str]:
+        return {row["site"]: row["at"] for row in self.db.execute("SELECT site, at FROM seen")}
+
+    def meeting_target(self, meeting_id: str) -> str | None:
+        """Which sites the latest `meeting.start` of this meeting went to (`group:x` or `sites:a,b`)."""
+        row = self.db.execute("SELECT target FROM commands WHERE type = 'meeting.start' AND meeting_id = ? "
+                              "ORDER BY sent_at DESC, rowid DESC LIMIT 1", (meeting_id,)).fetchone()
+        return row["target"] if row else None
 
     def last_meeting(self) -> dict[str, Any] | None:
         row = self.db.execute(

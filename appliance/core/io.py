@@ -103,8 +103,11 @@ class StopProgram:
 
 
 @dataclass(frozen=True)
-class SaveReplayMemory:
-    entries: dict[str, float]
+class RememberCommand:
+    """An accepted command id that must survive a restart until it expires (replay protection)."""
+
+    command_id: str
+    expires_at: float
 
 
 @dataclass(frozen=True)
@@ -129,5 +132,5 @@ Event = (
 )
 Effect = (
     Publish | SetLed | ShowScreen | StartUplink | StopUplink | StartProgram | StopProgram
-    | SaveReplayMemory | NotifyStatus | RunSelftest | Log
+    | RememberCommand | NotifyStatus | RunSelftest | Log
 )

@@ -6,6 +6,7 @@ States follow the contract: idle -> meeting_available -> joining -> in_meeting -
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,7 @@ from appliance.core import led
 from appliance.core.clock import Clock, rfc3339
 from appliance.core.io import (
     BrokerConnected, BrokerDisconnected, ButtonDown, ButtonUp, Effect, Event, HealthReport, Log,
-    MediaStatus, MessageReceived, NotifyStatus, Publish, PublishDenied, RunSelftest, SaveReplayMemory,
+    MediaStatus, MessageReceived, NotifyStatus, Publish, PublishDenied, RememberCommand, RunSelftest,
     SetLed, ShowScreen, StartProgram, StartUplink, StopProgram, StopUplink, TelemetryDue,
 )
 from appliance.core.protocol import (
@@ -89,6 +90,8 @@ class ApplianceCore:
             "clock": "unsynced",
         }
         self._replay = {key: value for key, value in (replay_memory or {}).items() if value > clock.wall()}
+        self._expiries = [(expiry, key) for key, expiry in self._replay.items()]
+        heapq.heapify(self._expiries)
         self._button_down_at: float | None = None
         self._hold_fired = False
         self._state_deadline: float | None = None
@@ -310,9 +313,13 @@ class ApplianceCore:
 
     def _remember(self, command: Command) -> None:
         now = self.clock.wall()
-        self._replay = {key: expiry for key, expiry in self._replay.items() if expiry > now}
+        while self._expiries and self._expiries[0][0] <= now:
+            expiry, command_id = heapq.heappop(self._expiries)
+            if self._replay.get(command_id) == expiry:
+                del self._replay[command_id]
         self._replay[command.id] = command.expires_at
-        self._emit(SaveReplayMemory(dict(self._replay)))
+        heapq.heappush(self._expiries, (command.expires_at, command.id))
+        self._emit(RememberCommand(command.id, command.expires_at))
 
     def _refuse(self, command_id: str | None, command_type: str | None, refusal: CommandRejected) -> None:
         self._log("warning", f"command {command_id or '?'} refused: {refusal}")

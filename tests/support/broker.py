@@ -46,8 +46,8 @@ class Mosquitto:
         return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def _write_config(self) -> Path:
-        lines = [f"listener {self.port} 127.0.0.1", "persistence false", "log_dest stderr", "log_type error",
-                 "log_type warning", "log_type notice"]
+        lines = [f"listener {self.port} 127.0.0.1", "persistence false", "set_tcp_nodelay true", "log_dest stderr",
+                 "log_type error", "log_type warning", "log_type notice"]
         if os.geteuid() == 0:
             lines.append("user root")  # keep reading our own key files; mosquitto would drop to 'mosquitto'
         if self.tls:

@@ -105,6 +105,10 @@ class DaemonProcess:
                 time.sleep(0.05)
         raise TimeoutError(f"daemon not ready after {timeout} s:\n{self.log()}")
 
+    def wait_connected(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Connected means subscribed too: a command published before this could be lost."""
+        return self.wait_status(lambda status: status["broker_connected"], timeout)
+
     def control(self, body: dict[str, Any]) -> dict[str, Any]:
         return request(self.socket, body, timeout=30)
 
@@ -115,8 +119,10 @@ class DaemonProcess:
         deadline = time.monotonic() + timeout
         while True:
             status = self.status()
-            if predicate(status) or time.monotonic() > deadline:
+            if predicate(status):
                 return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"daemon status never matched in {timeout} s; last: {status}")
             time.sleep(0.05)
 
     def alive(self) -> bool:

@@ -1,0 +1,208 @@
+"""Standing the fleet up: init, sites, broker configuration and provisioning files."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import re
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from appliance.console import broker, pki, provision, sites_csv
+from appliance.console.context import Context
+from appliance.console.errors import BadInput, Refused
+from appliance.console.home import atomic_write_many
+from appliance.console.output import print_json, table
+from appliance.console.passwords import hash_password
+from appliance.console.store import new_password
+from appliance.core.clock import rfc3339
+from appliance.core.signing import generate_private_key, private_key_to_pem, public_key_to_base64
+
+HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise BadInput(f"--broker-url {url!r} is not a URL ({exc})") from None
+    if parts.scheme != "mqtts":
+        raise BadInput(f"--broker-url {url!r} must start with mqtts:// (the fleet talks to the broker over TLS only)")
+    if not parts.hostname or not (HOSTNAME.match(parts.hostname) or _is_ip(parts.hostname)):
+        raise BadInput(f"--broker-url {url!r} must name the broker's host, e.g. mqtts://broker.example:8883")
+    if parts.path not in ("", "/") or parts.query or parts.username:
+        raise BadInput(f"--broker-url {url!r} must be just mqtts://HOST[:PORT]")
+    return parts.hostname, port or 8883
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def check_hosts(hosts: list[str], option: str = "--media-host") -> list[str]:
+    bad = [host for host in hosts if not (HOSTNAME.match(host) or _is_ip(host))]
+    if bad:
+        raise BadInput(f"{option}: not a host name: {', '.join(bad)}")
+    return sorted(dict.fromkeys(host.lower() for host in hosts))
+
+
+def cmd_init(ctx: Context, args: argparse.Namespace) -> int:
+    host, port = parse_broker_url(args.broker_url)
+    media_hosts = check_hosts(args.media_host or [])
+    home, store = ctx.home, ctx.store
+    if store.get_meta("broker_url") or home.signing_key.exists():
+        raise Refused(f"{home.root} is already initialised (broker {store.get_meta('broker_url')}); nothing changed. "
+                      "Use another --home for a new fleet.")
+    signing_key = generate_private_key()
+    ca_pem, ca_key_pem = pki.make_ca()
+    server_pem, server_key_pem = pki.make_server_cert(host, ca_pem, ca_key_pem)
+    atomic_write_many({
+        home.ca_key: (ca_key_pem, 0o600), home.ca_cert: (ca_pem, 0o644),
+        home.server_key: (server_key_pem, 0o600), home.server_cert: (server_pem, 0o644),
+        home.signing_key: (private_key_to_pem(signing_key), 0o600),
+    })
+    public_key = public_key_to_base64(signing_key.public_key())
+    password = new_password()
+    with store.transaction():
+        store.set_meta("broker_url", f"mqtts://{host}:{port}")
+        store.set_meta("console_public_key", public_key)
+        store.set_meta("console_credentials", {"password": password, "hash": hash_password(password)})
+        store.set_meta("media_hosts", media_hosts)
+        store.set_meta("initialised_at", rfc3339(time.time()))
+    result = {"home": str(home.root), "broker_url": f"mqtts://{host}:{port}", "console_public_key": public_key,
+              "ca": str(home.ca_cert), "media_hosts": media_hosts}
+    if ctx.json:
+        print_json(result)
+    else:
+        print(f"Initialised {home.root}\n  broker:      {result['broker_url']}\n  public key:  {public_key}\n"
+              f"  CA:          {home.ca_cert}\n  media hosts: {', '.join(media_hosts) or '(none yet: give provision --media-host)'}\n"
+              "Next: appliance-console broker-config --out DIR, then provision SITE --out DIR.")
+    return 0
+
+
+# --- sites ----------------------------------------------------------------------------------------
+SITE_COLUMNS = [("id", "ID"), ("name", "NAME"), ("kind", "KIND"), ("distance_km", "KM")]
+
+
+def cmd_sites_list(ctx: Context, args: argparse.Namespace) -> int:
+    sites = [site.as_dict() for site in ctx.store.sites(kind=args.kind)]
+    if ctx.json:
+        print_json(sites)
+    else:
+        print(table(sites, SITE_COLUMNS) + f"{len(sites)} site{'s' if len(sites) != 1 else ''}", end="\n")
+    return 0
+
+
+def cmd_sites_add(ctx: Context, args: argparse.Namespace) -> int:
+    site = ctx.store.add_site(args.id, args.name, args.kind, args.distance_km)
+    return _changed(ctx, {"added": [site.id]}, f"added site {site.id}")
+
+
+def cmd_sites_remove(ctx: Context, args: argparse.Namespace) -> int:
+    ctx.store.remove_site(args.id)
+    return _changed(ctx, {"removed": [args.id]}, f"removed site {args.id}")
+
+
+def cmd_sites_import(ctx: Context, args: argparse.Namespace) -> int:
+    result = ctx.store.upsert_sites(sites_csv.parse(args.file))
+    counts = ", ".join(f"{len(ids)} {what}" for what, ids in result.items())
+    return _changed(ctx, result, f"imported {args.file}: {counts}")
+
+
+def cmd_sites_rotate(ctx: Context, args: argparse.Namespace) -> int:
+    ctx.store.rotate_password(args.id)
+    return _changed(ctx, {"rotated": [args.id]},
+                    f"new broker password for {args.id}; write a new provisioning file: "
+                    f"appliance-console provision {args.id} --out DIR")
+
+
+def _changed(ctx: Context, result: dict[str, Any], message: str) -> int:
+    """After any change to the sites, bring the broker configuration written earlier up to date."""
+    updated = refresh_broker_config(ctx)
+    if ctx.json:
+        print_json({**result, "broker_config_updated": updated})
+    else:
+        print(message)
+        if updated:
+            print(f"broker configuration in {updated} updated; reload the broker (systemctl reload mosquitto, "
+                  "or kill -HUP its pid) to apply it")
+    return 0
+
+
+# --- broker and provisioning ----------------------------------------------------------------------
+def refresh_broker_config(ctx: Context) -> str | None:
+    saved = ctx.store.get_meta("broker_config")
+    if not saved or not Path(saved["out"]).is_dir():
+        return None
+    _write_broker(ctx, broker.BrokerSettings(**saved))
+    return saved["out"]
+
+
+def _write_broker(ctx: Context, settings: broker.BrokerSettings) -> list[Path]:
+    home = ctx.home
+    hashes = {user: hashed for user, (_, hashed) in ctx.store.credentials().items()}
+    return broker.write(settings, ctx.store.sites(), hashes, home.ca_cert.read_bytes(),
+                        home.server_cert.read_bytes(), home.server_key.read_bytes())
+
+
+def cmd_broker_config(ctx: Context, args: argparse.Namespace) -> int:
+    url = ctx.require_init()
+    out = Path(args.out).absolute()
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {args.out}: exists and is not a directory")
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise BadInput(f"--port {args.port} must be between 1 and 65535")
+    if args.run_as and not re.match(r"^[a-z_][a-z0-9_-]*$", args.run_as):
+        raise BadInput(f"--run-as {args.run_as!r} is not a user name")
+    settings = broker.BrokerSettings(
+        out=str(out), install_dir=args.install_dir or str(out), port=args.port or urlsplit(url).port or 8883,
+        bind=args.bind or "", run_as=args.run_as or "",
+    )
+    files = _write_broker(ctx, settings)
+    with ctx.store.transaction():
+        ctx.store.set_meta("broker_config", settings.as_dict())
+    if ctx.json:
+        print_json({"out": str(out), "files": [str(path) for path in files], "port": settings.port})
+    else:
+        print(f"wrote {', '.join(path.name for path in files)} to {out}\n"
+              f"start the broker with: mosquitto -c {settings.install_dir}/mosquitto.conf")
+        if not settings.run_as:
+            print("note: mosquitto drops to user 'mosquitto' before reading passwd and the keys: "
+                  "chown root:mosquitto passwd server-key.pem (or give --run-as USER)")
+    return 0
+
+
+def cmd_provision(ctx: Context, args: argparse.Namespace) -> int:
+    url = ctx.require_init()
+    store = ctx.store
+    if bool(args.site) == bool(args.all):
+        raise BadInput("name one SITE or give --all")
+    media_hosts = check_hosts(args.media_host) if args.media_host else store.get_meta("media_hosts") or []
+    if not media_hosts:
+        raise Refused("no media hosts are known, and a device accepts meeting URLs only from its allowed_media_hosts: "
+                      "give --media-host HOST (repeatable)")
+    sites = store.sites() if args.all else store.sites([args.site])
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {args.out}: exists and is not a directory")
+    ca_pem = ctx.home.ca_cert.read_bytes()
+    public_key = store.get_meta("console_public_key")
+    # Render and check every file before writing any.
+    rendered = [(site, provision.render(site, url, store.site_password(site.id), public_key, media_hosts,
+                                        args.ca_path)) for site in sites]
+    written = []
+    for site, text in rendered:
+        written += provision.write(out / site.id if args.all else out, text, ca_pem)
+    if ctx.json:
+        print_json({"files": [str(path) for path in written], "media_hosts": media_hosts})
+    else:
+        print(f"wrote {len(written)} files under {out}; copy {provision.TOML_NAME} and {provision.CA_NAME} "
+              "to the SD card's boot partition")
+    return 0

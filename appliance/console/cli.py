@@ -1,0 +1,136 @@
+"""`appliance-console`: argument parsing and exit codes (0 done, 1 refused or partly failed, 2 bad input)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from appliance.console import admin, operate
+from appliance.console.context import Context
+from appliance.console.errors import ConsoleError
+from appliance.console.home import ENV_HOME, Home, default_home
+from appliance.core.protocol import GROUPS, SITE_KINDS
+
+EPILOG = "Exit codes: 0 success, 1 refused or partly failed, 2 bad usage or bad input."
+
+
+def _targeting(parser: argparse.ArgumentParser, timeout: str = "30") -> None:
+    where = parser.add_argument_group("which sites")
+    where.add_argument("--sites", metavar="A,B", help="comma-separated site ids")
+    where.add_argument("--group", choices=GROUPS, help="every site of a group")
+    parser.add_argument("--expires", default="10m", metavar="DURATION",
+                        help="how long the command stays valid (default 10m; e.g. 90s, 2h)")
+    parser.add_argument("--timeout", default=timeout, metavar="SECONDS",
+                        help=f"how long to wait for answers (default {timeout} s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
+                        help=f"the console's data directory (env {ENV_HOME}; default {default_home()})")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output")
+
+    def sub(group: argparse._SubParsersAction, name: str, text: str, **kwargs: object) -> argparse.ArgumentParser:
+        return group.add_parser(name, help=text, description=text, parents=[common], epilog=EPILOG, **kwargs)
+
+    parser = argparse.ArgumentParser(
+        prog="appliance-console", parents=[common], epilog=EPILOG,
+        description="Provision the rapat appliances, secure their broker, and run meetings across the fleet.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    init = sub(commands, "init", "create the console's signing key, private CA, broker certificate and credentials")
+    init.add_argument("--broker-url", required=True, metavar="URL", help="mqtts://HOST[:PORT] as the sites will reach it")
+    init.add_argument("--media-host", action="append", metavar="HOST",
+                      help="a host the sites may stream from/to (repeatable); goes into provisioning files")
+    init.set_defaults(handler=admin.cmd_init)
+
+    sites = sub(commands, "sites", "list, import, add and remove sites; rotate a site's broker password")
+    site_commands = sites.add_subparsers(dest="sites_command", metavar="ACTION", required=True)
+    listing = sub(site_commands, "list", "list the registered sites")
+    listing.add_argument("--kind", choices=SITE_KINDS)
+    listing.set_defaults(handler=admin.cmd_sites_list)
+    importing = sub(site_commands, "import", "add or update sites from a CSV file (id,name,kind[,distance_km])")
+    importing.add_argument("file", metavar="FILE.csv")
+    importing.set_defaults(handler=admin.cmd_sites_import)
+    add = sub(site_commands, "add", "register one site")
+    add.add_argument("id", help="lower-case id, e.g. kalibaru")
+    add.add_argument("--name", required=True)
+    add.add_argument("--kind", required=True, choices=SITE_KINDS)
+    add.add_argument("--distance-km", metavar="KM", help="road distance to the regency office")
+    add.set_defaults(handler=admin.cmd_sites_add)
+    remove = sub(site_commands, "remove", "remove a site (its broker login stops working after a broker reload)")
+    remove.add_argument("id")
+    remove.set_defaults(handler=admin.cmd_sites_remove)
+    rotate = sub(site_commands, "rotate-password", "give a site a new broker password")
+    rotate.add_argument("id", metavar="SITE")
+    rotate.set_defaults(handler=admin.cmd_sites_rotate)
+
+    broker = sub(commands, "broker-config", "write the Mosquitto configuration (TLS, passwords, ACL, limits)")
+    broker.add_argument("--out", required=True, metavar="DIR")
+    broker.add_argument("--install-dir", metavar="DIR", help="where the broker will read the files (default: --out)")
+    broker.add_argument("--bind", metavar="ADDRESS", help="listen on this address only (default: every interface)")
+    broker.add_argument("--port", type=int, help="listen port (default: the broker URL's port)")
+    broker.add_argument("--run-as", metavar="USER", help="mosquitto's `user` (default: mosquitto)")
+    broker.set_defaults(handler=admin.cmd_broker_config)
+
+    provision = sub(commands, "provision", "write a site's provisioning file and CA for its SD card")
+    provision.add_argument("site", nargs="?", metavar="SITE")
+    provision.add_argument("--all", action="store_true", help="every site, one directory each")
+    provision.add_argument("--out", required=True, metavar="DIR")
+    provision.add_argument("--media-host", action="append", metavar="HOST",
+                           help="allowed media host (repeatable; default: those given to init)")
+    provision.add_argument("--ca-path", default="/var/lib/appliance/ca.pem", metavar="PATH",
+                           help="where the CA will be on the device (default /var/lib/appliance/ca.pem)")
+    provision.set_defaults(handler=admin.cmd_provision)
+
+    meeting = sub(commands, "meeting", "start or end a meeting, and other commands to sites")
+    meeting_commands = meeting.add_subparsers(dest="meeting_command", metavar="ACTION", required=True)
+    start = sub(meeting_commands, "start", "announce a meeting to sites and show their answers")
+    start.add_argument("--title", required=True)
+    start.add_argument("--program-url", required=True, metavar="URL", help="what the sites play")
+    start.add_argument("--ingest-url", required=True, metavar="URL", help="where sites push their camera; {site} = site id")
+    start.add_argument("--meeting-id", metavar="ID", help="default: from the title and time")
+    start.add_argument("--auto-join", action="store_true", help="sites join without a button press")
+    _targeting(start)
+    start.set_defaults(handler=operate.cmd_meeting_start)
+    end = sub(meeting_commands, "end", "end a meeting (default: the last one started, on the same sites)")
+    end.add_argument("--meeting-id", metavar="ID")
+    _targeting(end)
+    end.set_defaults(handler=operate.cmd_meeting_end)
+    for group in (commands, meeting_commands):
+        for name, text in (("join", "make sites join the announced meeting"),
+                           ("leave", "make sites leave the meeting"),
+                           ("ping", "check which sites answer"),
+                           ("selftest", "make sites run their self-test")):
+            simple = sub(group, name, text)
+            _targeting(simple, timeout="10" if name == "ping" else "30")
+            simple.set_defaults(handler=operate.cmd_simple, command_type=name)
+
+    status = sub(commands, "status", "every site from its retained state")
+    status.set_defaults(handler=operate.cmd_status)
+    watch = sub(commands, "watch", "the status, live (Ctrl-C to stop)")
+    watch.add_argument("--duration", metavar="SECONDS", help="stop after this long")
+    watch.set_defaults(handler=operate.cmd_watch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ctx = Context(Home(Path(getattr(args, "home", None) or default_home())), json=getattr(args, "json", False))
+    try:
+        return args.handler(ctx, args)
+    except ConsoleError as exc:
+        print(f"appliance-console: {exc.message}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 1
+    finally:
+        ctx.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

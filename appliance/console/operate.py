@@ -1,0 +1,252 @@
+"""Steering the fleet: signed commands with a live table of answers, status and watch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import sys
+import time
+from typing import Any
+
+from appliance.console import commands
+from appliance.console.context import Context
+from appliance.console.errors import BadInput
+from appliance.console.fleet import Tracker, decode, parse_topic, send_and_collect
+from appliance.console.output import Live, health_summary, print_json, table
+from appliance.core.clock import rfc3339
+from appliance.core.protocol import COMMAND_ID
+from appliance.core.signing import sign_command
+
+ACK_COLUMNS = [("site", "SITE"), ("result", "RESULT"), ("state", "STATE"), ("latency_ms", "MS"), ("detail", "DETAIL")]
+STATUS_COLUMNS = [("site", "SITE"), ("kind", "KIND"), ("online", "ONLINE"), ("state", "STATE"),
+                  ("meeting", "MEETING"), ("health", "HEALTH"), ("version", "VERSION"), ("last_seen", "LAST SEEN")]
+LIVE_ROWS = 40  # larger fleets get a one-line live summary instead of a table that scrolls away
+
+
+def _ack_table(tracker: Tracker, final: bool) -> str:
+    rows = tracker.rows()
+    for row in rows:
+        row["detail"] = f"{row['error'].get('code')}: {row['error'].get('message')}" if row["error"] else ""
+        if row["result"] in ("no answer", "never seen", "offline") and not final:
+            row["result"] = "waiting"
+    counts = tracker.summary()
+    line = (f"{counts['ok']} ok, {counts['refused']} refused, {counts['no_answer']} "
+            f"{'without answer' if final else 'waiting'} of {counts['targeted']}\n")
+    if not final and len(rows) > LIVE_ROWS:
+        return line
+    return table(rows, ACK_COLUMNS) + line
+
+
+def run_command(ctx: Context, command_type: str, body: dict[str, Any], target: commands.Target,
+                args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
+    timeout = commands.parse_duration(args.timeout, "--timeout")
+    command = commands.build(command_type, body, target, commands.parse_duration(args.expires))
+    signed = sign_command(command, ctx.signing_key())
+    live = Live() if not ctx.json else Live(stream=_NullTty())
+    with ctx.fleet() as fleet:
+        if not ctx.json:
+            print(f"{command_type} {command['id']} -> {target.label} ({len(target.sites)} site"
+                  f"{'s' if len(target.sites) != 1 else ''})", flush=True)
+        tracker = send_and_collect(fleet, signed, target.topics, [site.id for site in target.sites], timeout,
+                                   progress=lambda t: live.show(_ack_table(t, final=False)))
+    ctx.store.record_command(signed, target.label)
+    rows = tracker.rows()
+    ctx.store.record_results(signed["id"], rows)
+    counts = tracker.summary()
+    failed = counts["ok"] < counts["targeted"]
+    if ctx.json:
+        print_json({"command": signed, "target": target.label, "summary": counts, "results": rows,
+                    "unexpected": sorted(tracker.unexpected)})
+    else:
+        live.clear()
+        print(_ack_table(tracker, final=True), end="")
+        if failed:
+            print(f"not every site accepted {command['id']}", file=sys.stderr)
+    return (1 if failed else 0), signed
+
+
+class _NullTty:
+    def isatty(self) -> bool:
+        return False
+
+
+def _target(ctx: Context, args: argparse.Namespace) -> commands.Target:
+    return commands.resolve_target(ctx.store, args.sites, args.group)
+
+
+def cmd_meeting_start(ctx: Context, args: argparse.Namespace) -> int:
+    ctx.require_init()
+    title = (args.title or "").strip()
+    if not title or len(title) > 200:
+        raise BadInput("--title must be 1-200 characters")
+    known_hosts = ctx.store.get_meta("media_hosts") or []
+    commands.check_media_url("--program-url", args.program_url, known_hosts)
+    commands.check_media_url("--ingest-url", args.ingest_url.replace("{site}", "site"), known_hosts)
+    meeting_id = args.meeting_id or commands.meeting_id_from(title)
+    if not COMMAND_ID.match(meeting_id):
+        raise BadInput(f"--meeting-id {meeting_id!r}: expected 1-64 of [A-Za-z0-9_.:-]")
+    body = {"meeting_id": meeting_id, "title": title, "program_url": args.program_url,
+            "ingest_url": args.ingest_url, "auto_join": bool(args.auto_join)}
+    code, _ = run_command(ctx, "meeting.start", body, _target(ctx, args), args)
+    return code
+
+
+def cmd_meeting_end(ctx: Context, args: argparse.Namespace) -> int:
+    ctx.require_init()
+    last = ctx.store.last_meeting()
+    meeting_id = args.meeting_id or (last["body"]["meeting_id"] if last else None)
+    if not meeting_id:
+        raise BadInput("no meeting was started from this console: give --meeting-id")
+    if not args.sites and not args.group:
+        label = ctx.store.meeting_target(meeting_id)
+        if label is None:
+            raise BadInput(f"meeting {meeting_id!r} was not started from this console: give --sites or --group")
+        target = commands.target_from_label(ctx.store, label)
+    else:
+        target = _target(ctx, args)
+    code, _ = run_command(ctx, "meeting.end", {"meeting_id": meeting_id}, target, args)
+    return code
+
+
+def cmd_simple(ctx: Context, args: argparse.Namespace) -> int:
+    ctx.require_init()
+    code, _ = run_command(ctx, args.command_type, {}, _target(ctx, args), args)
+    return code
+
+
+# --- status and watch -----------------------------------------------------------------------------
+def _status_row(site_id: str, kind: str | None, state: dict[str, Any] | None, last_seen: str | None) -> dict[str, Any]:
+    state = state or {}
+    meeting = state.get("meeting") if isinstance(state.get("meeting"), dict) else None
+    return {
+        "site": site_id, "kind": kind or "(unknown)", "online": state.get("online"),
+        "state": state.get("state") or "never seen", "meeting": meeting.get("meeting_id") if meeting else None,
+        "meeting_title": meeting.get("title") if meeting else None,
+        "health": health_summary(state.get("health")) if state.get("online") else None,
+        "health_detail": state.get("health"), "version": state.get("version"), "last_seen": last_seen,
+    }
+
+
+class StatusBoard:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.kinds = {site.id: site.kind for site in ctx.store.sites()}
+        self.states: dict[str, dict[str, Any]] = {}
+        self.seen = ctx.store.last_seen()
+
+    def feed(self, topic: str, payload: bytes) -> str | None:
+        parsed = parse_topic(topic, "rapat/v1")
+        if not parsed or parsed[1] != "state":
+            return None
+        document = decode(payload)
+        if document is None:
+            return None
+        self.states[parsed[0]] = document
+        if document.get("online"):
+            self.seen[parsed[0]] = rfc3339(time.time())
+        return parsed[0]
+
+    def row(self, site_id: str) -> dict[str, Any]:
+        return _status_row(site_id, self.kinds.get(site_id), self.states.get(site_id), self.seen.get(site_id))
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.row(site_id) for site_id in sorted(set(self.kinds) | set(self.states))]
+
+    def text(self) -> str:
+        rows = self.rows()
+        online = sum(1 for row in rows if row["online"])
+        meeting = sum(1 for row in rows if row["state"] == "in_meeting")
+        return table(rows, STATUS_COLUMNS) + f"{len(rows)} sites, {online} online, {meeting} in a meeting\n"
+
+    def save(self) -> None:
+        self.ctx.store.mark_seen({site: at for site, at in self.seen.items() if site in self.states})
+
+
+def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
+    ctx.require_init()
+    board = StatusBoard(ctx)
+    with ctx.fleet() as fleet:
+        fleet.subscribe([f"{fleet.prefix}/site/+/state"])
+        fleet.sync()
+        while True:
+            try:
+                topic, payload, _, _ = fleet.messages.get_nowait()
+            except queue.Empty:
+                break
+            board.feed(topic, payload)
+    board.save()
+    if ctx.json:
+        print_json(board.rows())
+    else:
+        print(board.text(), end="")
+    return 0
+
+
+def cmd_watch(ctx: Context, args: argparse.Namespace) -> int:
+    ctx.require_init()
+    duration = commands.parse_duration(args.duration, "--duration") if args.duration else None
+    board = StatusBoard(ctx)
+    live = Live() if not ctx.json else Live(stream=_NullTty())
+    deadline = time.monotonic() + duration if duration else None
+    try:
+        with ctx.fleet() as fleet:
+            fleet.subscribe([f"{fleet.prefix}/site/+/state", f"{fleet.prefix}/site/+/event"])
+            fleet.sync()
+            catching_up = True
+            while deadline is None or time.monotonic() < deadline:
+                wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+                try:
+                    topic, payload, _, _ = fleet.messages.get(timeout=wait)
+                except queue.Empty:
+                    if catching_up:
+                        catching_up = False
+                        _emit_board(ctx, board, live)
+                    continue
+                changed = board.feed(topic, payload)
+                if catching_up and fleet.messages.empty():
+                    catching_up = False
+                    _emit_board(ctx, board, live)
+                elif not catching_up:
+                    _emit_change(ctx, board, live, changed, topic, payload)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        board.save()
+    return 0
+
+
+def _emit_board(ctx: Context, board: StatusBoard, live: Live) -> None:
+    if ctx.json:
+        for row in board.rows():
+            print_json_line(row)
+    elif live.enabled:
+        live.show(board.text())
+    else:
+        print(board.text(), end="", flush=True)
+
+
+def _emit_change(ctx: Context, board: StatusBoard, live: Live, site: str | None, topic: str, payload: bytes) -> None:
+    if site is not None:
+        if ctx.json:
+            print_json_line(board.row(site))
+        elif live.enabled:
+            live.show(board.text())
+        else:
+            row = board.row(site)
+            print(f"{time.strftime('%H:%M:%S')} {site}: {'online' if row['online'] else 'offline'} {row['state']}"
+                  f"{' ' + row['meeting'] if row['meeting'] else ''}", flush=True)
+        return
+    parsed = parse_topic(topic, "rapat/v1")
+    event = decode(payload)
+    if parsed and parsed[1] == "event" and event and not live.enabled:
+        if ctx.json:
+            print_json_line({"event": event})
+        else:
+            print(f"{time.strftime('%H:%M:%S')} {parsed[0]}: event {event.get('type')}", flush=True)
+
+
+def print_json_line(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+

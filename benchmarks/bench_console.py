@@ -1,0 +1,195 @@
+"""Meeting start to N sites until every ack arrived, next to the bare broker round trip.
+
+    python -m benchmarks.bench_console [--sizes 242,2000] [--trials 30] [--workers 2]
+
+Everything real except the sites' media: a Mosquitto started from the console's generated
+configuration (TLS, passwords, ACL), the console's own signing and MQTT code, and N simulated
+sites, each a real MQTT v5 connection running the real device core (`appliance.console.simulate`),
+spread over worker processes. On the same connections and in the same run, the baseline is the
+broker's bare round trip: one unsigned `ECHO` message to the `all` group, answered by every site
+without the core. Prints figures; asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import io
+import multiprocessing
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from appliance.console import commands
+from appliance.console.cli import main as console_main
+from appliance.console.context import Context
+from appliance.console.fleet import send_and_collect
+from appliance.console.home import Home
+from appliance.console.simulate import SimFleet, SimSite, SiteSpec
+from appliance.core.signing import sign_command
+
+
+# Workers inherit the imported modules; nothing in this process has started threads yet when they fork.
+FORK = multiprocessing.get_context("fork")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def console(home: Path, *args: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = console_main(["--home", str(home), *args])
+    if code != 0:
+        raise SystemExit(f"appliance-console {' '.join(args)} exited {code}")
+    return out.getvalue()
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered) + 0.5) - 1))]
+
+
+def worker(specs: list[SiteSpec], port: int, ca: str, public_key: str, pipe) -> None:  # noqa: ANN001
+    sites = [SimSite(spec, "localhost", port, ca, public_key, ("127.0.0.1",)) for spec in specs]
+    fleet = SimFleet(sites).start(timeout=120)
+    pipe.send("ready")
+    pipe.recv()
+    fleet.stop()
+
+
+def setup_fleet(root: Path, n: int, port: int) -> Home:
+    home = root / "home"
+    console(home, "init", "--broker-url", f"mqtts://localhost:{port}", "--media-host", "127.0.0.1")
+    sheet = root / "desa.csv"
+    sheet.write_text("id,name,kind\n" + "".join(f"desa-{i:04d},Desa {i},desa\n" for i in range(n - 25)))
+    if n > 25:
+        console(home, "sites", "import", str(sheet))
+    console(home, "broker-config", "--out", str(root / "broker"), "--bind", "127.0.0.1", "--run-as", getpass.getuser())
+    return Home(home)
+
+
+def echo_round(fleet, n: int, token: int) -> float:  # noqa: ANN001
+    marker = f'{{"echo":{token}}}'.encode()
+    started = time.monotonic()
+    fleet.publish([("rapat/v1/group/all/cmd", b"ECHO" + str(token).encode())])
+    got = 0
+    while got < n:
+        _, payload, _, arrived = fleet.messages.get(timeout=30)
+        if payload == marker:
+            got += 1
+    return arrived - started
+
+
+def run_size(n: int, trials: int, workers: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-console-") as tmp:
+        root = Path(tmp)
+        port = free_port()
+        home = setup_fleet(root, n, port)
+        broker = subprocess.Popen(["mosquitto", "-c", str(root / "broker" / "mosquitto.conf")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs = []
+        try:
+            time.sleep(0.3)
+            ctx = Context(home)
+            credentials = ctx.store.credentials()
+            public_key = ctx.store.get_meta("console_public_key")
+            specs = [SiteSpec(site.id, site.kind, credentials[site.id][0]) for site in ctx.store.sites()]
+            connect_started = time.monotonic()
+            for index in range(workers):
+                parent, child = FORK.Pipe()
+                process = FORK.Process(target=worker, daemon=True,
+                                                  args=(specs[index::workers], port, str(home.ca_cert), public_key, child))
+                process.start()
+                procs.append((process, parent))
+            for _, pipe in procs:
+                if not pipe.poll(180):
+                    raise SystemExit("simulated sites did not come up")
+                pipe.recv()
+            connect_s = time.monotonic() - connect_started
+
+            key = ctx.signing_key()
+            all_ids = [spec.id for spec in specs]
+            target = commands.resolve_target(ctx.store, None, "all")
+            echo, meeting, per_ack = [], [], []
+            with ctx.fleet(timeout=30) as fleet:
+                fleet.subscribe(["rapat/v1/site/+/ack"])
+                for trial in range(trials):
+                    # Interleaved so both see the same machine load.
+                    while not fleet.messages.empty():
+                        fleet.messages.get_nowait()
+                    echo.append(echo_round(fleet, n, trial))
+                    body = {"meeting_id": f"bench-{trial}", "title": f"Bench {trial}",
+                            "program_url": "rtmp://127.0.0.1/live/p", "ingest_url": "rtmp://127.0.0.1/live/{site}"}
+                    command = sign_command(commands.build("meeting.start", body, target, 600), key)
+                    tracker = send_and_collect(fleet, command, target.topics, all_ids, timeout=30)
+                    if not tracker.done:
+                        raise SystemExit(f"trial {trial}: only {len(tracker.answers)}/{n} acks")
+                    latencies = [answer["latency_s"] for answer in tracker.answers.values()]
+                    meeting.append(max(latencies))
+                    per_ack.extend(latencies)
+            # The whole CLI, as an operator runs it: connect, subscribe, read retained states, sign, send, collect.
+            cli = []
+            for trial in range(3):
+                started = time.monotonic()
+                console(home.root, "meeting", "start", "--title", "CLI", "--program-url", "rtmp://127.0.0.1/live/p",
+                        "--ingest-url", "rtmp://127.0.0.1/live/{site}", "--group", "all", "--json")
+                cli.append(time.monotonic() - started)
+            ctx.close()
+        finally:
+            for process, pipe in procs:
+                with contextlib.suppress(OSError):
+                    pipe.send("stop")
+                process.join(30)
+                if process.is_alive():
+                    process.kill()
+            broker.terminate()
+            broker.wait(10)
+    return {"n": n, "trials": trials, "connect_s": connect_s, "echo": echo, "meeting": meeting,
+            "per_ack": per_ack, "cli": cli}
+
+
+def ms(value: float) -> str:
+    return f"{value * 1000:8.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_console", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="242,2000", help="comma-separated fleet sizes (each ≥ 25)")
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--workers", type=int, default=2, help="processes for the simulated sites")
+    args = parser.parse_args(argv)
+    sizes = [int(size) for size in args.sizes.split(",")]
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, loopback TLS, "
+          f"{args.workers} site processes; times in ms until EVERY site acked")
+    print(f"{'N':>6} {'what':<34} {'p50':>8} {'p99':>8} {'max':>8}")
+    results = []
+    for n in sizes:
+        result = run_size(n, args.trials, args.workers)
+        results.append(result)
+        for label, values in (("bare broker round trip (echo)", result["echo"]),
+                              ("meeting.start, all acked", result["meeting"]),
+                              ("  one site's ack (all trials)", result["per_ack"]),
+                              ("whole CLI run (3 runs)", result["cli"])):
+            print(f"{n:>6} {label:<34} {ms(percentile(values, 50))} {ms(percentile(values, 99))} {ms(max(values))}")
+        print(f"{n:>6} {'(sites connected in)':<34} {ms(result['connect_s'])}")
+    if len(results) > 1:
+        small, large = results[0], results[-1]
+        ratio = statistics.median(large["meeting"]) / statistics.median(small["meeting"])
+        echo_ratio = statistics.median(large["echo"]) / statistics.median(small["echo"])
+        print(f"growth {small['n']} -> {large['n']} sites (x{large['n'] / small['n']:.1f}): meeting.start p50 x{ratio:.1f}, "
+              f"bare round trip p50 x{echo_ratio:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

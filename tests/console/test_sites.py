@@ -1,0 +1,154 @@
+"""Sites, init and CLI conventions, without a broker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.console.conftest import ROOT, Console
+
+KECAMATAN = ("Bangorejo Banyuwangi Blimbingsari Cluring Gambiran Genteng Giri Glagah Glenmore Kabat Kalibaru "
+             "Kalipuro Licin Muncar Pesanggaran Purwoharjo Rogojampi Sempu Siliragung Singojuruh Songgon Srono "
+             "Tegaldlimo Tegalsari Wongsorejo").split()
+
+
+def test_the_25_kecamatan_are_there_from_the_start(console: Console) -> None:
+    sites = console.ok("sites", "list", "--json").json
+    assert [site["id"] for site in sites] == [name.lower() for name in KECAMATAN]
+    assert {site["kind"] for site in sites} == {"kecamatan"}
+    distances = {site["id"]: site["distance_km"] for site in sites}
+    assert (distances["kalibaru"], distances["pesanggaran"], distances["wongsorejo"]) == (60, 62, 27.9)
+    table = console.ok("sites", "list").out
+    assert "Kecamatan Kalibaru" in table and "25 sites" in table
+
+
+def test_add_and_remove_a_site(console: Console) -> None:
+    console.ok("sites", "add", "tamansari", "--name", "Desa Tamansari", "--kind", "desa", "--distance-km", "14.5")
+    desa = console.ok("sites", "list", "--kind", "desa", "--json").json
+    assert desa == [{"id": "tamansari", "name": "Desa Tamansari", "kind": "desa", "distance_km": 14.5}]
+    again = console.run("sites", "add", "tamansari", "--name", "X", "--kind", "desa")
+    assert again.code == 2 and "already exists" in again.err
+    console.ok("sites", "remove", "tamansari")
+    assert console.ok("sites", "list", "--kind", "desa", "--json").json == []
+    unknown = console.run("sites", "remove", "tamansari")
+    assert unknown.code == 2 and "unknown site: tamansari" in unknown.err
+
+
+@pytest.mark.parametrize("args, message", [
+    (("sites", "add", "Kalibaru-2", "--name", "X", "--kind", "desa"), "must match"),
+    (("sites", "add", "x", "--name", "X", "--kind", "desa", "--distance-km", "far"), "not a number"),
+    (("sites", "add", "x", "--name", " ", "--kind", "desa"), "name is empty"),
+])
+def test_bad_site_is_refused_and_nothing_changes(console: Console, args: tuple, message: str) -> None:
+    before = console.ok("sites", "list", "--json").json
+    result = console.run(*args)
+    assert result.code == 2 and message in result.err
+    assert console.ok("sites", "list", "--json").json == before
+
+
+def test_import_adds_and_updates_with_semicolons_and_bom(console: Console, tmp_path: Path) -> None:
+    sheet = tmp_path / "desa.csv"
+    sheet.write_bytes("\ufeffid;name;kind;distance_km;notes\n"
+                      "tamansari;Desa Tamansari;desa;14.5;ijen\n"
+                      "\n"
+                      "kalibaru;Kecamatan Kalibaru;kecamatan;60.5;\n".encode("utf-8"))
+    result = console.ok("sites", "import", str(sheet), "--json").json
+    assert result["added"] == ["tamansari"] and result["updated"] == ["kalibaru"]
+    sites = {site["id"]: site for site in console.ok("sites", "list", "--json").json}
+    assert sites["tamansari"]["kind"] == "desa" and sites["kalibaru"]["distance_km"] == 60.5
+    assert console.ok("sites", "import", str(sheet), "--json").json["unchanged"] == ["tamansari", "kalibaru"]
+
+
+def test_bad_csv_names_every_bad_line_and_imports_nothing(console: Console, tmp_path: Path) -> None:
+    sheet = tmp_path / "bad.csv"
+    sheet.write_text("id,name,kind,distance_km\n"
+                     "tamansari,Desa Tamansari,desa,14\n"      # fine, but must not be imported
+                     "Olehsari,Desa Olehsari,desa,\n"           # line 3: upper case id
+                     "kemiren,,desa,\n"                         # line 4: no name
+                     "kemiren,Desa Kemiren,dusun,\n"            # line 5: kind, and duplicate of line 4
+                     "\"licin\nbaru\",x,desa\n"                 # lines 6-7: quoted newline, 3 fields
+                     "glagah2,Desa Glagah,desa,-3\n")           # line 8: distance
+    before = console.ok("sites", "list", "--json").json
+    result = console.run("sites", "import", str(sheet))
+    assert result.code == 2, result.err
+    assert "nothing imported" in result.err
+    for line, what in ((3, "'Olehsari'"), (4, "name is empty"), (5, "kind 'dusun'"), (5, "already appears on line 4"),
+                       (6, "expected 4 fields"), (8, "distance_km")):
+        assert any(text.strip().startswith(f"line {line}:") and what in text for text in result.err.splitlines()), (line, what, result.err)
+    assert "line 2:" not in result.err
+    assert console.ok("sites", "list", "--json").json == before
+
+
+@pytest.mark.parametrize("content, message", [
+    ("name,kind\nx,desa\n", "missing column id"),
+    ("", "empty"),
+    ("id,name,kind\n", "no sites"),
+])
+def test_bad_csv_header_or_empty(console: Console, tmp_path: Path, content: str, message: str) -> None:
+    sheet = tmp_path / "s.csv"
+    sheet.write_text(content)
+    result = console.run("sites", "import", str(sheet))
+    assert result.code == 2 and message in result.err
+
+
+def test_missing_csv_file(console: Console, tmp_path: Path) -> None:
+    result = console.run("sites", "import", str(tmp_path / "nope.csv"))
+    assert result.code == 2 and "no such file" in result.err
+
+
+@pytest.mark.parametrize("url", ["mqtt://broker:1883", "http://broker", "mqtts://", "mqtts://broker:99999",
+                                 "broker.example", "mqtts://bro ker:8883"])
+def test_init_refuses_a_bad_url_and_creates_nothing(console: Console, url: str) -> None:
+    result = console.run("init", "--broker-url", url)
+    assert result.code == 2 and "--broker-url" in result.err
+    assert not (console.home / "console-key.pem").exists()
+    assert not (console.home / "ca").exists()
+    assert console.run("provision", "kalibaru", "--out", str(console.home / "p")).code == 1
+
+
+def test_init_creates_keys_once(console: Console) -> None:
+    first = console.ok("init", "--broker-url", "mqtts://broker.example.go.id", "--json").json
+    assert first["broker_url"] == "mqtts://broker.example.go.id:8883"
+    key = console.home / "console-key.pem"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert (console.home / "ca" / "ca-key.pem").stat().st_mode & 0o777 == 0o600
+    assert (console.home / "console.db").stat().st_mode & 0o777 == 0o600
+    pem = key.read_bytes()
+    again = console.run("init", "--broker-url", "mqtts://other.example:8883")
+    assert again.code == 1 and "already initialised" in again.err
+    assert key.read_bytes() == pem
+
+
+def test_commands_before_init_say_how_to_start(console: Console, tmp_path: Path) -> None:
+    for args in (("broker-config", "--out", str(tmp_path / "b")), ("status",),
+                 ("ping", "--group", "all")):
+        result = console.run(*args)
+        assert result.code == 1 and "init --broker-url" in result.err, args
+
+
+def test_every_command_has_help_and_the_entry_point_runs() -> None:
+    commands = [[], ["init"], ["sites"], ["sites", "list"], ["sites", "import"], ["sites", "add"], ["sites", "remove"],
+                ["sites", "rotate-password"], ["broker-config"], ["provision"], ["meeting"], ["meeting", "start"],
+                ["meeting", "end"], ["meeting", "join"], ["join"], ["leave"], ["ping"], ["selftest"], ["status"], ["watch"]]
+    script = ("import sys, contextlib, io\nfrom appliance.console.cli import main\n"
+              "for args in %r:\n"
+              "    out = io.StringIO()\n"
+              "    with contextlib.redirect_stdout(out):\n"
+              "        try: main(args + ['--help'])\n"
+              "        except SystemExit as e: assert e.code == 0, (args, e.code)\n"
+              "    assert 'usage: appliance-console' in out.getvalue(), args\n" % commands)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT)
+    usage = subprocess.run([sys.executable, "-m", "appliance.console", "sites", "frobnicate"], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert usage.returncode == 2 and "invalid choice" in usage.stderr
+
+
+def test_home_from_environment(tmp_path: Path) -> None:
+    home = tmp_path / "envhome"
+    done = subprocess.run([sys.executable, "-m", "appliance.console", "sites", "list", "--json"], cwd=ROOT,
+                          capture_output=True, text=True, env={"APPLIANCE_CONSOLE_HOME": str(home), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert (home / "console.db").exists()
