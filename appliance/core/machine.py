@@ -289,11 +289,10 @@ class ApplianceCore:
                 self.meeting = meeting  # offered again as soon as the old one is left
             return f"meeting {meeting.meeting_id} announced"
         if action == "meeting.end":
+            self.meeting = None
             if self.state == MEETING_AVAILABLE:
-                self.meeting = None
                 self._transition(IDLE)
-            else:
-                self.meeting = None
+            elif self.state in (JOINING, IN_MEETING):
                 self._begin_leave(reason="meeting.end")
             return "meeting ended"
         if action == "join":
