@@ -1,0 +1,329 @@
+"""Supervised ffmpeg pusher shared by the camera backends.
+
+One session thread per meeting owns the ffmpeg child: it starts it, reads `-progress` reports,
+declares the uplink `live` once bytes really leave for the server, notices a dead or stalled
+pusher within `STALL_S`, and retries with jittered back-off. Everything it learns goes to the
+daemon as `MediaStatus("uplink", ...)` through `post`; it never touches the core.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import select
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from appliance.core.backoff import Backoff
+from appliance.core.io import HealthReport, MediaStatus
+from appliance.media import proc
+
+log = logging.getLogger("appliance.uplink")
+
+STALL_S = 3.0            # no new bytes sent for this long = dead pusher
+FAST_RETRIES = 6         # consecutive failed attempts before reporting `failed` (it keeps trying, slower)
+SLOW_RETRY_S = 60.0
+STOP_GRACE_S = 0.7       # SIGTERM lets ffmpeg close the RTMP/SRT session cleanly; then SIGKILL
+PROGRESS_PERIOD_S = 0.5
+
+
+class PermanentError(Exception):
+    """A problem retrying cannot fix (unsupported URL, no encoder): report `failed` at once."""
+
+
+@dataclass(frozen=True)
+class UplinkSettings:
+    width: int = 1280
+    height: int = 720
+    fps: int = 30
+    bitrate_kbps: int = 1500
+    audio_device: str = "default"
+    audio_bitrate_kbps: int = 64
+
+    @classmethod
+    def from_config(cls, camera: dict[str, Any]) -> "UplinkSettings":
+        names = ("width", "height", "fps", "bitrate_kbps", "audio_device")
+        return cls(**{name: camera[name] for name in names if name in camera})
+
+
+def output_args(url: str) -> list[str]:
+    """Container and protocol options for the ingest URL (the pushing side)."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("rtmp", "rtmps"):
+        return ["-f", "flv", "-flvflags", "no_duration_filesize", url]
+    if scheme == "srt":
+        # 1316 = 7 TS packets: the SRT payload size every server expects.
+        sep = "&" if "?" in url else "?"
+        target = url if "pkt_size=" in url else f"{url}{sep}pkt_size=1316"
+        return ["-f", "mpegts", "-mpegts_flags", "resend_headers", target]
+    if scheme in ("rtsp", "rtsps"):
+        return ["-f", "rtsp", "-rtsp_transport", "tcp", url]
+    raise PermanentError(f"cannot push to {scheme or 'a URL without scheme'}:// (use rtmp://, srt:// or rtsp://)")
+
+
+def h264_args(settings: UplinkSettings) -> list[str]:
+    """Software H.264 with the same stream shape the Pi's hardware encoder is asked for."""
+    fps = settings.fps
+    return [
+        "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-profile:v", "main",
+        "-pix_fmt", "yuv420p", "-b:v", f"{settings.bitrate_kbps}k", "-maxrate", f"{settings.bitrate_kbps}k",
+        "-bufsize", f"{settings.bitrate_kbps}k", "-g", str(fps), "-keyint_min", str(fps), "-sc_threshold", "0",
+        "-x264-params", "repeat-headers=1",
+    ]
+
+
+def aac_args(settings: UplinkSettings) -> list[str]:
+    return ["-c:a", "aac", "-b:a", f"{settings.audio_bitrate_kbps}k", "-ar", "48000", "-ac", "1"]
+
+
+class FfmpegUplink:
+    """CameraBackend on top of one supervised ffmpeg per attempt; subclasses say what to run."""
+
+    name = "ffmpeg"
+
+    def __init__(self, config: Any, post: Callable[[Any], None]) -> None:
+        self.config = config
+        self.site_id = config["site"]["id"]
+        self.site_name = config["site"]["name"] or self.site_id
+        self.settings = UplinkSettings.from_config(config["camera"])
+        self._post = post
+        self._lock = threading.Lock()
+        self._session: _Session | None = None
+        self._closed = False
+
+    # --- the CameraBackend interface (called on the daemon's loop thread: must not block) -------
+    def open(self) -> None:
+        problem = None if shutil.which("ffmpeg") else "ffmpeg is not installed"
+        problem = problem or self.check()
+        self._post(HealthReport("camera", "missing" if problem else "ok", problem or f"{self.name} ready"))
+
+    def start(self, url: str) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if self._session is not None:
+                self._session.stop()
+            self._session = _Session(self, url)
+            self._session.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            session, self._session = self._session, None
+        if session is not None:
+            session.stop()
+        else:
+            self._post(MediaStatus("uplink", "idle", "not running"))
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            session, self._session = self._session, None
+        if session is not None:
+            session.stop()
+            session.join(STOP_GRACE_S + 2.5)
+        self.release()
+
+    def probe(self, seconds: float) -> tuple[bool, str]:
+        """Self-test: run the source for `seconds` into nothing and count the frames it encodes."""
+        with self._lock:
+            session = self._session
+        if session is not None:
+            return session.status == "live", f"in use by the meeting's uplink ({session.status})"
+        try:
+            child = proc.spawn(self.command_with(["-f", "null", "-"]), stdin=self.stdin(),
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except OSError as exc:
+            return False, f"cannot run ffmpeg: {exc}"
+        frames = 0
+        try:
+            self.attached(child)
+            assert child.stdout is not None
+            fd = child.stdout.fileno()
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+                chunk = os.read(fd, 65536) if ready else b""
+                if ready and not chunk:
+                    break
+                for line in chunk.decode(errors="replace").splitlines():
+                    if line.startswith("frame="):
+                        frames = max(frames, _int(line.partition("=")[2]))
+        except PermanentError as exc:
+            return False, str(exc)
+        finally:
+            proc.kill(child)
+            self.detached()
+            self.session_ended()
+        s = self.settings
+        ok = frames >= seconds * s.fps / 2
+        return ok, f"{frames} frames encoded in {seconds:g} s ({s.width}x{s.height}@{s.fps})"
+
+    # --- hooks ----------------------------------------------------------------------------------
+    def check(self) -> str | None:
+        """A reason the source cannot work at all (shown as camera health `missing`), or None."""
+        return None
+
+    def command(self, url: str) -> list[str]:
+        return self.command_with(output_args(url))
+
+    def command_with(self, output: list[str]) -> list[str]:
+        """The ffmpeg command line, ending in `output` (container options and target)."""
+        raise NotImplementedError
+
+    def stdin(self) -> int | None:
+        return subprocess.DEVNULL
+
+    def attached(self, child: subprocess.Popen) -> None:
+        """Called on the session thread once an ffmpeg is running (the Pi camera feeds it here)."""
+
+    def detached(self) -> None:
+        """Called on the session thread once that ffmpeg is gone."""
+
+    def session_ended(self) -> None:
+        """Called on the session thread when the meeting's uplink is over."""
+
+    def release(self) -> None:
+        """Free whatever `open` acquired."""
+
+
+class _Session(threading.Thread):
+    def __init__(self, owner: FfmpegUplink, url: str) -> None:
+        super().__init__(name="uplink", daemon=True)
+        self.owner = owner
+        self.url = url
+        self.stopping = threading.Event()
+        self.child: subprocess.Popen | None = None
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=6)
+        self.status = "starting"
+
+    def post(self, status: str, detail: str = "") -> None:
+        # A replaced session (leave then join again at once) must not report over its successor.
+        if self.owner._session not in (self, None):
+            return
+        self.status = status
+        log.info("uplink %s: %s", status, detail)
+        self.owner._post(MediaStatus("uplink", status, detail))
+
+    def stop(self) -> None:
+        self.stopping.set()
+        child = self.child
+        if child is not None and child.poll() is None:
+            try:
+                os.killpg(child.pid, 15)  # SIGTERM: quick and non-blocking; the session escalates
+            except ProcessLookupError:
+                pass
+
+    def run(self) -> None:
+        backoff = Backoff(base_s=1.0, cap_s=30.0)
+        failures = 0
+        self.post("starting", f"pushing to {self.url}")
+        try:
+            while not self.stopping.is_set():
+                try:
+                    was_live, reason = self._attempt()
+                except PermanentError as exc:
+                    self.post("failed", str(exc))
+                    self.stopping.wait()
+                    break
+                if self.stopping.is_set():
+                    break
+                if was_live:
+                    backoff.reset()
+                    failures = 0
+                failures += 1
+                delay = backoff.next_delay() if failures <= FAST_RETRIES else SLOW_RETRY_S
+                status = "retrying" if failures <= FAST_RETRIES else "failed"
+                self.post(status, f"{reason}; attempt {failures + 1} in {delay:.1f} s")
+                self.stopping.wait(delay)
+        finally:
+            self.owner.session_ended()
+            self.post("idle", "stopped")
+
+    def _attempt(self) -> tuple[bool, str]:
+        cmd = self.owner.command(self.url)
+        log.debug("uplink: %s", " ".join(cmd))
+        try:
+            child = proc.spawn(cmd, stdin=self.owner.stdin(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except OSError as exc:
+            raise PermanentError(f"cannot run ffmpeg: {exc}") from exc
+        self.child = child
+        drain = threading.Thread(target=self._drain_stderr, args=(child,), daemon=True)
+        drain.start()
+        try:
+            self.owner.attached(child)
+            if self.stopping.is_set():
+                return False, "stopped"
+            return self._watch(child)
+        finally:
+            proc.kill(child, STOP_GRACE_S)
+            self.child = None
+            self.owner.detached()
+            drain.join(1.0)
+
+    def _watch(self, child: subprocess.Popen) -> tuple[bool, str]:
+        """Follow ffmpeg's progress reports until it dies, stalls or is stopped."""
+        assert child.stdout is not None
+        fd = child.stdout.fileno()
+        pending = b""
+        report: dict[str, str] = {}
+        live = False
+        last_size = -1
+        last_change = time.monotonic()
+        while True:
+            ready, _, _ = select.select([fd], [], [], 0.25)
+            now = time.monotonic()
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    code = child.wait()
+                    return live, self._why(f"ffmpeg exited with code {code}")
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    key, _, value = line.decode(errors="replace").strip().partition("=")
+                    report[key] = value
+                    if key != "progress":
+                        continue
+                    size = _int(report.get("total_size"))
+                    frames = _int(report.get("frame"))
+                    if size > last_size:
+                        last_size, last_change = size, now
+                        if not live and size > 0 and frames > 0:
+                            live = True
+                            self.post("live", f"sending to {self.url}")
+                    if value == "end":
+                        return live, self._why("ffmpeg ended the stream")
+            if self.stopping.is_set():
+                return live, "stopped"
+            if now - last_change > STALL_S:
+                return live, self._why(f"no data sent for {STALL_S:g} s")
+
+    def _drain_stderr(self, child: subprocess.Popen) -> None:
+        assert child.stderr is not None
+        for raw in child.stderr:
+            line = raw.decode(errors="replace").strip()
+            if line:
+                self.stderr_tail.append(line)
+                log.debug("ffmpeg: %s", line)
+
+    def _why(self, what: str) -> str:
+        tail = self.stderr_tail[-1] if self.stderr_tail else ""
+        return f"{what}: {tail}" if tail else what
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        return -1
+
+
+def base_args() -> list[str]:
+    return ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "warning",
+            "-progress", "pipe:1", "-stats_period", str(PROGRESS_PERIOD_S)]

@@ -1,0 +1,345 @@
+"""Media: press -> first program frame, press -> uplink at the server, glass-to-glass, CPU/RSS in a meeting.
+
+Runs the daemon's real core and dispatch in this process with the real backends (testsrc camera,
+headless libvlc display), nginx-rtmp taking the uplink and an SRT program source, all on loopback.
+Baselines, in the same run: a bare libvlc player opening the same program, and a bare ffmpeg
+pushing the same uplink command. `python -m benchmarks.bench_media [--joins N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from appliance.config import load
+from appliance.core.clock import rfc3339
+from appliance.core.io import ButtonDown, ButtonUp, MessageReceived
+from appliance.media import proc
+from appliance.localnet import free_port
+from appliance.media.central import RtmpServer, SrtProgram
+from appliance.media.frames import FrameSink
+
+TARGETS = {"press_to_frame_s": 1.5, "press_to_uplink_s": 1.5, "ratio": 1.3, "glass_to_glass_s": 1.0}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SMALL = (640, 360)
+BITS = 40
+BLOCK = 16
+
+
+def config(workdir: Path, width: int, height: int, camera: str = "testsrc") -> Any:
+    text = f"""
+[site]
+id = "kalibaru"
+name = "Kecamatan Kalibaru"
+[broker]
+url = "mqtt://127.0.0.1:1"
+[security]
+allow_unsigned = true
+allowed_media_hosts = ["127.0.0.1"]
+[panel]
+backend = "mock"
+[camera]
+backend = "{camera}"
+width = {width}
+height = {height}
+[display]
+output = "headless"
+width = {width}
+height = {height}
+frames_dir = "{workdir}/frames"
+[paths]
+state_dir = "{workdir}/state"
+control_socket = "{workdir}/control.sock"
+"""
+    path = workdir / "bench.toml"
+    path.write_text(text, encoding="utf-8")
+    return load([str(path)])
+
+
+class Site:
+    """The daemon minus MQTT (its publishes are dropped), its loop on a thread."""
+
+    def __init__(self, cfg: Any) -> None:
+        from appliance.daemon import Daemon
+
+        os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
+        self.daemon = daemon = Daemon(cfg)
+        daemon.mqtt.publish = lambda *args, **kwargs: None
+        for backend in (daemon.camera, daemon.display):
+            backend.open()
+        daemon._execute(daemon.core.start())
+        daemon.loop.watch_deadline(daemon.core.next_deadline, lambda: daemon._execute(daemon.core.tick()))
+        self.thread = threading.Thread(target=daemon.loop.run, daemon=True)
+        self.thread.start()
+
+    def announce(self, program_url: str, ingest_url: str) -> None:
+        now = time.time()
+        command = {"v": 1, "id": f"cmd-{uuid.uuid4().hex[:8]}", "type": "meeting.start", "issued_at": rfc3339(now),
+                   "expires_at": rfc3339(now + 3600), "to": ["kalibaru"],
+                   "body": {"meeting_id": "bench", "title": "Benchmark", "program_url": program_url,
+                            "ingest_url": ingest_url, "auto_join": False}}
+        self.daemon.loop.post(MessageReceived(self.daemon.core.topics.cmd, json.dumps(command).encode()))
+        self.wait_state("meeting_available", 5)
+
+    def press(self) -> float:
+        pressed = time.monotonic()
+        self.daemon.loop.post(ButtonDown())
+        self.daemon.loop.post(ButtonUp())
+        return pressed
+
+    def leave(self) -> None:
+        self.daemon.loop.post(lambda: self.daemon._execute(self.daemon.core.local("leave").effects))
+
+    def wait_state(self, state: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.daemon.core.state != state:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"state {self.daemon.core.state}, wanted {state}; {self.daemon.core.health}")
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.daemon.loop.stop()
+        self.thread.join(5)
+        for backend in (self.daemon.camera, self.daemon.display):
+            backend.close()
+
+
+def first_frame_after(sink: FrameSink, moment: float, timeout: float = 15) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sink.last_frame_at >= moment:
+            return sink.first_frame_since(moment)
+        time.sleep(0.002)
+    raise TimeoutError("no frame")
+
+
+def wait_publishing(server: RtmpServer, since: float, timeout: float = 15) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stream = server.streams().get("kalibaru", {})
+        if stream.get("publishing") and stream.get("bytes_in", 0) > 0:
+            return time.monotonic() - since
+        time.sleep(0.01)
+    raise TimeoutError("uplink never arrived")
+
+
+def bare_player_first_frame(url: str) -> float:
+    """Baseline: a fresh libvlc player with the same options, opening the same program."""
+    import vlc
+
+    from appliance.media.display import vlc_args
+
+    instance = vlc.Instance(vlc_args({"output": "headless", "network_caching_ms": 200}))
+    player = instance.media_player_new()
+    sink = FrameSink(SMALL)
+    sink.attach(player)
+    started = time.monotonic()
+    player.set_media(instance.media_new(url))
+    player.play()
+    try:
+        return first_frame_after(sink, started) - started
+    finally:
+        player.stop()
+        player.release()
+        instance.release()
+
+
+def bare_push_arrival(site: Site, server: RtmpServer) -> float:
+    """Baseline: the camera's own ffmpeg command, started by hand, until the server has the stream."""
+    command = site.daemon.camera.command(server.url("kalibaru"))
+    started = time.monotonic()
+    child = proc.spawn(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        return wait_publishing(server, started)
+    finally:
+        proc.kill(child, 0.7)
+
+
+def joins(workdir: Path, count: int) -> dict[str, list[float]]:
+    server = RtmpServer().start()
+    program = SrtProgram(video=f"testsrc2=size={SMALL[0]}x{SMALL[1]}:rate=30", bitrate_kbps=1000).start()
+    site = Site(config(workdir, *SMALL))
+    results: dict[str, list[float]] = {"frame": [], "frame_base": [], "uplink": [], "uplink_base": []}
+    try:
+        site.announce(program.url, server.url())
+        for _ in range(count):
+            results["frame_base"].append(bare_player_first_frame(program.url))
+            results["uplink_base"].append(bare_push_arrival(site, server))
+            time.sleep(0.5)  # the SRT listener restarts after each caller; nginx forgets the stream
+            sink = site.daemon.display.sink
+            pressed = site.press()
+            results["uplink"].append(wait_publishing(server, pressed))
+            results["frame"].append(first_frame_after(sink, pressed) - pressed)
+            site.wait_state("in_meeting", 20)
+            site.leave()
+            site.wait_state("meeting_available", 5)
+            time.sleep(0.5)
+    finally:
+        site.close()
+        program.stop()
+        server.close()
+    return results
+
+
+# --- glass-to-glass: the wall clock encoded as a bar code in every program frame ------------------
+def clock_source(port: int, stop: threading.Event) -> None:
+    width, height = SMALL
+    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "gray",
+           "-s", f"{width}x{height}", "-framerate", "30", "-i", "pipe:0", "-c:v", "libx264", "-preset", "veryfast",
+           "-tune", "zerolatency", "-g", "30", "-pix_fmt", "yuv420p", "-muxdelay", "0",
+           "-f", "mpegts", f"srt://127.0.0.1:{port}?mode=listener&pkt_size=1316"]
+    child = proc.spawn(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    background = bytes([40]) * (width * height)
+    started = time.monotonic()
+    index = 0
+    try:
+        while not stop.is_set():
+            frame = bytearray(background)
+            stamp = int(time.time() * 1000) & ((1 << BITS) - 1)
+            for bit in range(BITS):
+                if stamp >> bit & 1:
+                    x = bit * BLOCK
+                    for y in range(40, 40 + 2 * BLOCK):
+                        frame[y * width + x:y * width + x + BLOCK] = b"\xff" * BLOCK
+            child.stdin.write(frame)
+            index += 1
+            delay = started + index / 30 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+    except (BrokenPipeError, OSError):
+        pass
+    finally:
+        proc.kill(child)
+
+
+def glass_to_glass(workdir: Path, seconds: float) -> list[float]:
+    from appliance.media.display import VlcDisplay
+
+    port = free_port()
+    stop = threading.Event()
+    source = threading.Thread(target=clock_source, args=(port, stop), daemon=True)
+    source.start()
+    time.sleep(0.5)
+    lags: list[float] = []
+    width = SMALL[0]
+
+    def read_clock(view: memoryview, _at: float) -> None:
+        now_ms = int(time.time() * 1000)
+        stamp = 0
+        row = (40 + BLOCK) * width * 4
+        for bit in range(BITS):
+            if view[row + (bit * BLOCK + BLOCK // 2) * 4 + 1] > 128:
+                stamp |= 1 << bit
+        lag = ((now_ms & ((1 << BITS) - 1)) - stamp) / 1000
+        if 0 <= lag < 10:
+            lags.append(lag)
+
+    display = VlcDisplay(config(workdir, *SMALL), lambda event: None)
+    display.open()
+    try:
+        display.sink.listeners.append(read_clock)
+        display.start_program(f"srt://127.0.0.1:{port}")
+        time.sleep(seconds)
+    finally:
+        display.close()
+        stop.set()
+        source.join(3)
+    return lags
+
+
+# --- footprint in a meeting at the default 720p30 ---------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def footprint(workdir: Path, seconds: float) -> dict[str, float]:
+    server = RtmpServer().start()
+    program = SrtProgram(video="testsrc2=size=1280x720:rate=30", bitrate_kbps=2000).start()
+    site = Site(config(workdir, 1280, 720))
+    try:
+        site.announce(program.url, server.url())
+        site.press()
+        site.wait_state("in_meeting", 20)
+        time.sleep(2)
+        encoder = site.daemon.camera._session.child.pid
+        me = os.getpid()
+        before = {pid: cpu_seconds(pid) for pid in (me, encoder)}
+        wall = time.monotonic()
+        time.sleep(seconds)
+        elapsed = time.monotonic() - wall
+        return {"daemon_cpu_percent": 100 * (cpu_seconds(me) - before[me]) / elapsed,
+                "daemon_rss_mb": rss_mb(me),
+                "encoder_cpu_percent": 100 * (cpu_seconds(encoder) - before[encoder]) / elapsed,
+                "encoder_rss_mb": rss_mb(encoder)}
+    finally:
+        site.leave()
+        site.close()
+        program.stop()
+        server.close()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench_media")
+    parser.add_argument("--joins", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--footprint-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.footprint_only:  # a fresh process, so earlier phases do not inflate the RSS
+        with tempfile.TemporaryDirectory(prefix="bench-media-") as tmp:
+            print(json.dumps(footprint(Path(tmp), args.seconds)))
+        return 0
+    missed = []
+    with tempfile.TemporaryDirectory(prefix="bench-media-") as tmp:
+        workdir = Path(tmp)
+        runs = joins(workdir, args.joins)
+        median = {key: statistics.median(values) for key, values in runs.items()}
+        print(f"joins: {args.joins} at {SMALL[0]}x{SMALL[1]}, program over SRT, uplink over RTMP to nginx")
+        for key, base, label in (("frame", "frame_base", "press -> first program frame"),
+                                 ("uplink", "uplink_base", "press -> uplink at the server")):
+            ratio = median[key] / median[base]
+            print(f"  {label}: median {median[key]:.3f} s (min {min(runs[key]):.3f}, max {max(runs[key]):.3f}); "
+                  f"baseline median {median[base]:.3f} s; ratio {ratio:.2f}")
+            target = TARGETS["press_to_frame_s" if key == "frame" else "press_to_uplink_s"]
+            if median[key] > target or ratio > TARGETS["ratio"]:
+                missed.append(label)
+        lags = glass_to_glass(workdir, args.seconds)
+        if lags:
+            lags.sort()
+            g2g = statistics.median(lags)
+            print(f"glass-to-glass (program path, loopback, {len(lags)} frames): median {g2g:.3f} s, "
+                  f"p90 {lags[int(len(lags) * 0.9)]:.3f} s")
+            if g2g > TARGETS["glass_to_glass_s"]:
+                missed.append("glass-to-glass")
+        else:
+            print("glass-to-glass: no frame decoded")
+            missed.append("glass-to-glass")
+        answer = subprocess.run([sys.executable, "-m", "benchmarks.bench_media", "--footprint-only",
+                                 "--seconds", str(args.seconds)], capture_output=True, text=True, check=True)
+        use = json.loads(answer.stdout.strip().splitlines()[-1])
+        print(f"in a meeting at 1280x720p30 (testsrc + headless display): daemon {use['daemon_cpu_percent']:.0f}% CPU, "
+              f"{use['daemon_rss_mb']:.0f} MB RSS; its ffmpeg encoder {use['encoder_cpu_percent']:.0f}% CPU, "
+              f"{use['encoder_rss_mb']:.0f} MB RSS (100% = one core)")
+    print("targets: " + ("all met" if not missed else "MISSED: " + ", ".join(missed)))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
