@@ -16,21 +16,9 @@ import paho.mqtt.client as paho
 
 from tests.support.broker import Mosquitto
 from tests.support.site import ConsoleKey, DaemonProcess, site_config
+from benchmarks.procstat import cpu_seconds, rss_mb
 
 TARGETS = {"rss_mb": 40.0, "cpu_percent": 1.0, "ready_s": 1.5, "rtt_ratio": 1.5}
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def idle_footprint(workdir: Path, broker: Mosquitto, key: ConsoleKey, seconds: float) -> dict[str, float]:

@@ -28,9 +28,9 @@ from appliance.media import proc
 from appliance.localnet import free_port
 from appliance.media.central import RtmpServer, SrtProgram
 from appliance.media.frames import FrameSink
+from benchmarks.procstat import cpu_seconds, rss_mb
 
 TARGETS = {"press_to_frame_s": 1.5, "press_to_uplink_s": 1.5, "ratio": 1.3, "glass_to_glass_s": 1.0}
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SMALL = (640, 360)
 BITS = 40
 BLOCK = 16
@@ -258,18 +258,6 @@ def glass_to_glass(workdir: Path, seconds: float) -> list[float]:
 
 
 # --- footprint in a meeting at the default 720p30 ---------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def footprint(workdir: Path, seconds: float) -> dict[str, float]:
     server = RtmpServer().start()
     program = SrtProgram(video="testsrc2=size=1280x720:rate=30", bitrate_kbps=2000).start()
