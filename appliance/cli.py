@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     command("join", "join the announced meeting")
     command("leave", "leave the meeting")
     command("version", "show the installed and the running version")
+    selftest = command("selftest", "run the self-test; the result shows on screen and goes to the centre")
+    selftest.add_argument("--interactive", action="store_true",
+                          help="include the panel check: press the button within 30 s when the screen says so")
+    selftest.add_argument("--json", action="store_true", help="machine-readable output")
 
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -116,6 +120,10 @@ def _local(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"cmd": args.command}
     if args.command == "press" and args.hold is not None:
         body["hold"] = args.hold
+    if args.command == "selftest":
+        body["interactive"] = args.interactive
+        if args.interactive and not args.json:
+            print("Tekan tombol panel sekarang (30 detik) / press the panel button now (30 s)", flush=True)
     path = socket_path(args.config)
     try:
         reply = request(path, body)
@@ -131,6 +139,8 @@ def _local(args: argparse.Namespace) -> int:
         _print_status(reply["status"], args.json)
     elif args.command == "version":
         print(f"installed: {__version__}\nrunning: {reply['version']} (site {reply['site']})")
+    elif args.command == "selftest":
+        return _print_selftest(reply, args.json)
     else:
         print(f"{reply.get('message', 'done')} (state: {reply.get('state')})")
     return EXIT_OK
@@ -154,3 +164,16 @@ def _print_status(status: dict[str, Any], as_json: bool) -> None:
     width = max(len(key) for key, _ in rows)
     for key, value in rows:
         print(f"{key.ljust(width)}  {value}")
+
+
+def _print_selftest(reply: dict[str, Any], as_json: bool) -> int:
+    outcome = reply.get("result") or {}
+    if as_json:
+        print(json.dumps(outcome, indent=2, ensure_ascii=False))
+    else:
+        for line in reply.get("lines", []):
+            print(line)
+        passed = {"id": "LULUS", "en": "PASSED"}.get(reply.get("language", "id"), "LULUS")
+        failed = {"id": "GAGAL", "en": "FAILED"}.get(reply.get("language", "id"), "GAGAL")
+        print(f"=> {passed if outcome.get('ok') else failed}")
+    return EXIT_OK if outcome.get("ok") else EXIT_REFUSED

@@ -120,7 +120,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "audio_device": Key(str, ""),  # ALSA output for the program's sound; "" = VLC's default
         "frames_dir": Key(str, ""),    # headless only: where display.jpg snapshots go
     },
-    "telemetry": {"interval_s": Key((int, float), 60, _between(5, 86400))},
+    "telemetry": {
+        "interval_s": Key((int, float), 60, _between(5, 86400)),
+        # The 90-day uptime message is ~9 KB: every 60 s that is ~13 MB/day on a village link;
+        # 900 s cuts it to ~1 MB. The ledger is saved to disk every 60 s either way.
+        "uptime_publish_s": Key((int, float), 60, _between(60, 86400)),
+    },
     "paths": {
         "state_dir": Key(str, "/var/lib/appliance"),
         "control_socket": Key(str, "/run/appliance/control.sock"),

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import time
 from typing import Any
 
 from appliance import __version__
 from appliance.adapters import sysinfo
 from appliance.adapters.control import ControlRequest, ControlServer
+from appliance.adapters.ledger import LedgerStore
 from appliance.adapters.media import BackendUnavailable, create_camera, create_display
 from appliance.adapters.mqtt import MqttLink
 from appliance.adapters.panel import Panel
@@ -23,11 +25,14 @@ from appliance.core.io import ButtonDown, ButtonUp, HealthReport
 from appliance.core.machine import ApplianceCore, CoreSettings
 from appliance.core.protocol import CommandPolicy
 from appliance.core.signing import public_key_from_base64
+from appliance.core.uptime import UptimeLedger
 from appliance.loop import EventLoop
+from appliance.selftest_runner import SelftestRunner
 
 log = logging.getLogger("appliance")
 
 CLOCK_CHECK_INTERVAL_S = 60.0
+CHECKPOINT_INTERVAL_S = 60.0  # the contract: at most one interval of up time lost to a power cut
 DEFAULT_PRESS_S = 0.2
 MAX_PRESS_S = 60.0
 
@@ -57,9 +62,19 @@ class Daemon:
             display_enabled=config["display"]["backend"] != "none",
             version=__version__,
             boot_id=sysinfo.boot_id(),
+            timezone=config["time"]["timezone"],
+            # Not a configuration key yet (see docs/operations.md); every checkpoint until it is.
+            uptime_publish_s=float(config["telemetry"]["uptime_publish_s"]),
         )
         self.replay_store = ReplayStore(config["paths"]["state_dir"])
-        self.core = ApplianceCore(settings, self.clock, self.replay_store.load(self.clock.wall()))
+        self.ledger_store = LedgerStore(config["paths"]["state_dir"])
+        try:
+            self.ledger_store.open()
+            days, ledger_state = self.ledger_store.load()
+        except sqlite3.Error as exc:
+            raise OSError(f"cannot open the uptime ledger {self.ledger_store.path}: {exc}") from exc
+        self.core = ApplianceCore(settings, self.clock, self.replay_store.load(self.clock.wall()),
+                                  uptime=UptimeLedger(settings.timezone, days, ledger_state))
         self.notifier = Notifier()
         self.panel = Panel(config["panel"]["backend"], config["panel"]["button_pin"], config["panel"]["led_pin"], post)
         self.camera = self._backend(create_camera, "camera")
@@ -68,6 +83,7 @@ class Daemon:
                              password=config.broker_password(), post=post)
         self.control = ControlServer(config["paths"]["control_socket"], post)
         self._clock_synced: bool | None = None
+        self.selftest = SelftestRunner(self)
         self.debug_hooks = os.environ.get("APPLIANCE_DEBUG_HOOKS") == "1"
 
     def _backend(self, factory: Any, component: str) -> Any:
@@ -90,10 +106,12 @@ class Daemon:
         for backend in (self.camera, self.display):
             if backend is not None:
                 backend.open()
-        self._execute(self.core.start())
+        # After the backends' first health reports, so the first LED pattern is already the true one.
+        self.loop.post(lambda: self._execute(self.core.start()))
         self.mqtt.start()
         self.loop.watch_deadline(self.core.next_deadline, lambda: self._execute(self.core.tick()))
         self.loop.call_every(float(self.config["telemetry"]["interval_s"]), self._telemetry)
+        self.loop.call_every(CHECKPOINT_INTERVAL_S, lambda: self._execute(self.core.handle(io.CheckpointDue())))
         self.loop.call_later(0, self._check_clock)
         self.loop.call_every(CLOCK_CHECK_INTERVAL_S, self._check_clock)
         if self.notifier.watchdog_interval_s:
@@ -109,6 +127,8 @@ class Daemon:
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
+        self._execute(self.core.handle(io.CheckpointDue()))  # a clean stop loses no up time at all
+        self.ledger_store.close()
         self.control.close()
         for backend in (self.camera, self.display):
             if backend is not None:
@@ -119,6 +139,8 @@ class Daemon:
 
     # --- the loop thread ------------------------------------------------------------------------
     def _dispatch(self, item: Any) -> None:
+        if isinstance(item, (ButtonDown, ButtonUp)) and self.selftest.take_button(item):
+            return
         if isinstance(item, ControlRequest):
             self._control(item)
         else:
@@ -151,8 +173,12 @@ class Daemon:
             self.replay_store.remember(effect.command_id, effect.expires_at)
         elif isinstance(effect, io.NotifyStatus):
             self.notifier.status(effect.text)
+        elif isinstance(effect, io.SaveUptime):
+            self.ledger_store.save(list(effect.days), effect.state, effect.pending, list(effect.keep))
         elif isinstance(effect, io.RunSelftest):
-            log.warning("self-test requested; this version has no self-test runner yet")
+            refusal = self.selftest.start(effect.interactive)
+            if refusal:
+                log.warning("self-test requested over MQTT refused: %s", refusal)
         elif isinstance(effect, io.Log):
             log.log(logging.getLevelName(effect.level.upper()), effect.message)
 
@@ -178,6 +204,10 @@ class Daemon:
             request.reply(reply if outcome.ok else {**reply, "error": outcome.message})
         elif command == "press":
             self._press(request)
+        elif command == "selftest":
+            refusal = self.selftest.start(bool(request.body.get("interactive")), request)
+            if refusal:
+                request.reply({"ok": False, "error": refusal})
         elif command == "debug.hang" and self.debug_hooks:
             # Lets tests prove that a stuck loop stops the systemd watchdog pings.
             time.sleep(float(request.body.get("seconds", 1)))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,11 +22,13 @@ import paho.mqtt.client as paho
 
 from appliance.adapters.control import NoDaemon, request
 from appliance.core.clock import rfc3339
+from appliance.localnet import free_port, wait_for_port
 from appliance.core.signing import generate_private_key, public_key_to_base64, sign_command
+from appliance.media.central import CentralMedia, demo_media_toml
 
 SITE = "kalibaru"
 PREFIX = "rapat/v1"
-COLOURS = {"state": "36", "ack": "32", "event": "35", "led": "33", "console": "1", "telemetry": "2"}
+COLOURS = {"state": "36", "ack": "32", "event": "35", "led": "33", "console": "1", "telemetry": "2", "centre": "34"}
 
 
 class Screen:
@@ -47,12 +48,6 @@ class Screen:
             print(f"{stamp} {label} {text}", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     if not shutil.which("mosquitto"):
         sys.exit("demo: mosquitto is not installed; run `make setup` first")
@@ -60,16 +55,14 @@ def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     conf = workdir / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
     broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return broker, port
-        except OSError:
-            time.sleep(0.05)
-    sys.exit("demo: mosquitto did not start")
+    try:
+        wait_for_port(port)
+    except TimeoutError:
+        sys.exit("demo: mosquitto did not start")
+    return broker, port
 
 
-def write_site_config(workdir: Path, port: int, public_key: str) -> Path:
+def write_site_config(workdir: Path, port: int, public_key: str, frames_dir: Path) -> Path:
     config = workdir / "site.toml"
     config.write_text(f"""[site]
 id = "{SITE}"
@@ -82,11 +75,7 @@ console_public_key = "{public_key}"
 allowed_media_hosts = ["127.0.0.1"]
 [panel]
 backend = "mock"
-[camera]
-backend = "none"
-[display]
-backend = "none"
-[telemetry]
+{demo_media_toml(str(frames_dir))}[telemetry]
 interval_s = 15
 [paths]
 state_dir = "{workdir / 'state'}"
@@ -159,7 +148,9 @@ def summarise(kind: str, payload: dict[str, Any]) -> str:
         if not payload.get("online"):
             return "site OFFLINE (last will)"
         meeting = payload.get("meeting") or {}
-        return f"{payload['state']:<18} meeting={meeting.get('title', '-')}  broker={payload['health']['broker']}"
+        health = payload["health"]
+        return (f"{payload['state']:<18} meeting={meeting.get('title', '-')}  broker={health['broker']}  "
+                f"uplink={health['uplink']}  program={health['program']}")
     if kind == "ack":
         outcome = "ok" if payload["ok"] else f"REFUSED {payload['error']['code']}: {payload['error']['message']}"
         return f"{payload['type']} {payload['id']}: {outcome} (state {payload.get('state')})"
@@ -208,12 +199,16 @@ def press(socket_path: str, screen: Screen, hold: float | None = None) -> None:
     screen.line("console", f"  -> {reply.get('message', reply.get('error'))}, state {reply.get('state')}")
 
 
-def run_demo(interactive: bool, keep: bool) -> int:
+def run_demo(interactive: bool, keep: bool, output: Path) -> int:
     screen = Screen()
     workdir = Path(tempfile.mkdtemp(prefix="rapat-demo-"))
+    shutil.rmtree(output, ignore_errors=True)
+    output.mkdir(parents=True)
     broker, port = start_broker(workdir)
+    central = CentralMedia(str(workdir / "central"), title="Musrenbang Kecamatan").start()
+    screen.line("centre", f"central media: program {central.program_url} (SRT), uplinks {central.ingest_url} (RTMP)")
     console = ConsoleSide(port, screen)
-    config = write_site_config(workdir, port, console.public_key)
+    config = write_site_config(workdir, port, console.public_key, output)
     screen.line("console", f"broker on 127.0.0.1:{port}; site config {config}")
     daemon_log = open(workdir / "daemon.log", "wb")
     daemon = subprocess.Popen([sys.executable, "-m", "appliance", "run", "--config", str(config)],
@@ -226,7 +221,7 @@ def run_demo(interactive: bool, keep: bool) -> int:
         time.sleep(0.5)
         announcement = console.send("meeting.start", {
             "meeting_id": "musrenbang-2026", "title": "Musrenbang Kecamatan",
-            "program_url": "srt://127.0.0.1:9000", "ingest_url": "rtmp://127.0.0.1/live/{site}", "auto_join": False,
+            "program_url": central.program_url, "ingest_url": central.ingest_url, "auto_join": False,
         })
         console.wait("state", lambda p: p.get("state") == "meeting_available")
         screen.line("console", "an attacker replays the same signed command:")
@@ -237,8 +232,10 @@ def run_demo(interactive: bool, keep: bool) -> int:
             interactive_loop(socket_path, screen)
         else:
             press(socket_path, screen)
-            console.wait("state", lambda p: p.get("state") == "in_meeting")
-            time.sleep(1.5)
+            console.wait("state", lambda p: p.get("state") == "in_meeting", timeout=30)
+            time.sleep(3)  # the program plays; the uplink reaches the centre
+            screen.line("centre", f"uplink from {SITE}: {central.uplink(SITE)}")
+            central.save_uplink_frame(SITE, str(output / "uplink.jpg"))
             press(socket_path, screen, hold=3.2)
             console.wait("event", lambda p: p.get("type") == "meeting.left")
         console.send("meeting.end", {"meeting_id": "musrenbang-2026"})
@@ -253,10 +250,11 @@ def run_demo(interactive: bool, keep: bool) -> int:
         daemon.wait(10)
         time.sleep(0.3)
         console.close()
+        central.close()
         broker.terminate()
         broker.wait(5)
         daemon_log.close()
-    print_summary(console, leds, screen)
+    print_summary(console, leds, screen, output)
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)
     else:
@@ -273,8 +271,11 @@ def interactive_loop(socket_path: str, screen: Screen) -> None:
         press(socket_path, screen, hold=3.2 if choice == "h" else None)
 
 
-def print_summary(console: ConsoleSide, leds: LedWatcher, screen: Screen) -> None:
-    states = [p["state"] for kind, p in console.seen if kind == "state"]
+def print_summary(console: ConsoleSide, leds: LedWatcher, screen: Screen, output: Path) -> None:
+    states: list[str] = []
+    for kind, payload in console.seen:
+        if kind == "state" and (not states or states[-1] != payload["state"]):
+            states.append(payload["state"])
     acks = [p for kind, p in console.seen if kind == "ack"]
     events = [p["type"] for kind, p in console.seen if kind == "event"]
     print("\nSummary", flush=True)
@@ -283,14 +284,20 @@ def print_summary(console: ConsoleSide, leds: LedWatcher, screen: Screen) -> Non
     print(f"  acks        : {sum(a['ok'] for a in acks)} ok, {sum(not a['ok'] for a in acks)} refused")
     print(f"  events      : {', '.join(events)}")
     print(f"  time        : {time.monotonic() - screen.start:.1f} s")
+    pictures = sorted(path.name for path in output.glob("*.jpg"))
+    print(f"  pictures    : {output}/ ({', '.join(pictures) or 'none'})")
+    print("                program.jpg is the meeting as the site's screen showed it, uplink.jpg the site's")
+    print("                camera as the centre received it, screen-*.jpg the screens village staff saw")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m appliance.demo", description=__doc__)
     parser.add_argument("--interactive", action="store_true", help="press the button yourself with Enter")
     parser.add_argument("--keep", action="store_true", help="keep the working directory and logs")
+    parser.add_argument("--output", type=Path, default=Path("demo-output"),
+                        help="where the screen, program and uplink pictures go (default: ./demo-output)")
     args = parser.parse_args(argv)
-    return run_demo(args.interactive, args.keep)
+    return run_demo(args.interactive, args.keep, args.output.resolve())
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ def make_core(*, camera: bool = False, display: bool = False, clock: FakeClock |
     core = ApplianceCore(settings, clock, replay)
     core.start()
     core.handle(io.BrokerConnected())
+    for component, enabled in (("camera", camera), ("display", display)):
+        if enabled:
+            core.handle(io.HealthReport(component, "ok"))  # as the backends' open() reports
     return core, clock
 
 

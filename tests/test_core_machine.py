@@ -206,8 +206,6 @@ def test_hours_of_idle_behaviour_in_milliseconds() -> None:
 
 def _reach(state: str) -> tuple:
     core, clock = make_core(camera=True, display=True)
-    core.handle(io.HealthReport("camera", "ok"))
-    core.handle(io.HealthReport("display", "ok"))
     if state != IDLE:
         announce(core, "m1")
     if state in (JOINING, IN_MEETING, LEAVING):
@@ -266,3 +264,25 @@ def test_transition_table(state: str, name: str) -> None:
         assert all(ack["ok"] for ack in acks)
     pattern = {IDLE: "off", A: "slow_blink", J: "fast_blink", L: "fast_blink", M: "on"}[core.state]
     assert core.status()["led"] == pattern
+
+
+def test_join_with_a_failed_uplink_goes_degraded_without_waiting() -> None:
+    core, _ = make_core(camera=True, display=True)
+    announce(core)
+    command(core, "join")
+    core.handle(io.MediaStatus("program", "playing"))
+    assert core.state == JOINING  # the uplink may still come
+    effects = core.handle(io.MediaStatus("uplink", "failed"))
+    assert core.state == IN_MEETING and published(effects, "/event")[-1]["degraded"] is True
+
+
+def test_join_with_missing_camera_watches_as_soon_as_the_program_plays() -> None:
+    core, _ = make_core(camera=True, display=True)
+    core.handle(io.HealthReport("camera", "missing", "no /dev/video0"))
+    announce(core)
+    command(core, "join")
+    assert core.state == JOINING
+    core.handle(io.MediaStatus("program", "playing"))
+    assert core.state == IN_MEETING
+    core.handle(io.MediaStatus("program", "failed"))
+    assert core.status()["screen"] == "program_reconnecting"

@@ -34,11 +34,18 @@ def system_uptime_s() -> float | None:
         return None
 
 
-def cpu_temp_c() -> float | None:
-    try:
-        return round(int(Path("/sys/class/thermal/thermal_zone0/temp").read_text()) / 1000, 1)
-    except (OSError, ValueError):
-        return None
+CPU_ZONE_TYPES = ("cpu", "x86_pkg", "soc")  # the Pi's zone is "cpu-thermal"; others are boards, batteries...
+
+
+def cpu_temp_c(root: Path = Path("/sys/class/thermal")) -> float | None:
+    """The CPU's own sensor only: another thermal zone's reading would be a real number about the wrong thing."""
+    for zone in sorted(root.glob("thermal_zone*")):
+        try:
+            if any(kind in (zone / "type").read_text().strip().lower() for kind in CPU_ZONE_TYPES):
+                return round(int((zone / "temp").read_text()) / 1000, 1)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def mem_available_mb() -> float | None:

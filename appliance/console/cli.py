@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from appliance.console import admin, operate
+from appliance.console import admin, collect, operate, rollout
 from appliance.console.context import Context
 from appliance.console.errors import ConsoleError
 from appliance.console.home import ENV_HOME, Home, default_home
@@ -113,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     watch = sub(commands, "watch", "the status, live (Ctrl-C to stop)")
     watch.add_argument("--duration", metavar="SECONDS", help="stop after this long")
     watch.set_defaults(handler=operate.cmd_watch)
+
+    collector = sub(commands, "collect", "store every site message (state, acks, events, telemetry, uptime, "
+                    "self-tests) in the console's database; runs until stopped")
+    collector.add_argument("--name", default="main", metavar="NAME",
+                           help="this collector's name: its broker session (default main); run more with other names")
+    collector.add_argument("--duration", metavar="DURATION", help="stop after this long (e.g. 10m)")
+    collector.set_defaults(handler=collect.cmd_collect)
+
+    report = sub(commands, "rollout", "which sites are ready for the target and why not; travel avoided")
+    rollout.add_arguments(report)
+    report.set_defaults(handler=rollout.cmd_rollout)
     return parser
 
 

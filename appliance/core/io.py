@@ -63,6 +63,11 @@ class TelemetryDue:
     sample: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class CheckpointDue:
+    """Time to place the uptime since the last checkpoint on days, save and republish the ledger."""
+
+
 # --- effects ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Publish:
@@ -121,6 +126,16 @@ class RunSelftest:
 
 
 @dataclass(frozen=True)
+class SaveUptime:
+    """Persist a ledger checkpoint in one transaction (copies: the core keeps mutating its own)."""
+
+    days: tuple[Any, ...]
+    state: Any
+    pending: dict[str, float]
+    keep: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Log:
     level: str  # debug | info | warning | error
     message: str
@@ -128,9 +143,9 @@ class Log:
 
 Event = (
     BrokerConnected | BrokerDisconnected | MessageReceived | PublishDenied | ButtonDown | ButtonUp
-    | MediaStatus | HealthReport | TelemetryDue
+    | MediaStatus | HealthReport | TelemetryDue | CheckpointDue
 )
 Effect = (
     Publish | SetLed | ShowScreen | StartUplink | StopUplink | StartProgram | StopProgram
-    | RememberCommand | NotifyStatus | RunSelftest | Log
+    | RememberCommand | NotifyStatus | RunSelftest | SaveUptime | Log
 )

@@ -6,6 +6,7 @@ States follow the contract: idle -> meeting_available -> joining -> in_meeting -
 
 from __future__ import annotations
 
+import copy
 import heapq
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,14 +14,15 @@ from typing import Any
 from appliance.core import led
 from appliance.core.clock import Clock, rfc3339
 from appliance.core.io import (
-    BrokerConnected, BrokerDisconnected, ButtonDown, ButtonUp, Effect, Event, HealthReport, Log,
-    MediaStatus, MessageReceived, NotifyStatus, Publish, PublishDenied, RememberCommand, RunSelftest,
-    SetLed, ShowScreen, StartProgram, StartUplink, StopProgram, StopUplink, TelemetryDue,
+    BrokerConnected, BrokerDisconnected, ButtonDown, ButtonUp, CheckpointDue, Effect, Event, HealthReport,
+    Log, MediaStatus, MessageReceived, NotifyStatus, Publish, PublishDenied, RememberCommand, RunSelftest,
+    SaveUptime, SetLed, ShowScreen, StartProgram, StartUplink, StopProgram, StopUplink, TelemetryDue,
 )
 from appliance.core.protocol import (
     INVALID_STATE, RETAINED_COMMAND, Command, CommandPolicy, CommandRejected, Topics, check_command,
     identify,
 )
+from appliance.core.uptime import UptimeLedger
 
 IDLE = "idle"
 MEETING_AVAILABLE = "meeting_available"
@@ -58,6 +60,9 @@ class CoreSettings:
     join_timeout_s: float = 20.0
     leave_timeout_s: float = 2.0
     notice_s: float = 6.0
+    timezone: str = "Asia/Jakarta"
+    # The 90-day uptime message is ~9 KB: republished every 60 s that is ~13 MB a day per site.
+    uptime_publish_s: float = 60.0
 
 
 @dataclass
@@ -68,7 +73,8 @@ class Outcome:
 
 
 class ApplianceCore:
-    def __init__(self, settings: CoreSettings, clock: Clock, replay_memory: dict[str, float] | None = None) -> None:
+    def __init__(self, settings: CoreSettings, clock: Clock, replay_memory: dict[str, float] | None = None,
+                 uptime: UptimeLedger | None = None) -> None:
         self.settings = settings
         self.clock = clock
         self.topics = Topics(settings.topic_prefix, settings.site_id, settings.site_kind)
@@ -96,14 +102,25 @@ class ApplianceCore:
         self._hold_fired = False
         self._state_deadline: float | None = None
         self._leave_reason = ""
+        # Until a backend has reported, "missing" is a default, not a finding: it must not blink "broken".
+        self._reported: set[str] = set()
         self._notice: tuple[str, float] | None = None
         self._effects: list[Effect] = []
         self._shown: tuple[Any, ...] | None = None
         self._published: tuple[Any, ...] | None = None
+        self.uptime = uptime or UptimeLedger(settings.timezone)
+        self._connect_checkpoint = False
+        self._uptime_published_at: float | None = None
 
     # --- public API -----------------------------------------------------------------------------
     def start(self) -> list[Effect]:
         self._log("info", f"site {self.settings.site_id} starting in state {self.state}")
+        self.uptime.start(self.clock.monotonic(), self.settings.boot_id, self.broker_connected, self.state == IN_MEETING)
+        return self._finish()
+
+    def redraw(self) -> list[Effect]:
+        """Show the LED and screen of the current state again (after a self-test borrowed them)."""
+        self._shown = None
         return self._finish()
 
     def handle(self, event: Event) -> list[Effect]:
@@ -163,6 +180,7 @@ class ApplianceCore:
         self.publish_denied = ""
         self.health["broker"] = "ok"
         self._published = None  # republish the retained state on every (re)connect
+        self._connect_checkpoint = True  # and the retained ledger, with the outage just ended on it
 
     def _on_BrokerDisconnected(self, event: BrokerDisconnected) -> None:
         self.broker_connected = False
@@ -213,8 +231,8 @@ class ApplianceCore:
         self.health[event.kind] = event.status
         if event.status in ("retrying", "failed") and previous != event.status:
             self._event("media.error", kind=event.kind, status=event.status, detail=event.detail)
-        if self.state == JOINING and self._media_ready():
-            self._enter_meeting(degraded=False)
+        if self.state == JOINING:
+            self._maybe_joined()
         elif self.state == LEAVING and self._media_stopped():
             self._finish_leaving()
 
@@ -222,8 +240,32 @@ class ApplianceCore:
         if self.health.get(event.component) != event.value and event.value in BROKEN_HEALTH:
             self._log("error", f"{event.component} is {event.value}: {event.detail}")
         self.health[event.component] = event.value
+        self._reported.add(event.component)
+        if self.state == JOINING:
+            self._maybe_joined()
+
+    def _on_CheckpointDue(self, event: CheckpointDue) -> None:
+        self._checkpoint()
+
+    def _checkpoint(self, publish: bool = False) -> None:
+        # The ledger's segment up to now still carries the flags from before this event.
+        ledger = self.uptime
+        changed = ledger.checkpoint(self.clock.monotonic(), self.clock.wall(), self.health["clock"] == "synced")
+        self._emit(SaveUptime(tuple(copy.copy(ledger.days[date]) for date in sorted(changed)),
+                              copy.deepcopy(ledger.state), ledger.pending(), tuple(sorted(ledger.days))))
+        now = self.clock.monotonic()
+        due = self._uptime_published_at is None or now - self._uptime_published_at >= self.settings.uptime_publish_s - 1
+        if self.broker_connected and (publish or due):
+            self._uptime_published_at = now
+            self._emit(Publish(self.topics.uptime, self.uptime_payload(), retain=True))
+
+    def uptime_payload(self) -> dict[str, Any]:
+        return {"v": 1, "site": self.settings.site_id, "tz": self.uptime.timezone,
+                "days": self.uptime.messages_days(), "at": rfc3339(self.clock.wall())}
 
     def _on_TelemetryDue(self, event: TelemetryDue) -> None:
+        if not self.broker_connected:
+            return  # queued, it would arrive late with an old `at` and pass for connected time at the console
         payload = {
             "v": 1,
             "site": self.settings.site_id,
@@ -268,6 +310,9 @@ class ApplianceCore:
             if self.meeting is None or self.meeting.meeting_id != body["meeting_id"]:
                 current = self.meeting.meeting_id if self.meeting else "none"
                 problem = f"meeting {body['meeting_id']!r} is not the current meeting (current: {current})"
+        elif action == "selftest":
+            if self.state in (JOINING, IN_MEETING, LEAVING):
+                problem = "no self-test during a meeting; leave the meeting first"
         elif action == "join":
             if self.state == IDLE:
                 problem = "no meeting has been announced to this site"
@@ -342,13 +387,12 @@ class ApplianceCore:
             self._emit(StartUplink(self.meeting.ingest_url))
         if self.settings.display_enabled:
             self._emit(StartProgram(self.meeting.program_url))
-        if self._media_ready():
-            self._enter_meeting(degraded=False)
-        else:
-            self._state_deadline = self.clock.monotonic() + self.settings.join_timeout_s
+        self._state_deadline = self.clock.monotonic() + self.settings.join_timeout_s
+        self._maybe_joined()
 
     def _enter_meeting(self, degraded: bool) -> None:
         self._state_deadline = None
+        self.uptime.count(self.clock.monotonic(), "meetings_joined")
         self._transition(IN_MEETING)
         meeting_id = self.meeting.meeting_id if self.meeting else None
         self._event("meeting.joined", meeting_id=meeting_id, degraded=degraded,
@@ -371,10 +415,27 @@ class ApplianceCore:
         self._event("meeting.left", reason=self._leave_reason)
         self._transition(MEETING_AVAILABLE if self.meeting else IDLE)
 
+    def _media_parts(self) -> list[tuple[bool, bool]]:
+        """(ready, hopeless) of each enabled part; hopeless = failed or its device is missing/broken."""
+        parts = []
+        if self.settings.camera_enabled:
+            parts.append((self.health["uplink"] == "live",
+                          self.health["uplink"] == "failed" or self._is_broken("camera")))
+        if self.settings.display_enabled:
+            parts.append((self.health["program"] == "playing",
+                          self.health["program"] == "failed" or self._is_broken("display")))
+        return parts
+
     def _media_ready(self) -> bool:
-        uplink_ok = not self.settings.camera_enabled or self.health["uplink"] == "live"
-        program_ok = not self.settings.display_enabled or self.health["program"] == "playing"
-        return uplink_ok and program_ok
+        return all(ready for ready, _ in self._media_parts())
+
+    def _maybe_joined(self) -> None:
+        """Join as soon as every part works, or at once degraded when the rest can no longer come."""
+        parts = self._media_parts()
+        if all(ready for ready, _ in parts):
+            self._enter_meeting(degraded=False)
+        elif all(ready or hopeless for ready, hopeless in parts):
+            self._enter_meeting(degraded=True)
 
     def _media_stopped(self) -> bool:
         uplink_ok = not self.settings.camera_enabled or self.health["uplink"] in UPLINK_STOPPED
@@ -391,8 +452,11 @@ class ApplianceCore:
             self.since = self.clock.wall()
 
     # --- outputs derived from the state ---------------------------------------------------------
+    def _is_broken(self, part: str) -> bool:
+        return part in self._reported and self.health[part] in BROKEN_HEALTH
+
     def _broken(self) -> bool:
-        return any(self.health[part] in BROKEN_HEALTH for part in ("panel", "camera", "display")) or bool(self.publish_denied)
+        return any(self._is_broken(part) for part in ("panel", "camera", "display")) or bool(self.publish_denied)
 
     def _led_pattern(self) -> led.LedPattern:
         if self.state == IN_MEETING:
@@ -411,9 +475,9 @@ class ApplianceCore:
         screen = self.state
         if self.state == IDLE and not self.broker_connected:
             screen = "broker_unreachable"
-        elif self.state == IDLE and self.health["camera"] in BROKEN_HEALTH:
+        elif self.state == IDLE and self._is_broken("camera"):
             screen = "camera_missing"
-        elif self.state == IN_MEETING and self.health["program"] in ("retrying", "buffering"):
+        elif self.state == IN_MEETING and self.health["program"] in ("retrying", "buffering", "failed"):
             screen = "program_reconnecting"
         info = {
             "site_name": self.settings.site_name or self.settings.site_id,
@@ -442,6 +506,7 @@ class ApplianceCore:
 
     def _finish(self) -> list[Effect]:
         """Emit whatever derived output changed, then hand the accumulated effects over."""
+        self.uptime.observe(self.clock.monotonic(), self.broker_connected, self.state == IN_MEETING)
         payload = self._state_payload()
         fingerprint = (payload["state"], str(payload["meeting"]), str(payload["health"]))
         if fingerprint != self._published:
@@ -450,6 +515,9 @@ class ApplianceCore:
             if self.broker_connected:
                 self._emit(Publish(self.topics.state, payload, retain=True))
             self._emit(NotifyStatus(f"{self.state}; broker {self.health['broker']}"))
+        if self._connect_checkpoint:
+            self._connect_checkpoint = False
+            self._checkpoint(publish=True)
         screen, info = self._screen()
         shown = (screen, str(sorted(info.items())), self._led_pattern())
         if shown != self._shown:
