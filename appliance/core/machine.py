@@ -18,18 +18,14 @@ from appliance.core.io import (
     Log, MediaStatus, MessageReceived, NotifyStatus, Publish, PublishDenied, RememberCommand, RunSelftest,
     SaveUptime, SetLed, ShowScreen, StartProgram, StartUplink, StopProgram, StopUplink, TelemetryDue,
 )
+from appliance.core.presentation import (
+    IDLE, IN_MEETING, JOINING, LEAVING, MEETING_AVAILABLE, led_pattern, screen_name,
+)
 from appliance.core.protocol import (
     INVALID_STATE, RETAINED_COMMAND, Command, CommandPolicy, CommandRejected, Topics, check_command,
     identify,
 )
 from appliance.core.uptime import UptimeLedger
-
-IDLE = "idle"
-MEETING_AVAILABLE = "meeting_available"
-JOINING = "joining"
-IN_MEETING = "in_meeting"
-LEAVING = "leaving"
-STATES = (IDLE, MEETING_AVAILABLE, JOINING, IN_MEETING, LEAVING)
 
 BROKEN_HEALTH = ("missing", "error")
 UPLINK_STOPPED = ("idle", "failed")
@@ -459,26 +455,10 @@ class ApplianceCore:
         return any(self._is_broken(part) for part in ("panel", "camera", "display")) or bool(self.publish_denied)
 
     def _led_pattern(self) -> led.LedPattern:
-        if self.state == IN_MEETING:
-            return led.ON
-        if self.state in (JOINING, LEAVING):
-            return led.FAST_BLINK
-        if self.state == MEETING_AVAILABLE:
-            return led.SLOW_BLINK
-        if self._broken():
-            return led.DOUBLE_BLINK
-        if not self.broker_connected:
-            return led.BLIP
-        return led.OFF
+        return led_pattern(self.state, self.broker_connected, self._broken())
 
     def _screen(self) -> tuple[str, dict[str, Any]]:
-        screen = self.state
-        if self.state == IDLE and not self.broker_connected:
-            screen = "broker_unreachable"
-        elif self.state == IDLE and self._is_broken("camera"):
-            screen = "camera_missing"
-        elif self.state == IN_MEETING and self.health["program"] in ("retrying", "buffering", "failed"):
-            screen = "program_reconnecting"
+        screen = screen_name(self.state, self.broker_connected, self._is_broken("camera"), self.health)
         info = {
             "site_name": self.settings.site_name or self.settings.site_id,
             "title": self.meeting.title if self.meeting else None,
