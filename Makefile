@@ -13,6 +13,7 @@ test: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-slow: setup
+	@bash scripts/setup.sh --image-tools
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 bench: setup

@@ -7,7 +7,8 @@ password), owned by the daemon's user, and the original is renamed to `<name>.ap
 boot does not apply it again. An invalid one changes nothing: the previous configuration stays,
 the file stays where it is for the technician to fix, and the reasons go to stderr (the unit sends
 that to the journal and the HDMI console) and to `provision-error.txt` next to the target, where
-the daemon's display can show them. Every run also sets the hostname to `rapat-<site id>` from the
+the daemon's display can show them. A `ca.pem` beside the site file (appliance-console writes one)
+is installed next to the target first, so a site file whose `broker.ca_file` points there is valid. Every run also sets the hostname to `rapat-<site id>` from the
 installed file, because a read-only root forgets /etc/hostname at each boot.
 
 Exit codes: 0 applied or nothing to apply, 2 invalid site file, 1 could not write.
@@ -29,6 +30,7 @@ BOOT_FILE = "/boot/firmware/appliance-site.toml"
 TARGET = "/var/lib/appliance/site.toml"
 BASE_FILE = "/etc/appliance/appliance.toml"
 ERROR_NAME = "provision-error.txt"
+CA_NAME = "ca.pem"
 HOSTNAME_PREFIX = "rapat-"
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -37,15 +39,19 @@ def log(message: str) -> None:
     print(f"appliance-provision: {message}", file=sys.stderr, flush=True)
 
 
-def validate(boot_file: Path, base_file: Path) -> tuple[appliance_config.Config | None, list[str]]:
-    """Check the site file the way the daemon will load it: on top of the image's defaults."""
+def validate(boot_file: Path, base_file: Path, arriving: tuple[Path, ...] = ()) -> tuple[appliance_config.Config | None, list[str]]:
+    """Check the site file the way the daemon will load it: on top of the image's defaults.
+
+    `arriving` are files this run installs next to it (the CA), so they need not exist yet.
+    """
     paths = [str(base_file)] if base_file.exists() else []
     paths.append(str(boot_file))
     try:
         loaded = appliance_config.load(paths)
     except appliance_config.ConfigError as exc:
         return None, exc.problems
-    problems = appliance_config.file_problems(loaded)
+    problems = [problem for problem in appliance_config.file_problems(loaded)
+                if not any(f" {path} " in problem for path in arriving)]
     return (None, problems) if problems else (loaded, [])
 
 
@@ -136,8 +142,9 @@ def provision(boot_file: Path, target: Path, base_file: Path, etc: Path, set_hos
               user: str | None = "appliance") -> int:
     owner = _owner(user)
     status = EXIT_OK
+    boot_ca, installed_ca = boot_file.with_name(CA_NAME), target.parent / CA_NAME
     if boot_file.exists():
-        _, problems = validate(boot_file, base_file)
+        _, problems = validate(boot_file, base_file, (installed_ca,) if boot_ca.exists() else ())
         if problems:
             error_file = write_error(target, [f"site file rejected, previous configuration kept: {boot_file}"]
                                      + problems, owner)
@@ -146,6 +153,9 @@ def provision(boot_file: Path, target: Path, base_file: Path, etc: Path, set_hos
                 log(f"  {problem}")
             status = EXIT_INVALID
         else:
+            if boot_ca.exists():
+                # The console's CA travels beside the site file; it is public, so 0644.
+                atomic_write(installed_ca, boot_ca.read_bytes(), 0o644, owner)
             applied = install(boot_file, target, owner)
             (target.parent / ERROR_NAME).unlink(missing_ok=True)
             log(f"installed {boot_file} as {target}; original renamed to {applied.name}")

@@ -3,11 +3,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# What `make test` and `make demo` need: broker, media, build tools, the image tools the fast
+# image tests use, systemd-analyze, and Chromium for the report screenshots.
 APT_PACKAGES=(
   mosquitto mosquitto-clients ffmpeg libvlc5 vlc-plugin-base vlc-plugin-access-extra
   nginx libnginx-mod-rtmp libsystemd-dev pkg-config libcap-dev gcc python3-venv python3-dev
   jq openssl xvfb vlc-plugin-video-output chromium
+  fdisk dosfstools mtools e2fsprogs xz-utils util-linux systemd bmap-tools
 )
+# `--image-tools` (make test-slow): a real arm64 root under emulation, and booting it in qemu.
+if [ "${1:-}" = "--image-tools" ]; then
+  APT_PACKAGES+=(qemu-user-static binfmt-support debootstrap qemu-system-arm)
+fi
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 

@@ -1,0 +1,262 @@
+"""What build-image changes inside the mounted root file system."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from imagelib import BuildError, Cleanup, Partition, mount, run
+
+VENV = "/opt/rapat-appliance"
+PYTHON_VERSION = "3.11"
+SITE_PACKAGES = f"{VENV}/lib/python{PYTHON_VERSION}/site-packages"
+# Pi OS bookworm has glibc 2.36: every manylinux tag up to 2.36 fits. Listed one by one because
+# older pip (23.x) does not expand a manylinux tag to the older ones.
+WHEEL_PLATFORMS = [f"manylinux_2_{minor}_aarch64" for minor in range(36, 16, -1)] + ["manylinux2014_aarch64"]
+OVERLAY_INIT = "/usr/lib/rapat-appliance/overlay-init"
+DATA_LABEL = "rapat-data"
+UNPROVISIONED_HOSTNAME = "rapat-unprovisioned"
+ENABLE = ["appliance.service", "appliance-provision.service"]
+# Present on Pi OS Lite, not needed by an unattended appliance. userconfig is the interactive
+# first-boot user wizard: it would stop the boot at a prompt nobody answers.
+MASK = ["bluetooth.service", "hciuart.service", "avahi-daemon.service", "avahi-daemon.socket",
+        "triggerhappy.service", "triggerhappy.socket", "dphys-swapfile.service", "ModemManager.service",
+        "cups.service", "cups-browsed.service", "userconfig.service", "apt-daily.timer",
+        "apt-daily-upgrade.timer", "man-db.timer"]
+UNIT_DIRS = ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system")
+CHROOT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive",
+              "HOME": "/root"}
+
+
+def _binfmt_aarch64() -> Path:
+    """Make sure arm64 programs run in the chroot through qemu-user-static; return the interpreter."""
+    binfmt = Path("/proc/sys/fs/binfmt_misc")
+    if not (binfmt / "register").exists():
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(binfmt)], capture_output=True)
+    entry = binfmt / "qemu-aarch64"
+    if not entry.exists() and shutil.which("update-binfmts"):
+        subprocess.run(["update-binfmts", "--enable", "qemu-aarch64"], capture_output=True)
+    if not entry.exists() or not entry.read_text().startswith("enabled"):
+        raise BuildError("arm64 programs cannot run here: install qemu-user-static and binfmt-support "
+                         "(qemu-aarch64 is not registered in /proc/sys/fs/binfmt_misc)")
+    fields = dict(line.split(" ", 1) for line in entry.read_text().splitlines() if " " in line)
+    return Path(fields["interpreter"]) if "F" not in fields.get("flags", "") else Path()
+
+
+def apt_install(root: Path, packages: list[str], epoch: int, cleanup: Cleanup) -> None:
+    interpreter = _binfmt_aarch64()
+    mark = cleanup.mark()
+    if interpreter != Path():
+        # Without binfmt's fix-binary flag the kernel looks for qemu inside the chroot.
+        inside = root / str(interpreter).lstrip("/")
+        inside.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(interpreter, inside)
+        cleanup.push(f"remove {inside}", inside.unlink)
+    mount("proc", root / "proc", cleanup, "-t", "proc")
+    mount("sysfs", root / "sys", cleanup, "-t", "sysfs")
+    mount("/dev", root / "dev", cleanup, "--bind")
+    mount("/dev/pts", root / "dev/pts", cleanup, "--bind")
+    resolv, saved = root / "etc/resolv.conf", root / "etc/resolv.conf.rapat-build"
+    if os.path.lexists(resolv):
+        os.rename(resolv, saved)
+        cleanup.push("restore resolv.conf", lambda: os.replace(saved, resolv))
+    else:
+        cleanup.push("remove resolv.conf", lambda: resolv.unlink(missing_ok=True))
+    shutil.copyfile("/etc/resolv.conf", resolv)
+    # Services must not start inside the build chroot.
+    policy = root / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    cleanup.push("remove policy-rc.d", policy.unlink)
+    env = {**CHROOT_ENV, "SOURCE_DATE_EPOCH": str(epoch)}
+    run("chroot", root, "apt-get", "-q", "update", env=env)
+    run("chroot", root, "apt-get", "-q", "-y", "-o", "Dpkg::Use-Pty=0", "--no-install-recommends", "install", *packages, env=env)
+    run("chroot", root, "apt-get", "clean", env=env)
+    cleanup.unwind(mark)
+
+
+def _pip(*args: str | os.PathLike, env: dict | None = None) -> str:
+    return run(sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", *args,
+               capture=True, env=env)
+
+
+def install_python(root: Path, repo: Path, wheel_cache: Path, epoch: int) -> dict[str, str]:
+    """Install the appliance and its aarch64/cp311 wheels as a venv in /opt, from the build host:
+    unpacking wheels runs no ARM code. The venv sees Debian's packages (picamera2, libcamera, lgpio,
+    systemd) through include-system-site-packages."""
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch), "PIP_NO_CACHE_DIR": "1"}
+    with tempfile.TemporaryDirectory(prefix="rapat-wheel-") as temp:
+        # Build from a copy: an in-tree build would write build/ and egg-info into the checkout.
+        source = Path(temp) / "src"
+        source.mkdir()
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            if (repo / name).exists():
+                shutil.copy2(repo / name, source / name)
+        shutil.copytree(repo / "appliance", source / "appliance", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        local = Path(temp) / "wheel"
+        # Offline when the build host's Python can build wheels itself; else pip fetches setuptools.
+        offline = all(importlib.util.find_spec(name) for name in ("setuptools", "wheel"))
+        _pip("wheel", "--quiet", "--no-deps", *(["--no-build-isolation"] if offline else []), "-w", local, source,
+             env=env)
+        wheel = next(local.glob("*.whl"))
+        requirements = _requirements(wheel)
+        wheel_cache.mkdir(parents=True, exist_ok=True)
+        target = ["--only-binary=:all:", "--python-version", PYTHON_VERSION, "--implementation", "cp"]
+        target += [arg for platform in WHEEL_PLATFORMS for arg in ("--platform", platform)]
+        _pip("download", "--quiet", *target, "-d", wheel_cache, *requirements, env=env)
+        site = root / SITE_PACKAGES.lstrip("/")
+        _pip("install", "--quiet", "--no-index", "--no-compile", "--find-links", wheel_cache, "--find-links", local,
+             *target, "--target", site, wheel.name.split("-")[0].replace("_", "-"), env=env)
+    venv = root / VENV.lstrip("/")
+    shutil.rmtree(site / "bin", ignore_errors=True)  # scripts with the build host's shebang
+    (venv / "bin").mkdir(exist_ok=True)
+    (venv / "pyvenv.cfg").write_text(f"home = /usr/bin\ninclude-system-site-packages = true\n"
+                                     f"version = {PYTHON_VERSION}\n")
+    for name, points_to in (("python", "/usr/bin/python3"), ("python3", "python")):
+        link = venv / "bin" / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(points_to)
+    launcher = venv / "bin/appliance"
+    launcher.write_text(f"#!{VENV}/bin/python\nimport sys\nfrom appliance.cli import main\nsys.exit(main())\n")
+    launcher.chmod(0o755)
+    # Technicians type `appliance status`; /usr/local/bin is on everyone's PATH.
+    command = root / "usr/local/bin/appliance"
+    command.parent.mkdir(parents=True, exist_ok=True)
+    command.unlink(missing_ok=True)
+    command.symlink_to(f"{VENV}/bin/appliance")
+    if sys.version_info[:2] == (3, 11):
+        # Same bytecode format as the Pi's Python 3.11; checked-hash pycs do not depend on mtimes.
+        run(sys.executable, "-m", "compileall", "-q", "--invalidation-mode", "checked-hash",
+            "-s", root, "-p", "/", site, env=env)
+    return {match.group(1): match.group(2) for match in
+            (re.match(r"(.+)-([^-]+)\.dist-info$", entry.name) for entry in site.iterdir()) if match}
+
+
+def _requirements(wheel: Path) -> list[str]:
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next(name for name in archive.namelist() if name.endswith(".dist-info/METADATA"))
+        lines = archive.read(metadata).decode().splitlines()
+    return [line.split(": ", 1)[1] for line in lines
+            if line.startswith("Requires-Dist: ") and "extra ==" not in line]
+
+
+def _install(source: Path, target: Path, mode: int) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    target.chmod(mode)
+
+
+def _unit_exists(root: Path, unit: str) -> bool:
+    return any((root / directory / unit).exists() for directory in UNIT_DIRS)
+
+
+def install_system(root: Path, repo: Path, defaults: Path | None, read_only: bool, epoch: int) -> list[str]:
+    units = repo / "systemd"
+    for unit in units.glob("*.service"):
+        _install(unit, root / "usr/lib/systemd/system" / unit.name, 0o644)
+    for drop_in in ("system.conf.d", "journald.conf.d"):
+        for conf in (units / drop_in).glob("*.conf"):
+            _install(conf, root / "etc/systemd" / drop_in / conf.name, 0o644)
+    for kind in ("sysusers.d", "tmpfiles.d"):
+        for conf in (units / kind).glob("*.conf"):
+            _install(conf, root / "usr/lib" / kind / conf.name, 0o644)
+    for doc in ("technician.md", "image.md"):
+        if (repo / "docs" / doc).exists():
+            _install(repo / "docs" / doc, root / "usr/share/doc/rapat-appliance" / doc, 0o644)
+    # A bare file name is looked up in the image's sysusers.d/tmpfiles.d; user names resolve there too.
+    run("systemd-sysusers", f"--root={root}", "rapat-appliance.conf")
+    _shadow_date(root, "appliance", epoch)
+    run("systemd-tmpfiles", f"--root={root}", "--create", "rapat-appliance.conf")
+    if defaults:
+        _install(defaults, root / "etc/appliance/appliance.toml", 0o640)
+        gid = _group_id(root, "appliance")
+        os.chown(root / "etc/appliance/appliance.toml", 0, gid)
+    run("systemctl", f"--root={root}", "--quiet", "enable", *ENABLE)
+    masked = [unit for unit in MASK if _unit_exists(root, unit)]
+    if masked:
+        # Disable drops the links that start them; mask stops anything else pulling them in.
+        run("systemctl", f"--root={root}", "--quiet", "disable", *masked)
+        run("systemctl", f"--root={root}", "--quiet", "mask", *masked)
+    changes = [f"enabled {unit}" for unit in ENABLE] + [f"masked {unit}" for unit in masked]
+    (root / "etc/hostname").write_text(f"{UNPROVISIONED_HOSTNAME}\n")
+    changes.append(f"hostname {UNPROVISIONED_HOSTNAME} until provisioned (then rapat-<site id>)")
+    changes += _fstab(root, read_only)
+    if read_only:
+        _install(repo / "image-build/overlay-init", root / OVERLAY_INIT.lstrip("/"), 0o755)
+        for mount_point in ("media/root-ro", "media/root-rw"):
+            (root / mount_point).mkdir(parents=True, exist_ok=True)
+    return changes
+
+
+def _shadow_date(root: Path, user: str, epoch: int) -> None:
+    """systemd-sysusers 252 stamps today's date as the password change day; use the build's date."""
+    shadow = root / "etc/shadow"
+    lines = shadow.read_text().splitlines()
+    for index, line in enumerate(lines):
+        fields = line.split(":")
+        if fields[0] == user and len(fields) > 2:
+            fields[2] = str(epoch // 86400)
+            lines[index] = ":".join(fields)
+    shadow.write_text("\n".join(lines) + "\n")
+
+
+def _group_id(root: Path, name: str) -> int:
+    for line in (root / "etc/group").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return int(fields[2])
+    raise BuildError(f"group {name} missing in the image after systemd-sysusers")
+
+
+def _fstab(root: Path, read_only: bool) -> list[str]:
+    fstab = root / "etc/fstab"
+    lines = fstab.read_text().splitlines() if fstab.exists() else []
+    changes, out = [], []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 4 and fields[1] == "/boot/firmware" and "fmask=" not in fields[3]:
+            # FAT has no owners: the site file (broker password) would be readable by every user.
+            fields[3] += ",fmask=0077,dmask=0077"
+            line = "\t".join(fields)
+            changes.append("fstab: /boot/firmware readable by root only")
+        out.append(line)
+    if read_only and not any(DATA_LABEL in line for line in out):
+        # nofail: a broken data partition must not stop the boot (the units only Want it).
+        out.append(f"LABEL={DATA_LABEL}\t/var/lib/appliance\text4\tdefaults,noatime,nofail\t0\t2")
+        changes.append(f"fstab: data partition LABEL={DATA_LABEL} on /var/lib/appliance")
+    fstab.write_text("\n".join(out) + "\n")
+    return changes
+
+
+def make_data_fs(image: Path, part: Partition, root_owner: tuple[int, int]) -> None:
+    """The persistent data partition, made without a loop device (mke2fs writes at an offset)."""
+    run("mkfs.ext4", "-q", "-F", "-L", DATA_LABEL, "-E",
+        f"offset={part.offset},root_owner={root_owner[0]}:{root_owner[1]}", image, f"{part.bytes // 1024}k")
+
+
+def appliance_ids(root: Path) -> tuple[int, int]:
+    for line in (root / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == "appliance":
+            return int(fields[2]), int(fields[3])
+    raise BuildError("user appliance missing in the image after systemd-sysusers")
+
+
+def scrub(root: Path) -> None:
+    """Drop logs, caches and backups that hold build times or host details, so builds compare equal."""
+    patterns = ["var/log/apt/*", "var/log/dpkg.log", "var/log/alternatives.log", "var/cache/apt/*.bin",
+                "var/lib/apt/lists/*_*", "var/cache/debconf/*-old", "var/lib/dpkg/*-old",
+                "var/cache/ldconfig/aux-cache", "root/.cache", "tmp/*", "var/tmp/*"]
+    for pattern in patterns:
+        for path in root.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()

@@ -1,0 +1,98 @@
+"""Open a built image the way build-image does (no FAT mount, no partition nodes) to look inside."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+SECTOR = 512
+
+
+@dataclass
+class Opened:
+    image: Path
+    root: Path
+    partitions: list[dict]
+
+    def boot_file(self, name: str) -> str:
+        offset = self.partitions[0]["start"] * SECTOR
+        return subprocess.run(["mtype", "-i", f"{self.image}@@{offset}", f"::/{name}"], check=True,
+                              capture_output=True, text=True).stdout
+
+
+def partitions(image: Path) -> list[dict]:
+    out = subprocess.run(["sfdisk", "--json", str(image)], check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["partitiontable"]["partitions"]
+
+
+@contextlib.contextmanager
+def opened(xz_image: Path, workdir: Path, writable: bool = False) -> Iterator[Opened]:
+    """Unpack the .img.xz into workdir and mount its root; always detach and unmount afterwards."""
+    image = workdir / xz_image.name.removesuffix(".xz")
+    if not image.exists():
+        with open(image, "wb") as handle:
+            subprocess.run(["xz", "-dc", "-T0", str(xz_image)], stdout=handle, check=True)
+    parts = partitions(image)
+    root_part = parts[1]
+    mount_point = Path(tempfile.mkdtemp(prefix="root.", dir=workdir))
+    device = subprocess.run(["losetup", "--find", "--show", "--offset", str(root_part["start"] * SECTOR),
+                             "--sizelimit", str(root_part["size"] * SECTOR),
+                             *([] if writable else ["--read-only"]), str(image)],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    try:
+        subprocess.run(["mount", "-t", "ext4", *([] if writable else ["-o", "ro"]), device, str(mount_point)],
+                       check=True)
+        try:
+            yield Opened(image, mount_point, parts)
+        finally:
+            subprocess.run(["umount", "-R", str(mount_point)], check=True)
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=True)
+
+
+def loop_devices_for(path_fragment: str) -> list[str]:
+    out = subprocess.run(["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
+                         capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if path_fragment in line]
+
+
+def mounts_under(path_fragment: str) -> list[str]:
+    with open("/proc/mounts") as handle:
+        return [line for line in handle if path_fragment in line]
+
+
+def tree(root: Path) -> dict[str, tuple]:
+    """Every path with type, mode, owner, size, content hash or link target, and mtime."""
+    import hashlib
+    import os
+    import stat
+
+    entries = {}
+    for directory, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in [".", *dirnames, *sorted(filenames)]:
+            path = os.path.normpath(os.path.join(directory, name))
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode):
+                with open(path, "rb") as handle:
+                    content = hashlib.sha256(handle.read()).hexdigest()
+            elif stat.S_ISLNK(info.st_mode):
+                content = os.readlink(path)
+            else:
+                content = ""
+            relative = os.path.relpath(path, root)
+            entries[relative] = (stat.S_IFMT(info.st_mode), stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid,
+                                 info.st_size if not stat.S_ISDIR(info.st_mode) else 0, content,
+                                 int(info.st_mtime))
+    return entries
+
+
+def tree_differences(first: dict, second: dict, limit: int = 20) -> list[str]:
+    paths = sorted(set(first) | set(second))
+    return [f"{path}: {first.get(path)} != {second.get(path)}" for path in paths
+            if first.get(path) != second.get(path)][:limit]
