@@ -127,3 +127,17 @@ def test_backoff_full_jitter_capped() -> None:
     assert Backoff(rand=lambda: 0.0).next_delay() == 0.0
     spread = {round(Backoff().next_delay(), 3) for _ in range(50)}
     assert len(spread) > 40  # 242 sites do not pick the same moment
+
+
+def test_clock_sync_falls_back_to_timesyncd_when_adjtimex_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.adapters import sysinfo
+
+    monkeypatch.setattr(sysinfo, "_adjtimex_state", lambda: None)  # as under ProtectClock=yes
+    flag = tmp_path / "timesync" / "synchronized"
+    assert sysinfo.clock_synced(flag) is None  # no timesyncd at all: unknown, not "synced"
+    flag.parent.mkdir()
+    assert sysinfo.clock_synced(flag) is False
+    flag.touch()
+    assert sysinfo.clock_synced(flag) is True
+    monkeypatch.setattr(sysinfo, "_adjtimex_state", lambda: sysinfo.TIME_ERROR)
+    assert sysinfo.clock_synced(flag) is False  # the kernel's own word wins when it can be read

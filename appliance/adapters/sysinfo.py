@@ -18,6 +18,7 @@ THROTTLE_FLAGS = {
     "soft_temp_limit_occurred": 19,
 }
 TIME_ERROR = 5  # adjtimex(2): the kernel clock is not synchronised
+TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
 
 
 def boot_id() -> str:
@@ -86,7 +87,21 @@ def _throttled_word() -> int | None:
     return None
 
 
-def clock_synced() -> bool | None:
+def clock_synced(timesync_flag: Path = TIMESYNC_FLAG) -> bool | None:
+    """The kernel's own sync flag (adjtimex), else systemd-timesyncd's flag file.
+
+    Under the unit's ProtectClock=yes even a read-only adjtimex() is refused (EPERM); timesyncd,
+    Raspberry Pi OS's default, then still tells through /run/systemd/timesync/synchronized.
+    """
+    state = _adjtimex_state()
+    if state is not None:
+        return state != TIME_ERROR
+    if timesync_flag.parent.is_dir():
+        return timesync_flag.exists()
+    return None
+
+
+def _adjtimex_state() -> int | None:
     libc_name = ctypes.util.find_library("c")
     if not libc_name:
         return None
@@ -96,7 +111,7 @@ def clock_synced() -> bool | None:
         state = libc.adjtimex(timex)
     except (OSError, AttributeError):
         return None
-    return None if state < 0 else state != TIME_ERROR
+    return None if state < 0 else state
 
 
 def load1() -> float | None:
