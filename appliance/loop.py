@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import queue
 import time
 from typing import Any, Callable
+
+log = logging.getLogger(__name__)
 
 
 class EventLoop:
@@ -58,10 +61,13 @@ class EventLoop:
                 self._running = False
                 break
             if item is not None:
-                if callable(item):
-                    item()
-                else:
-                    self._dispatch(item)
+                try:
+                    if callable(item):
+                        item()
+                    else:
+                        self._dispatch(item)
+                except Exception:  # noqa: BLE001 - one bad event must not take the site offline
+                    log.exception("handling %r failed; the loop goes on", type(item).__name__)
             self._run_due()
 
     def _timeout(self) -> float | None:

@@ -141,3 +141,22 @@ def test_clock_sync_falls_back_to_timesyncd_when_adjtimex_is_refused(tmp_path: P
     assert sysinfo.clock_synced(flag) is True
     monkeypatch.setattr(sysinfo, "_adjtimex_state", lambda: sysinfo.TIME_ERROR)
     assert sysinfo.clock_synced(flag) is False  # the kernel's own word wins when it can be read
+
+
+def test_event_loop_survives_a_failing_event_and_runs_timers() -> None:
+    from appliance.loop import EventLoop
+
+    handled: list = []
+
+    def dispatch(item: object) -> None:
+        if item == "boom":
+            raise ValueError("bug in a handler")
+        handled.append(item)
+
+    loop = EventLoop(dispatch)
+    loop.post("boom")
+    loop.post("next")
+    loop.call_later(0.05, lambda: handled.append("timer"))
+    loop.call_later(0.1, loop.stop)
+    loop.run()
+    assert handled == ["next", "timer"]
