@@ -18,7 +18,6 @@ import getpass
 import io
 import multiprocessing
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,16 +32,11 @@ from appliance.console.fleet import send_and_collect
 from appliance.console.home import Home
 from appliance.console.simulate import SimFleet, SimSite, SiteSpec
 from appliance.core.signing import sign_command
+from appliance.localnet import free_port
 
 
 # Workers inherit the imported modules; nothing in this process has started threads yet when they fork.
 FORK = multiprocessing.get_context("fork")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def console(home: Path, *args: str) -> str:

@@ -36,6 +36,7 @@ from appliance.core.clock import FakeClock
 from appliance.console.simulate import SimFleet, SimSite
 from appliance.core.uptime import Day, UptimeLedger
 from benchmarks.bench_console import FORK, free_port, setup_fleet
+from benchmarks.procstat import cpu_seconds
 from tests.core_helpers import make_core
 
 TLS_RECORD_OVERHEAD = 5 + 8 + 16  # TLS 1.2 AES-GCM: header, explicit nonce, tag
@@ -155,11 +156,6 @@ def sim_worker(specs, port: int, ca: str, public_key: str, interval: float, pipe
     fleet.stop()
 
 
-def cpu_of(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def collect_run(n: int, interval: float, seconds: float, workers: int) -> dict[str, float]:
     from appliance.console.context import Context  # noqa: PLC0415
     from appliance.console.simulate import SiteSpec  # noqa: PLC0415
@@ -192,7 +188,7 @@ def collect_run(n: int, interval: float, seconds: float, workers: int) -> dict[s
                     raise SystemExit("simulated sites did not come up")
                 pipe.recv()
             time.sleep(2.0)  # the connect burst (retained states, uptime) settles
-            cpu_collect, cpu_broker = cpu_of(collector.pid), cpu_of(broker.pid)
+            cpu_collect, cpu_broker = cpu_seconds(collector.pid), cpu_seconds(broker.pid)
             started = time.monotonic()
             for _, pipe in procs:
                 pipe.send("go")
@@ -201,8 +197,8 @@ def collect_run(n: int, interval: float, seconds: float, workers: int) -> dict[s
                 pipe.send("stop")
             sent = sum(pipe.recv() for _, pipe in procs)
             run_s = time.monotonic() - started
-            cpu_collect = cpu_of(collector.pid) - cpu_collect
-            cpu_broker = cpu_of(broker.pid) - cpu_broker
+            cpu_collect = cpu_seconds(collector.pid) - cpu_collect
+            cpu_broker = cpu_seconds(broker.pid) - cpu_broker
             database = home.database
             deadline = time.monotonic() + 60
             stored = 0

@@ -19,14 +19,9 @@ from pathlib import Path
 import pytest
 
 from appliance.console.cli import main
+from appliance.localnet import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 5.0) -> None:
