@@ -284,10 +284,17 @@ def print_summary(console: ConsoleSide, leds: LedWatcher, screen: Screen, output
     print(f"  acks        : {sum(a['ok'] for a in acks)} ok, {sum(not a['ok'] for a in acks)} refused")
     print(f"  events      : {', '.join(events)}")
     print(f"  time        : {time.monotonic() - screen.start:.1f} s")
-    pictures = sorted(path.name for path in output.glob("*.jpg"))
-    print(f"  pictures    : {output}/ ({', '.join(pictures) or 'none'})")
-    print("                program.jpg is the meeting as the site's screen showed it, uplink.jpg the site's")
-    print("                camera as the centre received it, screen-*.jpg the screens village staff saw")
+    print(f"  pictures    : {output}/")
+    for path in sorted(output.glob("*.jpg")):
+        what = PICTURES.get(path.name, "the screen village staff saw" if path.name.startswith("screen-") else "")
+        print(f"                {path.name:<34} {what}")
+
+
+PICTURES = {
+    "program.jpg": "the meeting as the site's screen showed it",
+    "uplink.jpg": "the site's camera as the centre received it",
+    "display.jpg": "the screen's last picture",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
