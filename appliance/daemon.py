@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 from appliance import __version__
@@ -27,6 +28,7 @@ from appliance.core.protocol import CommandPolicy
 from appliance.core.signing import public_key_from_base64
 from appliance.core.uptime import UptimeLedger
 from appliance.loop import EventLoop
+from appliance.provision import ERROR_NAME as PROVISION_ERROR_NAME
 from appliance.selftest_runner import SelftestRunner
 
 log = logging.getLogger("appliance")
@@ -35,6 +37,15 @@ CLOCK_CHECK_INTERVAL_S = 60.0
 CHECKPOINT_INTERVAL_S = 60.0  # the contract: at most one interval of up time lost to a power cut
 DEFAULT_PRESS_S = 0.2
 MAX_PRESS_S = 60.0
+
+
+def read_provision_error(state_dir: str) -> tuple[str, ...]:
+    """What appliance-provision.service wrote when it refused the boot partition's site file."""
+    try:
+        text = (Path(state_dir) / PROVISION_ERROR_NAME).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ()
+    return tuple(line.strip() for line in text.splitlines() if line.strip())[:8]
 
 
 class Daemon:
@@ -108,6 +119,9 @@ class Daemon:
                 backend.open()
         # After the backends' first health reports, so the first LED pattern is already the true one.
         self.loop.post(lambda: self._execute(self.core.start()))
+        problems = read_provision_error(self.config["paths"]["state_dir"])
+        if problems:
+            self.loop.post(io.ProvisionRejected(problems))
         self.mqtt.start()
         self.loop.watch_deadline(self.core.next_deadline, lambda: self._execute(self.core.tick()))
         self.loop.call_every(float(self.config["telemetry"]["interval_s"]), self._telemetry)

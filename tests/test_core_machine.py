@@ -286,3 +286,15 @@ def test_join_with_missing_camera_watches_as_soon_as_the_program_plays() -> None
     assert core.state == IN_MEETING
     core.handle(io.MediaStatus("program", "failed"))
     assert core.status()["screen"] == "program_reconnecting"
+
+
+def test_rejected_site_file_is_shown_blinked_and_reported() -> None:
+    core, _ = make_core()
+    effects = core.handle(io.ProvisionRejected(("site file rejected", "boot.toml: site.kind: must be one of ...")))
+    status = core.status()
+    assert status["screen"] == "provision_error" and status["led"] == "double_blink"
+    assert published(effects, "/event")[-1]["type"] == "provision.rejected"
+    shown = [e for e in effects if isinstance(e, io.ShowScreen)][-1]
+    assert shown.info["problems"][1].startswith("boot.toml: site.kind")
+    announce(core)
+    assert core.status()["screen"] == "meeting_available"  # a meeting still comes first

@@ -96,3 +96,23 @@ def test_mock_button_through_gpiozero_joins_and_holds_to_leave(start_site, obser
     assert reply["state"] == "meeting_available"
     observer.wait_for(lambda t, p: t.endswith("/event") and p.get("type") == "button.hold" and p["result"] == "leaving")
     observer.wait_for(lambda t, p: t.endswith("/event") and p.get("type") == "meeting.left")
+
+
+def test_rejected_site_file_reaches_screen_and_centre(tmp_path, broker: Mosquitto, observer: Observer,
+                                                      console_key: ConsoleKey) -> None:
+    from tests.support.site import site_config
+
+    state_dir = tmp_path / f"{SITE}-state"
+    state_dir.mkdir()
+    (state_dir / "provision-error.txt").write_text(
+        "site file rejected, previous configuration kept: /boot/firmware/appliance-site.toml\n"
+        "/boot/firmware/appliance-site.toml: site.kind: must be one of kecamatan, desa, other, not 'kota'\n")
+    daemon = DaemonProcess(site_config(tmp_path, SITE, broker.url, console_key.public_b64)).start()
+    try:
+        daemon.wait_connected()
+        status = daemon.status()
+        assert status["screen"] == "provision_error" and status["led"] == "double_blink"
+        _, event = observer.wait_for(lambda t, p: t.endswith("/event") and p.get("type") == "provision.rejected")
+        assert "site.kind" in event["problems"][1]
+    finally:
+        daemon.stop()

@@ -64,6 +64,13 @@ class TelemetryDue:
 
 
 @dataclass(frozen=True)
+class ProvisionRejected:
+    """The provisioning service refused the site file on the boot partition (it kept the old one)."""
+
+    problems: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class CheckpointDue:
     """Time to place the uptime since the last checkpoint on days, save and republish the ledger."""
 
@@ -143,7 +150,7 @@ class Log:
 
 Event = (
     BrokerConnected | BrokerDisconnected | MessageReceived | PublishDenied | ButtonDown | ButtonUp
-    | MediaStatus | HealthReport | TelemetryDue | CheckpointDue
+    | MediaStatus | HealthReport | TelemetryDue | CheckpointDue | ProvisionRejected
 )
 Effect = (
     Publish | SetLed | ShowScreen | StartUplink | StopUplink | StartProgram | StopProgram

@@ -15,7 +15,7 @@ from appliance.core import led
 from appliance.core.clock import Clock, rfc3339
 from appliance.core.io import (
     BrokerConnected, BrokerDisconnected, ButtonDown, ButtonUp, CheckpointDue, Effect, Event, HealthReport,
-    Log, MediaStatus, MessageReceived, NotifyStatus, Publish, PublishDenied, RememberCommand, RunSelftest,
+    Log, MediaStatus, MessageReceived, ProvisionRejected, NotifyStatus, Publish, PublishDenied, RememberCommand, RunSelftest,
     SaveUptime, SetLed, ShowScreen, StartProgram, StartUplink, StopProgram, StopUplink, TelemetryDue,
 )
 from appliance.core.presentation import (
@@ -98,6 +98,7 @@ class ApplianceCore:
         self._hold_fired = False
         self._state_deadline: float | None = None
         self._leave_reason = ""
+        self.provision_problems: tuple[str, ...] = ()
         # Until a backend has reported, "missing" is a default, not a finding: it must not blink "broken".
         self._reported: set[str] = set()
         self._notice: tuple[str, float] | None = None
@@ -165,6 +166,7 @@ class ApplianceCore:
             "broker_connected": self.broker_connected,
             "led": self._led_pattern().name,
             "screen": self._screen()[0],
+            "provision_problems": list(self.provision_problems),
         }
 
     # --- events ---------------------------------------------------------------------------------
@@ -258,6 +260,11 @@ class ApplianceCore:
     def uptime_payload(self) -> dict[str, Any]:
         return {"v": 1, "site": self.settings.site_id, "tz": self.uptime.timezone,
                 "days": self.uptime.messages_days(), "at": rfc3339(self.clock.wall())}
+
+    def _on_ProvisionRejected(self, event: ProvisionRejected) -> None:
+        self.provision_problems = event.problems
+        self._log("error", "site file on the boot partition rejected: " + "; ".join(event.problems))
+        self._event("provision.rejected", problems=list(event.problems))
 
     def _on_TelemetryDue(self, event: TelemetryDue) -> None:
         if not self.broker_connected:
@@ -452,14 +459,17 @@ class ApplianceCore:
         return part in self._reported and self.health[part] in BROKEN_HEALTH
 
     def _broken(self) -> bool:
-        return any(self._is_broken(part) for part in ("panel", "camera", "display")) or bool(self.publish_denied)
+        parts_broken = any(self._is_broken(part) for part in ("panel", "camera", "display"))
+        return parts_broken or bool(self.publish_denied) or bool(self.provision_problems)
 
     def _led_pattern(self) -> led.LedPattern:
         return led_pattern(self.state, self.broker_connected, self._broken())
 
     def _screen(self) -> tuple[str, dict[str, Any]]:
-        screen = screen_name(self.state, self.broker_connected, self._is_broken("camera"), self.health)
+        screen = screen_name(self.state, self.broker_connected, self._is_broken("camera"), self.health,
+                             bool(self.provision_problems))
         info = {
+            "problems": list(self.provision_problems),
             "site_name": self.settings.site_name or self.settings.site_id,
             "title": self.meeting.title if self.meeting else None,
             "notice": self._notice[0] if self._notice else None,

@@ -33,7 +33,11 @@ def led_pattern(state: str, broker_connected: bool, broken: bool) -> led.LedPatt
     return led.OFF
 
 
-def screen_name(state: str, broker_connected: bool, camera_broken: bool, health: Mapping[str, str]) -> str:
+def screen_name(state: str, broker_connected: bool, camera_broken: bool, health: Mapping[str, str],
+                provision_rejected: bool = False) -> str:
+    # A rejected site file explains most other trouble (an old broker address, say): it goes first.
+    if state == IDLE and provision_rejected:
+        return "provision_error"
     if state == IDLE and not broker_connected:
         return "broker_unreachable"
     if state == IDLE and camera_broken:

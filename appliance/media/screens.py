@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 SCREENS = ("idle", "meeting_available", "joining", "in_meeting", "leaving", "broker_unreachable",
-           "camera_missing", "program_reconnecting", "selftest")
+           "camera_missing", "program_reconnecting", "selftest", "provision_error")
 NOTICES = ("no_meeting", "hold_to_leave", "please_wait", "nothing_to_leave")
 
 TEXTS: dict[str, dict[str, str]] = {
@@ -48,6 +48,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "hold_to_leave": "Tahan tombol {hold} detik untuk keluar dari rapat",
         "please_wait": "Mohon tunggu…",
         "nothing_to_leave": "Tidak ada rapat untuk ditinggalkan",
+        "provision_error": "File situs ditolak",
+        "provision_hint": "Pengaturan lama tetap dipakai. Perbaiki appliance-site.toml di kartu SD "
+                          "(periksa dengan appliance check-config), lalu nyalakan ulang.",
     },
     "en": {
         "idle": "No meeting",
@@ -78,6 +81,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "hold_to_leave": "Hold the button for {hold} seconds to leave the meeting",
         "please_wait": "Please wait…",
         "nothing_to_leave": "There is no meeting to leave",
+        "provision_error": "Site file rejected",
+        "provision_hint": "The previous settings stay in use. Fix appliance-site.toml on the SD card "
+                          "(check it with appliance check-config), then restart.",
     },
 }
 
@@ -86,6 +92,7 @@ BACKGROUNDS = {
     "idle": (16, 36, 64), "meeting_available": (10, 90, 50), "joining": (16, 36, 64),
     "in_meeting": (16, 36, 64), "leaving": (16, 36, 64), "broker_unreachable": (120, 20, 20),
     "camera_missing": (130, 80, 0), "program_reconnecting": (130, 80, 0), "selftest": (40, 40, 40),
+    "provision_error": (130, 80, 0),
 }
 # A TV test card's bars: any missing colour or wrong order shows a cabling or colour-format fault.
 CARD_BARS = ((235, 235, 235), (235, 235, 16), (16, 235, 235), (16, 235, 16), (235, 16, 235), (235, 16, 16),
@@ -185,7 +192,7 @@ def render(screen: str, info: dict[str, Any], language: str = "id", size: tuple[
     headline = {"idle": t("idle"), "meeting_available": t("meeting_available"), "joining": t("joining"),
                 "in_meeting": t("in_meeting"), "leaving": t("leaving"),
                 "broker_unreachable": t("broker_unreachable"), "camera_missing": t("camera_missing"),
-                "program_reconnecting": t("program_reconnecting")}[screen]
+                "program_reconnecting": t("program_reconnecting"), "provision_error": t("provision_error")}[screen]
     y = canvas.line(headline, int(height * 0.24), 0.11, bold=True)
     title = info.get("title")
     if title and screen in ("meeting_available", "joining", "in_meeting", "program_reconnecting"):
@@ -199,10 +206,15 @@ def render(screen: str, info: dict[str, Any], language: str = "id", size: tuple[
         "broker_unreachable": [t("broker_hint")],
         "camera_missing": [t("camera_hint")],
         "program_reconnecting": [t("program_hint")],
+        "provision_error": [t("provision_hint")],
     }[screen]
     big_body = screen == "meeting_available"  # the one thing to do: make it impossible to miss
     for words in body:
         y = canvas.line(words, y + height // 30, 0.09 if big_body else 0.06, bold=big_body)
+    if screen == "provision_error":
+        # The technician's first clue: the first problem as appliance check-config words it, file name cut off.
+        for problem in (info.get("problems") or [])[1:2]:
+            y = canvas.line(problem.rsplit("/", 1)[-1], y + height // 60, 0.045)
 
     # Status bar: connection to the centre and the camera, so staff can tell what is wrong.
     notice = info.get("notice")

@@ -23,6 +23,7 @@ EXPECTED = {
     "broker_unreachable": ("broker_unreachable", "broker_hint"),
     "camera_missing": ("camera_missing", "camera_hint"),
     "program_reconnecting": ("program_reconnecting", "program_hint"),
+    "provision_error": ("provision_error", "provision_hint"),
 }
 
 
@@ -58,6 +59,15 @@ def test_every_screen_says_what_it_must(screen, language):
 
 def test_the_core_and_the_screens_agree_on_names():
     assert set(EXPECTED) | {"selftest"} == set(screens.SCREENS)
+
+
+def test_rejected_site_file_shows_the_first_problem():
+    problems = ["site file rejected, previous configuration kept: /boot/firmware/appliance-site.toml",
+                "/boot/firmware/appliance-site.toml: site.kind: must be one of kecamatan, desa, other, not 'kota'"]
+    written = " ".join(screens.render("provision_error", {**INFO, "problems": problems}, "id", SIZE).all_text().split())
+    assert "File situs ditolak" in written
+    assert "appliance-site.toml: site.kind: must be one of kecamatan, desa, other, not 'kota'" in written
+    assert "/boot/firmware" not in written  # the technician knows where the file is; the key matters
 
 
 def test_the_two_languages_really_differ():
