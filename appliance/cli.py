@@ -160,6 +160,7 @@ def _print_status(status: dict[str, Any], as_json: bool) -> None:
         ("screen", status["screen"]),
         *((f"health.{key}", value) for key, value in status["health"].items()),
         ("version", status["version"]),
+        *(("site file", f"REJECTED: {problem}") for problem in status.get("provision_problems", [])[1:]),
     ]
     width = max(len(key) for key, _ in rows)
     for key, value in rows:
