@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -105,9 +106,30 @@ def cmd_sites_add(ctx: Context, args: argparse.Namespace) -> int:
     return _changed(ctx, {"added": [site.id]}, f"added site {site.id}")
 
 
+RETAINED_DEVICE_TOPICS = ("state", "uptime", "selftest")
+
+
 def cmd_sites_remove(ctx: Context, args: argparse.Namespace) -> int:
     ctx.store.remove_site(args.id)
-    return _changed(ctx, {"removed": [args.id]}, f"removed site {args.id}")
+    code = _changed(ctx, {"removed": [args.id]}, f"removed site {args.id}")
+    _clear_retained(ctx, args.id)
+    return code
+
+
+def _clear_retained(ctx: Context, site_id: str) -> None:
+    """Without this the broker keeps the removed site's last state, and `status` would show it forever."""
+    if not ctx.store.get_meta("broker_url"):
+        return
+    topics = [f"rapat/v1/site/{site_id}/{name}" for name in RETAINED_DEVICE_TOPICS]
+    try:
+        with ctx.fleet(timeout=3.0) as fleet:
+            fleet.clear_retained(topics)
+    except Refused as exc:
+        print(f"note: the broker still holds {site_id}'s retained messages ({exc}); clear them later with "
+              f"`mosquitto_pub -r -n -q 1 -t TOPIC` for {', '.join(topics)}", file=sys.stderr)
+        return
+    if not ctx.json:
+        print(f"cleared {site_id}'s retained state on the broker")
 
 
 def cmd_sites_import(ctx: Context, args: argparse.Namespace) -> int:

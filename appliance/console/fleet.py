@@ -149,6 +149,15 @@ class Fleet:
         if denied:
             raise Refused(f"the broker refused: {', '.join(denied)}")
 
+    def clear_retained(self, topics: list[str]) -> None:
+        """Delete retained messages (an empty retained publish); raise Refused if the broker denies it."""
+        with self._lock:
+            infos = [(topic, self.client.publish(topic, b"", qos=1, retain=True)) for topic in topics]
+        codes = self._wait([info.mid for _, info in infos], "clearing retained messages")
+        denied = [topic for topic, info in infos if codes[info.mid].is_failure]
+        if denied:
+            raise Refused(f"the broker refused to clear {', '.join(denied)}")
+
     def sync(self) -> None:
         """Return once every retained message of the subscriptions made so far has arrived.
 

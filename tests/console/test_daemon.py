@@ -95,3 +95,14 @@ def test_commands_signed_by_another_key_are_rejected_by_the_device(devices) -> N
     finally:
         client.close()
     assert console.wait_states({"kalibaru": "idle"})["kalibaru"]["meeting"] is None
+
+
+def test_removing_a_site_clears_its_retained_state(devices) -> None:
+    console, processes = devices
+    processes["muncar"].send_signal(signal.SIGTERM)
+    processes["muncar"].wait()
+    assert console.wait_states({"muncar": "offline"})["muncar"]["online"] is False
+    removed = console.ok("sites", "remove", "muncar")
+    assert "cleared muncar's retained state on the broker" in removed.out
+    rows = {row["site"]: row for row in console.ok("status", "--json").json}
+    assert "muncar" not in rows and rows["kalibaru"]["online"] is True
