@@ -429,9 +429,6 @@ class ApplianceCore:
                           self.health["program"] == "failed" or self._is_broken("display")))
         return parts
 
-    def _media_ready(self) -> bool:
-        return all(ready for ready, _ in self._media_parts())
-
     def _maybe_joined(self) -> None:
         """Join as soon as every part works, or at once degraded when the rest can no longer come."""
         parts = self._media_parts()

@@ -15,7 +15,6 @@ MEETING_AVAILABLE = "meeting_available"
 JOINING = "joining"
 IN_MEETING = "in_meeting"
 LEAVING = "leaving"
-STATES = (IDLE, MEETING_AVAILABLE, JOINING, IN_MEETING, LEAVING)
 PROGRAM_LOST = ("retrying", "buffering", "failed")
 
 
