@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
+from appliance.adapters.control import NoDaemon, request
 from tests.support.broker import Mosquitto
-from tests.support.site import ConsoleKey, DaemonProcess, Observer, meeting_body
+from tests.support.site import ConsoleKey, DaemonProcess, Observer, meeting_body, site_config
 
 SITE = "kalibaru"
 CMD = f"rapat/v1/site/{SITE}/cmd"
@@ -65,8 +68,6 @@ def test_replay_refused_after_daemon_restart(start_site, observer: Observer, con
 
 
 def test_broker_unreachable_at_start_then_arrives(tmp_path, console_key: ConsoleKey) -> None:
-    from tests.support.site import site_config
-
     broker = Mosquitto(tmp_path / "late-broker")
     daemon = DaemonProcess(site_config(tmp_path, SITE, broker.url, console_key.public_b64)).start()
     try:
@@ -100,8 +101,6 @@ def test_mock_button_through_gpiozero_joins_and_holds_to_leave(start_site, obser
 
 def test_rejected_site_file_reaches_screen_and_centre(tmp_path, broker: Mosquitto, observer: Observer,
                                                       console_key: ConsoleKey) -> None:
-    from tests.support.site import site_config
-
     state_dir = tmp_path / f"{SITE}-state"
     state_dir.mkdir()
     (state_dir / "provision-error.txt").write_text(
@@ -116,3 +115,38 @@ def test_rejected_site_file_reaches_screen_and_centre(tmp_path, broker: Mosquitt
         assert "site.kind" in event["problems"][1]
     finally:
         daemon.stop()
+
+
+def test_simulate_runs_a_whole_site_without_hardware(tmp_path, broker: Mosquitto, console_key: ConsoleKey) -> None:
+    """`appliance run --simulate`: mock panel, test-pattern camera, headless display, as the contract says."""
+    config = tmp_path / "plain.toml"
+    config.write_text(f"""[site]
+id = "{SITE}"
+kind = "kecamatan"
+[broker]
+url = "{broker.url}"
+[security]
+console_public_key = "{console_key.public_b64}"
+[paths]
+state_dir = "{tmp_path / 'state'}"
+control_socket = "{tmp_path / 'sim.sock'}"
+""")
+    process = subprocess.Popen([sys.executable, "-m", "appliance", "run", "--simulate", "--config", str(config)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                status = request(str(tmp_path / "sim.sock"), {"cmd": "status"}, timeout=2)["status"]
+                if status["broker_connected"] and status["health"]["display"] != "missing":
+                    break
+            except NoDaemon:
+                pass
+            assert time.monotonic() < deadline, "the simulated site did not come up"
+            time.sleep(0.1)
+        assert status["health"]["panel"] == "ok" and status["health"]["camera"] == "ok"
+        assert status["health"]["display"] == "ok"
+        assert request(str(tmp_path / "sim.sock"), {"cmd": "press"})["state"] == "idle"  # the mock button works
+    finally:
+        process.terminate()
+        process.wait(10)
