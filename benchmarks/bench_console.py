@@ -72,6 +72,25 @@ def setup_fleet(root: Path, n: int, port: int) -> Home:
     return Home(home)
 
 
+def start_fleet_broker(root: Path, n: int) -> tuple[Home, int, subprocess.Popen, list[SiteSpec], str]:
+    """A console home with n sites, its generated broker running, and the sites' credentials."""
+    port = free_port()
+    home = setup_fleet(root, n, port)
+    broker = subprocess.Popen(["mosquitto", "-c", str(root / "broker" / "mosquitto.conf")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    ctx = Context(home)
+    try:
+        credentials = ctx.store.credentials()
+        specs = [SiteSpec(site.id, site.kind, credentials[site.id][0]) for site in ctx.store.sites()]
+        return home, port, broker, specs, ctx.store.get_meta("console_public_key")
+    except BaseException:
+        broker.terminate()
+        raise
+    finally:
+        ctx.close()
+
+
 def echo_round(fleet, n: int, token: int) -> float:  # noqa: ANN001
     marker = f'{{"echo":{token}}}'.encode()
     started = time.monotonic()
@@ -86,18 +105,10 @@ def echo_round(fleet, n: int, token: int) -> float:  # noqa: ANN001
 
 def run_size(n: int, trials: int, workers: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-console-") as tmp:
-        root = Path(tmp)
-        port = free_port()
-        home = setup_fleet(root, n, port)
-        broker = subprocess.Popen(["mosquitto", "-c", str(root / "broker" / "mosquitto.conf")],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        home, port, broker, specs, public_key = start_fleet_broker(Path(tmp), n)
         procs = []
         try:
-            time.sleep(0.3)
             ctx = Context(home)
-            credentials = ctx.store.credentials()
-            public_key = ctx.store.get_meta("console_public_key")
-            specs = [SiteSpec(site.id, site.kind, credentials[site.id][0]) for site in ctx.store.sites()]
             connect_started = time.monotonic()
             for index in range(workers):
                 parent, child = FORK.Pipe()

@@ -35,7 +35,7 @@ from appliance.core import io
 from appliance.core.clock import FakeClock
 from appliance.console.simulate import SimFleet, SimSite
 from appliance.core.uptime import Day, UptimeLedger
-from benchmarks.bench_console import FORK, free_port, setup_fleet
+from benchmarks.bench_console import FORK, start_fleet_broker
 from benchmarks.procstat import cpu_seconds
 from tests.core_helpers import make_core
 
@@ -157,24 +157,11 @@ def sim_worker(specs, port: int, ca: str, public_key: str, interval: float, pipe
 
 
 def collect_run(n: int, interval: float, seconds: float, workers: int) -> dict[str, float]:
-    from appliance.console.context import Context  # noqa: PLC0415
-    from appliance.console.simulate import SiteSpec  # noqa: PLC0415
-
     with tempfile.TemporaryDirectory(prefix="bench-uptime-") as tmp:
-        root = Path(tmp)
-        port = free_port()
-        home = setup_fleet(root, n, port)
-        broker = subprocess.Popen(["mosquitto", "-c", str(root / "broker" / "mosquitto.conf")],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        home, port, broker, specs, public_key = start_fleet_broker(Path(tmp), n)
         collector = None
         procs = []
         try:
-            time.sleep(0.3)
-            ctx = Context(home)
-            credentials = ctx.store.credentials()
-            public_key = ctx.store.get_meta("console_public_key")
-            specs = [SiteSpec(site.id, site.kind, credentials[site.id][0]) for site in ctx.store.sites()]
-            ctx.close()
             collector = subprocess.Popen([sys.executable, "-m", "appliance.console", "--home", str(home.root), "--json",
                                           "collect"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
             for index in range(workers):
