@@ -1,15 +1,18 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo lint test test-slow bench clean
 
 setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(PY) -m appliance.demo $(DEMO_ARGS)
+	$(PY) -m appliance_dev.demo $(DEMO_ARGS)
 
-test: setup
+lint: setup
+	.venv/bin/ruff check .
+
+test: setup lint
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-slow: setup

@@ -8,8 +8,9 @@ boot does not apply it again. An invalid one changes nothing: the previous confi
 the file stays where it is for the technician to fix, and the reasons go to stderr (the unit sends
 that to the journal and the HDMI console) and to `provision-error.txt` next to the target, where
 the daemon's display can show them. A `ca.pem` beside the site file (appliance-console writes one)
-is installed next to the target first, so a site file whose `broker.ca_file` points there is valid. Every run also sets the hostname to `rapat-<site id>` from the
-installed file, because a read-only root forgets /etc/hostname at each boot.
+is installed next to the target first, so a site file whose `broker.ca_file` points there is valid.
+Every run also sets the hostname to `rapat-<site id>` from the installed file, because a read-only
+root forgets /etc/hostname at each boot.
 
 Exit codes: 0 applied or nothing to apply, 2 invalid site file, 1 could not write.
 """
@@ -39,7 +40,8 @@ def log(message: str) -> None:
     print(f"appliance-provision: {message}", file=sys.stderr, flush=True)
 
 
-def validate(boot_file: Path, base_file: Path, arriving: tuple[Path, ...] = ()) -> tuple[appliance_config.Config | None, list[str]]:
+def validate(boot_file: Path, base_file: Path,
+             arriving: tuple[Path, ...] = ()) -> tuple[appliance_config.Config | None, list[str]]:
     """Check the site file the way the daemon will load it: on top of the image's defaults.
 
     `arriving` are files this run installs next to it (the CA), so they need not exist yet.

@@ -13,8 +13,9 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from appliance.adapters.storage import write_atomic
 
@@ -151,7 +152,7 @@ class SelftestRun:
     """One run: which checks are still out, the results so far, and the panel wait."""
 
     def __init__(self, site: str, interactive: bool, started_mono: float,
-                 on_done: Callable[["SelftestRun"], None]) -> None:
+                 on_done: Callable[[SelftestRun], None]) -> None:
         self.site = site
         self.interactive = interactive
         self.started_mono = started_mono

@@ -31,17 +31,17 @@ RESULT_SHOWN_S = 20.0
 
 
 class SelftestRunner:
-    def __init__(self, daemon: "Daemon") -> None:
+    def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.run: selftest.SelftestRun | None = None
-        self._request: "ControlRequest | None" = None
+        self._request: ControlRequest | None = None
         self._generation = 0
 
     @property
     def language(self) -> str:
         return self.daemon.config["display"]["language"]
 
-    def start(self, interactive: bool, request: "ControlRequest | None" = None) -> str | None:
+    def start(self, interactive: bool, request: ControlRequest | None = None) -> str | None:
         """Begin a run; return why not, or None. `request` (local CLI) is answered when it ends."""
         d = self.daemon
         if self.run is not None:

@@ -4,7 +4,7 @@
 
 Everything real except the sites' media: a Mosquitto started from the console's generated
 configuration (TLS, passwords, ACL), the console's own signing and MQTT code, and N simulated
-sites, each a real MQTT v5 connection running the real device core (`appliance.console.simulate`),
+sites, each a real MQTT v5 connection running the real device core (`appliance_dev.simulate`),
 spread over worker processes. On the same connections and in the same run, the baseline is the
 broker's bare round trip: one unsigned `ECHO` message to the `all` group, answered by every site
 without the core. Prints figures; asserts nothing about time.
@@ -30,10 +30,9 @@ from appliance.console.cli import main as console_main
 from appliance.console.context import Context
 from appliance.console.fleet import send_and_collect
 from appliance.console.home import Home
-from appliance.console.simulate import SimFleet, SimSite, SiteSpec
 from appliance.core.signing import sign_command
-from appliance.localnet import free_port
-
+from appliance_dev.localnet import free_port
+from appliance_dev.simulate import SimFleet, SimSite, SiteSpec
 
 # Workers inherit the imported modules; nothing in this process has started threads yet when they fork.
 FORK = multiprocessing.get_context("fork")
@@ -144,7 +143,7 @@ def run_size(n: int, trials: int, workers: int) -> dict:
                     per_ack.extend(latencies)
             # The whole CLI, as an operator runs it: connect, subscribe, read retained states, sign, send, collect.
             cli = []
-            for trial in range(3):
+            for _ in range(3):
                 started = time.monotonic()
                 console(home.root, "meeting", "start", "--title", "CLI", "--program-url", "rtmp://127.0.0.1/live/p",
                         "--ingest-url", "rtmp://127.0.0.1/live/{site}", "--group", "all", "--json")

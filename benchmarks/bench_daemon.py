@@ -14,9 +14,9 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
+from benchmarks.procstat import cpu_seconds, rss_mb
 from tests.support.broker import Mosquitto
 from tests.support.site import ConsoleKey, DaemonProcess, site_config
-from benchmarks.procstat import cpu_seconds, rss_mb
 
 TARGETS = {"rss_mb": 40.0, "cpu_percent": 1.0, "ready_s": 1.5, "rtt_ratio": 1.5}
 

@@ -25,9 +25,9 @@ from appliance.config import load
 from appliance.core.clock import rfc3339
 from appliance.core.io import ButtonDown, ButtonUp, MessageReceived
 from appliance.media import proc
-from appliance.localnet import free_port
-from appliance.media.central import RtmpServer, SrtProgram
 from appliance.media.frames import FrameSink
+from appliance_dev.central_media import RtmpServer, SrtProgram
+from appliance_dev.localnet import free_port
 from benchmarks.procstat import cpu_seconds, rss_mb
 
 TARGETS = {"press_to_frame_s": 1.5, "press_to_uplink_s": 1.5, "ratio": 1.3, "glass_to_glass_s": 1.0}

@@ -33,8 +33,8 @@ from appliance.adapters.ledger import LedgerStore
 from appliance.adapters.mqtt import encode
 from appliance.core import io
 from appliance.core.clock import FakeClock
-from appliance.console.simulate import SimFleet, SimSite
 from appliance.core.uptime import Day, UptimeLedger
+from appliance_dev.simulate import SimFleet, SimSite
 from benchmarks.bench_console import FORK, start_fleet_broker
 from benchmarks.procstat import cpu_seconds
 from tests.core_helpers import make_core

@@ -13,9 +13,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 SECTOR = 512
 
@@ -46,7 +46,7 @@ class Cleanup:
     def __init__(self) -> None:
         self._steps: list[tuple[str, Callable[[], None]]] = []
 
-    def __enter__(self) -> "Cleanup":
+    def __enter__(self) -> Cleanup:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         return self

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import ConfigError, config_files, load
-from tests.support.site import ConsoleKey, REPO
+from tests.support.site import REPO, ConsoleKey
 
 KEY = ConsoleKey().public_b64
 BASE = f"""

@@ -22,7 +22,7 @@ def in_order(line: str, expected: list[str]) -> bool:
 
 def test_demo_runs_the_whole_story(tmp_path: Path) -> None:
     output = tmp_path / "pictures"
-    result = subprocess.run([sys.executable, "-m", "appliance.demo", "--output", str(output)],
+    result = subprocess.run([sys.executable, "-m", "appliance_dev.demo", "--output", str(output)],
                             capture_output=True, text=True, cwd=REPO, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = {line.split(":")[0].strip(): line for line in result.stdout.splitlines() if " : " in line}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -31,7 +32,8 @@ def mutated_commands(draw: st.DrawFn) -> bytes:
         field = draw(st.sampled_from(FIELDS + ["body.meeting_id", "body.program_url", "extra"]))
         value = draw(json_values)
         action = draw(st.sampled_from(["set", "delete"]))
-        target, key = (command["body"], field[5:]) if field.startswith("body.") and isinstance(command.get("body"), dict) else (command, field)
+        in_body = field.startswith("body.") and isinstance(command.get("body"), dict)
+        target, key = (command["body"], field[5:]) if in_body else (command, field)
         if action == "delete":
             target.pop(key, None)
         else:

@@ -17,7 +17,7 @@ def receive_until(sock: socket.socket, wanted: str, timeout: float) -> list[tupl
         sock.settimeout(max(0.01, deadline - time.monotonic()))
         try:
             data = sock.recv(4096).decode()
-        except socket.timeout:
+        except TimeoutError:
             break
         received.append((time.monotonic(), data))
         if wanted in data:

@@ -188,7 +188,7 @@ class NotifySocket:
             self.sock.settimeout(left)
             try:
                 data = self.sock.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 break
             for line in data.decode().splitlines():
                 got.append((time.monotonic(), line))
@@ -238,7 +238,7 @@ def test_daemon_notifies_ready_then_watchdog_and_a_hung_loop_stops_the_pings(tmp
         assert (run_dir / "control.sock").exists()  # READY only once the control socket listens
         pings = [stamp for stamp, line in notify.collect(2.6) if line == "WATCHDOG=1"]
         assert len(pings) >= 4, notify.messages
-        gaps = [later - earlier for earlier, later in zip(pings, pings[1:])]
+        gaps = [later - earlier for earlier, later in zip(pings, pings[1:], strict=False)]
         assert max(gaps) < 0.8, gaps  # every WATCHDOG_USEC/2
         assert any(line == "WATCHDOG=1" and stamp > ready_at for stamp, line in notify.messages)
 

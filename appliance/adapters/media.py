@@ -8,7 +8,8 @@ opened, MediaStatus("uplink"|"program", status, detail) as streams start, stall,
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 Post = Callable[[Any], None]
 

@@ -10,7 +10,8 @@ import logging
 import socket
 import ssl
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from appliance.core.io import ButtonDown, ButtonUp, HealthReport
 from appliance.core.led import OFF, LedPattern

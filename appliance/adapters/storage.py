@@ -6,8 +6,9 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class ReplayStore:
         if self._handle is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._handle = open(self.path, "ab")
-        self._handle.write(f"{command_id} {expires_at:.3f}\n".encode("utf-8"))
+        self._handle.write(f"{command_id} {expires_at:.3f}\n".encode())
         self._handle.flush()
         os.fdatasync(self._handle.fileno())
         self._lines += 1

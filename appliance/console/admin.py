@@ -21,7 +21,8 @@ from appliance.console.store import new_password
 from appliance.core.clock import rfc3339
 from appliance.core.signing import generate_private_key, private_key_to_pem, public_key_to_base64
 
-HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+HOSTNAME_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){HOSTNAME_LABEL}(\.{HOSTNAME_LABEL})*$")
 
 
 def parse_broker_url(url: str) -> tuple[str, int]:
@@ -83,7 +84,8 @@ def cmd_init(ctx: Context, args: argparse.Namespace) -> int:
         print_json(result)
     else:
         print(f"Initialised {home.root}\n  broker:      {result['broker_url']}\n  public key:  {public_key}\n"
-              f"  CA:          {home.ca_cert}\n  media hosts: {', '.join(media_hosts) or '(none yet: give provision --media-host)'}\n"
+              f"  CA:          {home.ca_cert}\n"
+              f"  media hosts: {', '.join(media_hosts) or '(none yet: give provision --media-host)'}\n"
               "Next: appliance-console broker-config --out DIR, then provision SITE --out DIR.")
     return 0
 

@@ -9,8 +9,9 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -89,7 +90,7 @@ class Fleet:
         self._on_ack(client, userdata, mid, reason_codes, properties)
 
     # --- calls ----------------------------------------------------------------------------------
-    def connect(self) -> "Fleet":
+    def connect(self) -> Fleet:
         try:
             self.client.connect(self.host, self.port, keepalive=30, clean_start=True)
         except ssl.SSLError as exc:
@@ -111,7 +112,7 @@ class Fleet:
         finally:
             self.client.loop_stop()
 
-    def __enter__(self) -> "Fleet":
+    def __enter__(self) -> Fleet:
         return self.connect()
 
     def __exit__(self, *exc: object) -> None:
@@ -133,7 +134,7 @@ class Fleet:
         if result != mqtt.MQTT_ERR_SUCCESS:
             raise Refused(f"subscribing failed: {mqtt.error_string(result)}")
         codes = self._wait([mid], "the subscription")[mid]
-        refused = [topic for topic, code in zip(topics, codes) if code.is_failure]
+        refused = [topic for topic, code in zip(topics, codes, strict=False) if code.is_failure]
         if refused:
             raise Refused(f"the broker refused the console's subscription to {', '.join(refused)}")
 

@@ -29,7 +29,7 @@ def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
     """`columns` = [(key, heading)]; the result ends with a newline."""
     cells = [[heading for _, heading in columns]] + [[_cell(row.get(key)) for key, _ in columns] for row in rows]
     widths = [max(len(line[index]) for line in cells) for index in range(len(columns))]
-    lines = ["  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in cells]
+    lines = ["  ".join(text.ljust(width) for text, width in zip(line, widths, strict=False)).rstrip() for line in cells]
     return "\n".join(lines) + "\n"
 
 

@@ -21,7 +21,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _now() -> dt.datetime:
     # Backdated an hour so a device whose clock is slightly behind still accepts the certificate.
-    return dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    return dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
 
 
 def make_ca(common_name: str = "rapat-appliance console CA") -> tuple[bytes, bytes]:

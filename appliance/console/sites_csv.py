@@ -52,7 +52,7 @@ def parse(path: str | Path) -> list[Site]:
         if len(fields) != len(header):
             problems.append(f"line {line}: expected {len(header)} fields like the header, found {len(fields)}")
             continue
-        row = {column: value.strip() for column, value in zip(header, fields)}
+        row = {column: value.strip() for column, value in zip(header, fields, strict=False)}
         site_id = row["id"]
         row_problems, distance = check_site(site_id, row["name"], row["kind"], row.get("distance_km"))
         problems.extend(f"line {line}: {problem}" for problem in row_problems)

@@ -6,7 +6,7 @@ what the person has to act on.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from appliance.core import led
 

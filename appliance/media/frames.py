@@ -14,10 +14,10 @@ import os
 import threading
 import time
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from PIL import Image
-
 
 
 class FrameSink:

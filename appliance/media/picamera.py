@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import subprocess
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from appliance.core.io import HealthReport
 from appliance.media.uplink import FfmpegUplink, PermanentError, aac_args, base_args

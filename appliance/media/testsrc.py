@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from appliance.media import proc, screens
 from appliance.media.uplink import FfmpegUplink, aac_args, base_args, h264_args

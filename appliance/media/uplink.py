@@ -16,8 +16,9 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from appliance.core.backoff import Backoff
@@ -47,7 +48,7 @@ class UplinkSettings:
     audio_bitrate_kbps: int = 64
 
     @classmethod
-    def from_config(cls, camera: dict[str, Any]) -> "UplinkSettings":
+    def from_config(cls, camera: dict[str, Any]) -> UplinkSettings:
         names = ("width", "height", "fps", "bitrate_kbps", "audio_device")
         return cls(**{name: camera[name] for name in names if name in camera})
 

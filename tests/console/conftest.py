@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from appliance.console.cli import main
-from appliance.localnet import free_port
+from appliance_dev.localnet import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ import pytest
 
 from appliance.console.context import Context
 from appliance.console.home import Home
-from appliance.console.simulate import SimFleet, SimSite, SiteSpec
+from appliance_dev.simulate import SimFleet, SimSite, SiteSpec
 from tests.console.conftest import Console
 
 START = ("meeting", "start", "--title", "Musrenbang Kecamatan", "--program-url", "rtmp://127.0.0.1/live/program",

@@ -77,7 +77,8 @@ def test_bad_csv_names_every_bad_line_and_imports_nothing(console: Console, tmp_
     assert "nothing imported" in result.err
     for line, what in ((3, "'Olehsari'"), (4, "name is empty"), (5, "kind 'dusun'"), (5, "already appears on line 4"),
                        (6, "expected 4 fields"), (8, "distance_km")):
-        assert any(text.strip().startswith(f"line {line}:") and what in text for text in result.err.splitlines()), (line, what, result.err)
+        problems = result.err.splitlines()
+        assert any(text.strip().startswith(f"line {line}:") and what in text for text in problems), (line, what, result.err)
     assert "line 2:" not in result.err
     assert console.ok("sites", "list", "--json").json == before
 
@@ -134,12 +135,12 @@ def test_every_command_has_help_and_the_entry_point_runs() -> None:
                 ["sites", "rotate-password"], ["broker-config"], ["provision"], ["meeting"], ["meeting", "start"],
                 ["meeting", "end"], ["meeting", "join"], ["join"], ["leave"], ["ping"], ["selftest"], ["status"], ["watch"]]
     script = ("import sys, contextlib, io\nfrom appliance.console.cli import main\n"
-              "for args in %r:\n"
+              f"for args in {commands!r}:\n"
               "    out = io.StringIO()\n"
               "    with contextlib.redirect_stdout(out):\n"
               "        try: main(args + ['--help'])\n"
               "        except SystemExit as e: assert e.code == 0, (args, e.code)\n"
-              "    assert 'usage: appliance-console' in out.getvalue(), args\n" % commands)
+              "    assert 'usage: appliance-console' in out.getvalue(), args\n")
     subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT)
     usage = subprocess.run([sys.executable, "-m", "appliance.console", "sites", "frobnicate"], cwd=ROOT,
                            capture_output=True, text=True)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from appliance.config import load
-from appliance.media.central import RtmpServer, SrtProgram
+from appliance_dev.central_media import RtmpServer, SrtProgram
 
 # Small pictures keep 2 cores free enough for encoder, server and decoder at once.
 WIDTH, HEIGHT, FPS = 320, 180, 15

@@ -18,7 +18,7 @@ INFO = {"site_name": "Kecamatan Kalibaru", "title": "Musrenbang", "notice": None
 
 
 def close_to(rgb, expected, tolerance=24):
-    return all(abs(a - b) <= tolerance for a, b in zip(rgb, expected))
+    return all(abs(a - b) <= tolerance for a, b in zip(rgb, expected, strict=False))
 
 
 def wait_until(condition, timeout):
@@ -92,7 +92,7 @@ def test_stop_returns_to_the_screen(display, recorder, srt_program):
 def test_screens_reach_the_glass(display):
     for name in ("meeting_available", "broker_unreachable", "idle"):
         display.show_screen(name, INFO)
-        assert wait_until(lambda: display.shown_screen == name and close_to(
+        assert wait_until(lambda name=name: display.shown_screen == name and close_to(
             display.sink.picture().getpixel((5, HEIGHT // 2)), screens.BACKGROUNDS[name]), 5), name
 
 

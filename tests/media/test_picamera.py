@@ -8,8 +8,8 @@ import time
 import pytest
 
 from appliance.core.io import HealthReport
-from appliance.media.central import probe
 from appliance.media.picamera import PicameraUplink
+from appliance_dev.central_media import probe
 from tests.media import fake_picamera2
 from tests.media.conftest import FPS, HEIGHT, WIDTH
 

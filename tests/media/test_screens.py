@@ -31,7 +31,7 @@ def ink_in(image, box, colour):
     """Pixels of the text colour inside the text's box: the words were really drawn there."""
     region = image.crop(box)
     return sum(count for count, rgb in region.getcolors(maxcolors=1 << 22)
-               if all(abs(a - b) < 40 for a, b in zip(rgb, colour)))
+               if all(abs(a - b) < 40 for a, b in zip(rgb, colour, strict=False)))
 
 
 @pytest.mark.parametrize("language", ["id", "en"])

@@ -11,9 +11,9 @@ import threading
 import time
 
 from appliance.core.io import HealthReport
-from appliance.localnet import free_port
-from appliance.media.central import probe
 from appliance.media.testsrc import TestsrcUplink
+from appliance_dev.central_media import probe
+from appliance_dev.localnet import free_port
 from tests.media.conftest import HEIGHT, WIDTH
 
 

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from appliance.localnet import free_port, wait_for_port
+from appliance_dev.localnet import free_port, wait_for_port
 
 
 class Mosquitto:
@@ -52,7 +52,7 @@ class Mosquitto:
         config.write_text("\n".join(lines) + "\n")
         return config
 
-    def start(self) -> "Mosquitto":
+    def start(self) -> Mosquitto:
         config = self._write_config()
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(["mosquitto", "-c", str(config)], stdout=log, stderr=log)

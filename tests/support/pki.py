@@ -25,7 +25,7 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
 def make_ca(directory: Path, name: str = "Test CA") -> dict[str, str]:
     """A CA plus a server certificate for 127.0.0.1/localhost; returns paths (ca, cert, key)."""
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
         x509.CertificateBuilder().subject_name(_name(name)).issuer_name(_name(name))

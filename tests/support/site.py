@@ -10,8 +10,9 @@ import threading
 import time
 import tomllib
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import paho.mqtt.client as paho
 
@@ -84,7 +85,7 @@ class DaemonProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.socket = tomllib.loads(config.read_text())["paths"]["control_socket"]
 
-    def start(self, wait: bool = True) -> "DaemonProcess":
+    def start(self, wait: bool = True) -> DaemonProcess:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen([sys.executable, "-m", "appliance", "run", "--config", str(self.config)],
                                         stdout=log, stderr=log, env=self.env, cwd=REPO)

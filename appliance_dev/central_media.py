@@ -23,8 +23,8 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from appliance.localnet import free_port, wait_for_port
 from appliance.media import proc
+from appliance_dev.localnet import free_port, wait_for_port
 
 NGINX_CONF = """
 load_module {module};
@@ -64,7 +64,7 @@ class RtmpServer:
         self.dir = tempfile.mkdtemp(prefix="central-rtmp-")
         self.child: subprocess.Popen | None = None
 
-    def start(self) -> "RtmpServer":
+    def start(self) -> RtmpServer:
         conf = os.path.join(self.dir, "nginx.conf")
         with open(conf, "w", encoding="utf-8") as handle:
             handle.write(NGINX_CONF.format(module=RTMP_MODULE, dir=self.dir, rtmp_port=self.rtmp_port,
@@ -141,7 +141,7 @@ class SrtProgram:
             "-f", "mpegts", f"srt://127.0.0.1:{self.port}?mode=listener&pkt_size=1316",
         ]
 
-    def start(self) -> "SrtProgram":
+    def start(self) -> SrtProgram:
         self._stopping.clear()
         self._thread = threading.Thread(target=self._serve, name="srt-program", daemon=True)
         self._thread.start()
@@ -217,7 +217,7 @@ class CentralMedia:
         self.rtmp = RtmpServer()
         self.program = SrtProgram(video=f"testsrc2=size={size[0]}x{size[1]}:rate=30", overlay_png=overlay)
 
-    def start(self) -> "CentralMedia":
+    def start(self) -> CentralMedia:
         self.rtmp.start()
         self.program.start()
         return self

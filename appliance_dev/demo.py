@@ -22,9 +22,9 @@ import paho.mqtt.client as paho
 
 from appliance.adapters.control import NoDaemon, request
 from appliance.core.clock import rfc3339
-from appliance.localnet import free_port, wait_for_port
 from appliance.core.signing import generate_private_key, public_key_to_base64, sign_command
-from appliance.media.central import CentralMedia, demo_media_toml
+from appliance_dev.central_media import CentralMedia, demo_media_toml
+from appliance_dev.localnet import free_port, wait_for_port
 
 SITE = "kalibaru"
 PREFIX = "rapat/v1"
@@ -298,7 +298,7 @@ PICTURES = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m appliance.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m appliance_dev.demo", description=__doc__)
     parser.add_argument("--interactive", action="store_true", help="press the button yourself with Enter")
     parser.add_argument("--keep", action="store_true", help="keep the working directory and logs")
     parser.add_argument("--output", type=Path, default=Path("demo-output"),

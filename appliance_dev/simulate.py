@@ -85,7 +85,7 @@ class SimFleet:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self, timeout: float = 60.0) -> "SimFleet":
+    def start(self, timeout: float = 60.0) -> SimFleet:
         self.selector = selectors.DefaultSelector()
         for site in self.sites:
             site.connect()
@@ -139,7 +139,7 @@ class SimFleet:
             if sock is not None:
                 sock.close()
 
-    def __enter__(self) -> "SimFleet":
+    def __enter__(self) -> SimFleet:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
