@@ -1,4 +1,13 @@
-"""The daemon: builds the core and its adapters from the configuration and runs the event loop."""
+"""The daemon: the core, its adapters, and the one event loop that owns them.
+
+Adapters are made from the configuration unless the caller passes factories for them, in
+gpiozero's style (`Button(17, pin_factory=...)`): `Daemon(config, mqtt=..., panel=..., camera=...,
+display=..., probes=..., clock=...)`. Each factory is called as `factory(config, post)` and gets the
+loop's thread-safe `post`. `Daemon.without_broker(config)` runs a whole site with no broker (its
+publishes are kept in `daemon.mqtt.published`). `run()` runs in the foreground (the CLI, with
+signal handling); `start()` / `stop()` run the loop on a background thread, and `call()`,
+`request()` and `post()` reach it safely from other threads.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +15,9 @@ import logging
 import os
 import signal
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +26,20 @@ from appliance.adapters import sysinfo
 from appliance.adapters.control import ControlRequest, ControlServer
 from appliance.adapters.ledger import LedgerStore
 from appliance.adapters.media import BackendUnavailable, create_camera, create_display
-from appliance.adapters.mqtt import MqttLink
+from appliance.adapters.mqtt import DetachedLink, MqttLink
 from appliance.adapters.panel import Panel
+from appliance.adapters.probes import Probes
 from appliance.adapters.storage import ReplayStore
 from appliance.adapters.systemd import Notifier
 from appliance.config import Config
 from appliance.core import io
 from appliance.core.clock import Clock, SystemClock
-from appliance.core.io import ButtonDown, ButtonUp, HealthReport
 from appliance.core.machine import ApplianceCore, CoreSettings
 from appliance.core.protocol import CommandPolicy
 from appliance.core.signing import public_key_from_base64
 from appliance.core.uptime import UptimeLedger
 from appliance.loop import EventLoop
 from appliance.provision import ERROR_NAME as PROVISION_ERROR_NAME
-from appliance.selftest_runner import SelftestRunner
 
 log = logging.getLogger("appliance")
 
@@ -37,6 +47,8 @@ CLOCK_CHECK_INTERVAL_S = 60.0
 CHECKPOINT_INTERVAL_S = 60.0  # the contract: at most one interval of up time lost to a power cut
 DEFAULT_PRESS_S = 0.2
 MAX_PRESS_S = 60.0
+Post = Callable[[Any], None]
+Factory = Callable[[Config, Post], Any]
 
 
 def read_provision_error(state_dir: str) -> tuple[str, ...]:
@@ -48,37 +60,55 @@ def read_provision_error(state_dir: str) -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())[:8]
 
 
+def settings_from(config: Config) -> CoreSettings:
+    """The core's settings as the configuration gives them."""
+    security = config["security"]
+    public_key = security["console_public_key"]
+    return CoreSettings(
+        site_id=config["site"]["id"],
+        site_kind=config["site"]["kind"],
+        site_name=config["site"]["name"],
+        policy=CommandPolicy(
+            site_id=config["site"]["id"],
+            public_key=public_key_from_base64(public_key) if public_key else None,
+            allow_unsigned=security["allow_unsigned"],
+            allowed_media_hosts=tuple(security["allowed_media_hosts"]),
+            max_command_age_s=float(security["max_command_age_s"]),
+        ),
+        topic_prefix=config["broker"]["topic_prefix"],
+        hold_s=float(config["panel"]["hold_s"]),
+        camera_enabled=config["camera"]["backend"] != "none",
+        display_enabled=config["display"]["backend"] != "none",
+        version=__version__,
+        boot_id=sysinfo.boot_id(),
+        timezone=config["time"]["timezone"],
+        uptime_publish_s=float(config["telemetry"]["uptime_publish_s"]),
+        language=config["display"]["language"],
+    )
+
+
+def _mqtt_from_config(config: Config, post: Post, topics: Any) -> MqttLink:
+    return MqttLink(site_id=config["site"]["id"], topics=topics, broker=config["broker"],
+                    password=config.broker_password(), post=post)
+
+
+def _panel_from_config(config: Config, post: Post) -> Panel:
+    panel = config["panel"]
+    return Panel(panel["backend"], panel["button_pin"], panel["led_pin"], post)
+
+
 class Daemon:
-    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+    def __init__(self, config: Config, *, clock: Clock | None = None, settings: CoreSettings | None = None,
+                 mqtt: Factory | None = None, panel: Factory | None = None, camera: Factory | None = None,
+                 display: Factory | None = None, probes: Factory | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.loop = EventLoop(self._dispatch, self.clock.monotonic)
         post = self.loop.post
-        security = config["security"]
-        public_key = security["console_public_key"]
-        settings = CoreSettings(
-            site_id=config["site"]["id"],
-            site_kind=config["site"]["kind"],
-            site_name=config["site"]["name"],
-            policy=CommandPolicy(
-                site_id=config["site"]["id"],
-                public_key=public_key_from_base64(public_key) if public_key else None,
-                allow_unsigned=security["allow_unsigned"],
-                allowed_media_hosts=tuple(security["allowed_media_hosts"]),
-                max_command_age_s=float(security["max_command_age_s"]),
-            ),
-            topic_prefix=config["broker"]["topic_prefix"],
-            hold_s=float(config["panel"]["hold_s"]),
-            camera_enabled=config["camera"]["backend"] != "none",
-            display_enabled=config["display"]["backend"] != "none",
-            version=__version__,
-            boot_id=sysinfo.boot_id(),
-            timezone=config["time"]["timezone"],
-            # Not a configuration key yet (see docs/operations.md); every checkpoint until it is.
-            uptime_publish_s=float(config["telemetry"]["uptime_publish_s"]),
-        )
-        self.replay_store = ReplayStore(config["paths"]["state_dir"])
-        self.ledger_store = LedgerStore(config["paths"]["state_dir"])
+        settings = settings or settings_from(config)
+        state_dir = config["paths"]["state_dir"]
+        self.replay_store = ReplayStore(state_dir)
+        self.ledger_store = LedgerStore(state_dir)
         try:
             self.ledger_store.open()
             days, ledger_state = self.ledger_store.load()
@@ -87,31 +117,116 @@ class Daemon:
         self.core = ApplianceCore(settings, self.clock, self.replay_store.load(self.clock.wall()),
                                   uptime=UptimeLedger(settings.timezone, days, ledger_state))
         self.notifier = Notifier()
-        self.panel = Panel(config["panel"]["backend"], config["panel"]["button_pin"], config["panel"]["led_pin"], post)
-        self.camera = self._backend(create_camera, "camera")
-        self.display = self._backend(create_display, "display")
-        self.mqtt = MqttLink(site_id=settings.site_id, topics=self.core.topics, broker=config["broker"],
-                             password=config.broker_password(), post=post)
+        self.panel = (panel or _panel_from_config)(config, post)
+        self.camera = self._backend(camera or create_camera, "camera")
+        self.display = self._backend(display or create_display, "display")
+        self.probes = (probes or (lambda cfg, post: Probes(cfg, self.camera, post)))(config, post)
+        self.mqtt = mqtt(config, post) if mqtt else _mqtt_from_config(config, post, self.core.topics)
         self.control = ControlServer(config["paths"]["control_socket"], post)
         self._clock_synced: bool | None = None
-        self.selftest = SelftestRunner(self)
+        self._selftest_requests: list[ControlRequest] = []
+        self._thread: threading.Thread | None = None
         self.debug_hooks = os.environ.get("APPLIANCE_DEBUG_HOOKS") == "1"
+        self.effect_handlers: dict[type, Callable[[Any], None]] = {
+            io.Publish: lambda e: self.mqtt.publish(e.topic, e.payload, e.retain, e.receipt),
+            io.SetLed: lambda e: self.panel.show(e.pattern),
+            io.ShowScreen: lambda e: self.display and self.display.show_screen(e.screen, e.info),
+            io.StartUplink: lambda e: self.camera and self.camera.start(e.url),
+            io.StopUplink: lambda e: self.camera and self.camera.stop(),
+            io.StartProgram: lambda e: self.display and self.display.start_program(e.url),
+            io.StopProgram: lambda e: self.display and self.display.stop_program(),
+            io.RememberCommand: lambda e: self.replay_store.remember(e.command_id, e.expires_at),
+            io.NotifyStatus: lambda e: self.notifier.status(e.text),
+            io.SaveUptime: lambda e: self.ledger_store.save(list(e.days), e.state, e.pending, list(e.keep)),
+            io.RunProbes: lambda e: self.probes.run(e.names, e.camera_health),
+            io.SelftestDone: self._selftest_done,
+            io.Log: lambda e: log.log(logging.getLevelName(e.level.upper()), e.message),
+        }
 
-    def _backend(self, factory: Any, component: str) -> Any:
+    @classmethod
+    def without_broker(cls, config: Config, **links: Any) -> Daemon:
+        """A whole site with no broker: nothing arrives, publishes are kept in `daemon.mqtt.published`."""
+        return cls(config, mqtt=lambda cfg, post: DetachedLink(), **links)
+
+    def _backend(self, factory: Factory, component: str) -> Any:
         try:
             return factory(self.config, self.loop.post)
         except BackendUnavailable as exc:
             log.error("%s: %s", component, exc)
-            self.loop.post(HealthReport(component, "missing", str(exc)))
+            self.loop.post(io.HealthReport(component, "missing", str(exc)))
             return None
 
     # --- life cycle -----------------------------------------------------------------------------
     def run(self) -> int:
+        """Run in the foreground until SIGTERM or SIGINT (the CLI's `appliance run`)."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self.loop.stop())
+        self._open()
+        try:
+            self.loop.run()
+        finally:
+            self._shutdown()
+        return 0
+
+    def start(self) -> Daemon:
+        """Open everything and run the loop on a background thread; returns once the site is up."""
+        self._open()
+        self._thread = threading.Thread(target=self.loop.run, name="appliance-loop", daemon=True)
+        self._thread.start()
+        self.call(lambda: None)  # the core's start has been handled
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop a daemon that `start()` started: the loop ends, then every adapter is closed."""
+        if self._thread is None:
+            return
+        self.loop.stop()
+        self._thread.join(timeout)
+        self._thread = None
+        self._shutdown()
+
+    def __enter__(self) -> Daemon:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def post(self, event: Any) -> None:
+        """Thread-safe: hand the loop an event for the core (or a zero-argument callable)."""
+        self.loop.post(event)
+
+    def call(self, function: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """Thread-safe: run `function` on the loop thread and return its result."""
+        done = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def on_loop() -> None:
+            try:
+                outcome["value"] = function()
+            except BaseException as exc:  # handed back to the caller's thread
+                outcome["error"] = exc
+            done.set()
+
+        self.loop.post(on_loop)
+        if not done.wait(timeout):
+            raise TimeoutError(f"the event loop did not answer within {timeout:g} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("value")
+
+    def request(self, body: dict[str, Any], timeout: float = 90.0) -> dict[str, Any]:
+        """What the control socket answers to `body` (e.g. {"cmd": "press"}), without the socket."""
+        pending = ControlRequest(body)
+        self.loop.post(pending)
+        return pending.wait(timeout)
+
+    def status(self) -> dict[str, Any]:
+        return self.call(self.core.status)
+
+    def _open(self) -> None:
         if self.core.settings.policy.allow_unsigned:
             log.warning("SECURITY: security.allow_unsigned = true; unsigned commands are accepted. Development only!")
         os.makedirs(self.config["paths"]["state_dir"], exist_ok=True)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: self.loop.stop())
         self.control.open()
         self.panel.open()
         for backend in (self.camera, self.display):
@@ -133,11 +248,6 @@ class Daemon:
         self.notifier.ready()
         log.info("site %s ready (version %s, control socket %s)", self.core.settings.site_id, __version__,
                  self.config["paths"]["control_socket"])
-        try:
-            self.loop.run()
-        finally:
-            self._shutdown()
-        return 0
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
@@ -153,8 +263,6 @@ class Daemon:
 
     # --- the loop thread ------------------------------------------------------------------------
     def _dispatch(self, item: Any) -> None:
-        if isinstance(item, (ButtonDown, ButtonUp)) and self.selftest.take_button(item):
-            return
         if isinstance(item, ControlRequest):
             self._control(item)
         else:
@@ -162,39 +270,18 @@ class Daemon:
 
     def _execute(self, effects: list[Any]) -> None:
         for effect in effects:
+            handler = self.effect_handlers.get(type(effect))
+            if handler is None:
+                raise io.Unhandled(f"the daemon has no handler for effect {type(effect).__name__}")
             try:
-                self._perform(effect)
+                handler(effect)
             except Exception:  # noqa: BLE001 - one failing adapter must not stop the loop
                 log.exception("effect %s failed", type(effect).__name__)
 
-    def _perform(self, effect: Any) -> None:
-        if isinstance(effect, io.Publish):
-            self.mqtt.publish(effect.topic, effect.payload, effect.retain)
-        elif isinstance(effect, io.SetLed):
-            self.panel.show(effect.pattern)
-        elif isinstance(effect, io.ShowScreen):
-            if self.display is not None:
-                self.display.show_screen(effect.screen, effect.info)
-        elif isinstance(effect, io.StartUplink) and self.camera is not None:
-            self.camera.start(effect.url)
-        elif isinstance(effect, io.StopUplink) and self.camera is not None:
-            self.camera.stop()
-        elif isinstance(effect, io.StartProgram) and self.display is not None:
-            self.display.start_program(effect.url)
-        elif isinstance(effect, io.StopProgram) and self.display is not None:
-            self.display.stop_program()
-        elif isinstance(effect, io.RememberCommand):
-            self.replay_store.remember(effect.command_id, effect.expires_at)
-        elif isinstance(effect, io.NotifyStatus):
-            self.notifier.status(effect.text)
-        elif isinstance(effect, io.SaveUptime):
-            self.ledger_store.save(list(effect.days), effect.state, effect.pending, list(effect.keep))
-        elif isinstance(effect, io.RunSelftest):
-            refusal = self.selftest.start(effect.interactive)
-            if refusal:
-                log.warning("self-test requested over MQTT refused: %s", refusal)
-        elif isinstance(effect, io.Log):
-            log.log(logging.getLevelName(effect.level.upper()), effect.message)
+    def _selftest_done(self, effect: io.SelftestDone) -> None:
+        waiting, self._selftest_requests = self._selftest_requests, []
+        for pending in waiting:
+            pending.reply({"ok": True, "result": effect.result, "lines": list(effect.lines), "language": effect.language})
 
     def _telemetry(self) -> None:
         self._execute(self.core.handle(io.TelemetryDue(sysinfo.telemetry_sample(self.config["paths"]["state_dir"]))))
@@ -203,7 +290,7 @@ class Daemon:
         synced = sysinfo.clock_synced()
         if synced != self._clock_synced:
             self._clock_synced = synced
-            self._execute(self.core.handle(HealthReport("clock", "synced" if synced else "unsynced")))
+            self._execute(self.core.handle(io.HealthReport("clock", "synced" if synced else "unsynced")))
 
     def _control(self, request: ControlRequest) -> None:
         command = request.body["cmd"]
@@ -211,17 +298,16 @@ class Daemon:
             request.reply({"ok": True, "status": self.core.status()})
         elif command == "version":
             request.reply({"ok": True, "version": __version__, "site": self.core.settings.site_id})
-        elif command in ("join", "leave"):
-            outcome = self.core.local(command)
+        elif command in ("join", "leave", "selftest"):
+            outcome = self.core.local(command, interactive=bool(request.body.get("interactive")))
+            if command == "selftest" and outcome.ok:
+                self._selftest_requests.append(request)  # answered by the SelftestDone effect
             self._execute(outcome.effects)
-            reply = {"ok": outcome.ok, "message": outcome.message, "state": self.core.state}
-            request.reply(reply if outcome.ok else {**reply, "error": outcome.message})
+            if command != "selftest" or not outcome.ok:
+                reply = {"ok": outcome.ok, "message": outcome.message, "state": self.core.state}
+                request.reply(reply if outcome.ok else {**reply, "error": outcome.message})
         elif command == "press":
             self._press(request)
-        elif command == "selftest":
-            refusal = self.selftest.start(bool(request.body.get("interactive")), request)
-            if refusal:
-                request.reply({"ok": False, "error": refusal})
         elif command == "debug.hang" and self.debug_hooks:
             # Lets tests prove that a stuck loop stops the systemd watchdog pings.
             time.sleep(float(request.body.get("seconds", 1)))
@@ -239,8 +325,8 @@ class Daemon:
             return
         # A mock pin is driven like a finger, through gpiozero; a real one cannot be, so the edges are posted.
         if not self.panel.press(seconds):
-            self._dispatch(ButtonDown())
-            self.loop.call_later(seconds, lambda: self.loop.post(ButtonUp()))
+            self._dispatch(io.ButtonDown())
+            self.loop.call_later(seconds, lambda: self.loop.post(io.ButtonUp()))
 
         def answer() -> None:
             request.reply({"ok": True, "state": self.core.state, "message": f"pressed for {seconds:g} s"})

@@ -8,17 +8,27 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import queue
 import time
 from collections.abc import Callable
 from typing import Any
 
+from appliance.core.io import Unhandled
+
 log = logging.getLogger(__name__)
 
 
+def strict_from_environment() -> bool:
+    """APPLIANCE_STRICT=1 (the test suite sets it) turns a missing event or effect handler into a crash."""
+    return os.environ.get("APPLIANCE_STRICT") == "1"
+
+
 class EventLoop:
-    def __init__(self, dispatch: Callable[[Any], None], monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, dispatch: Callable[[Any], None], monotonic: Callable[[], float] = time.monotonic,
+                 strict: bool | None = None) -> None:
         self._dispatch = dispatch
+        self.strict = strict_from_environment() if strict is None else strict
         self._monotonic = monotonic
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -67,6 +77,10 @@ class EventLoop:
                         item()
                     else:
                         self._dispatch(item)
+                except Unhandled:
+                    if self.strict:
+                        raise  # a programming error: in tests it must fail loudly, not scroll past in a log
+                    log.exception("no handler for %r; the loop goes on", type(item).__name__)
                 except Exception:  # noqa: BLE001 - one bad event must not take the site offline
                     log.exception("handling %r failed; the loop goes on", type(item).__name__)
             self._run_due()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -7,6 +8,12 @@ import pytest
 
 from tests.support.broker import Mosquitto
 from tests.support.site import ConsoleKey, DaemonProcess, Observer, site_config
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A missing event or effect handler crashes the event loop (and so the test) instead of being
+    # logged; daemons the tests start as processes inherit it.
+    os.environ["APPLIANCE_STRICT"] = "1"
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from appliance.core import io
 from appliance.core.clock import FakeClock
 from appliance.core.machine import ApplianceCore, CoreSettings
 from appliance.core.protocol import CommandPolicy
+from appliance.core.uptime import UptimeLedger
 from tests.support.site import ConsoleKey, meeting_body
 
 SITE = "kalibaru"
@@ -16,14 +17,16 @@ KEY = ConsoleKey()
 
 
 def make_core(*, camera: bool = False, display: bool = False, clock: FakeClock | None = None,
-              replay: dict[str, float] | None = None, allow_unsigned: bool = False) -> tuple[ApplianceCore, FakeClock]:
+              replay: dict[str, float] | None = None, allow_unsigned: bool = False, uptime: UptimeLedger | None = None,
+              **settings: Any) -> tuple[ApplianceCore, FakeClock]:
+    """`settings` override CoreSettings fields (e.g. language="en", uptime_publish_s=900)."""
     clock = clock or FakeClock()
-    settings = CoreSettings(
+    core_settings = CoreSettings(
         site_id=SITE, site_kind="kecamatan", site_name="Kecamatan Kalibaru",
         policy=CommandPolicy(SITE, KEY.private.public_key(), allow_unsigned, ("127.0.0.1",), 86400),
-        camera_enabled=camera, display_enabled=display, version="test", boot_id="boot",
+        camera_enabled=camera, display_enabled=display, version="test", boot_id="boot", **settings,
     )
-    core = ApplianceCore(settings, clock, replay)
+    core = ApplianceCore(core_settings, clock, replay, uptime)
     core.start()
     core.handle(io.BrokerConnected())
     for component, enabled in (("camera", camera), ("display", display)):

@@ -183,7 +183,7 @@ def test_replay_memory_survives_and_expires() -> None:
     assert command(restarted, "ping", command_id="once", ttl_s=60)[0]["error"]["code"] == "replayed"
     clock.advance(120)
     fresh, _ = make_core(clock=clock, replay=saved)
-    assert "once" not in fresh._replay
+    assert "once" not in fresh.replay_memory()
 
 
 def test_led_pattern_shapes() -> None:

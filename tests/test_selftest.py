@@ -9,7 +9,8 @@ import threading
 import time
 from pathlib import Path
 
-from appliance import selftest
+from appliance.adapters import probes
+from appliance.core import selftest
 from appliance.cli import _print_selftest
 from tests.support.broker import Mosquitto
 from tests.support.site import REPO, ConsoleKey, DaemonProcess, Observer
@@ -101,15 +102,15 @@ def test_cli_exit_codes_and_text(capsys) -> None:  # noqa: ANN001
 
 
 def test_check_functions_never_pass_what_they_cannot_see(tmp_path: Path) -> None:
-    assert selftest.check_power(None)["ok"] is None
-    assert selftest.check_power({"raw": "0x50005", "under_voltage": True})["ok"] is False
-    assert selftest.check_power({"raw": "0x0"})["ok"] is True
-    assert selftest.check_clock(None)["ok"] is None
-    assert selftest.check_audio("")["ok"] is None
-    assert selftest.check_camera("none", None, "disabled")["ok"] is None
-    assert selftest.check_camera("picamera2", None, "missing")["ok"] is False
-    assert selftest.check_disk(str(tmp_path), 10.0)["ok"] is False
-    assert selftest.check_disk(str(tmp_path), 5000.0)["ok"] is True
+    assert probes.check_power(None)["ok"] is None
+    assert probes.check_power({"raw": "0x50005", "under_voltage": True})["ok"] is False
+    assert probes.check_power({"raw": "0x0"})["ok"] is True
+    assert probes.check_clock(None)["ok"] is None
+    assert probes.check_audio("")["ok"] is None
+    assert probes.check_camera("none", None, "disabled")["ok"] is None
+    assert probes.check_camera("picamera2", None, "missing")["ok"] is False
+    assert probes.check_disk(str(tmp_path), 10.0)["ok"] is False
+    assert probes.check_disk(str(tmp_path), 5000.0)["ok"] is True
     assert not list(tmp_path.iterdir())  # the write probe cleans up
 
 
@@ -122,4 +123,4 @@ def test_core_refuses_a_selftest_command_during_a_meeting() -> None:
     press(core, clock)
     ack, effects = command(core, "selftest")
     assert ack["ok"] is False and ack["error"]["code"] == "invalid_state"
-    assert not [effect for effect in effects if type(effect).__name__ == "RunSelftest"]
+    assert not [effect for effect in effects if type(effect).__name__ == "RunProbes"]

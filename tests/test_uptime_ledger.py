@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -27,14 +26,12 @@ def at(text: str) -> float:
 class Site:
     """The core as the daemon runs it: checkpoint timer every `step` s, effects saved by the real adapter."""
 
-    def __init__(self, tmp: Path, clock: FakeClock | None = None, synced: bool = True) -> None:
+    def __init__(self, tmp: Path, clock: FakeClock | None = None, synced: bool = True, **settings: float) -> None:
         self.store = LedgerStore(tmp)
         self.store.open()
         days, state = self.store.load()
         self.clock = clock or FakeClock(wall=at("2026-11-27 09:00"))
-        self.core, _ = make_core(clock=self.clock)
-        self.core.uptime = UptimeLedger("Asia/Jakarta", days, state)
-        self.core.uptime.start(self.clock.monotonic(), "boot", True)
+        self.core, _ = make_core(clock=self.clock, uptime=UptimeLedger("Asia/Jakarta", days, state), **settings)
         self.retained: dict | None = None
         if synced:
             self.apply(self.core.handle(io.HealthReport("clock", "synced")))
@@ -199,8 +196,7 @@ def test_damaged_ledger_file_is_set_aside(tmp_path: Path) -> None:
 
 
 def test_publication_can_be_thinned_but_reconnect_always_publishes(tmp_path: Path) -> None:
-    site = Site(tmp_path)
-    site.core.settings = replace(site.core.settings, uptime_publish_s=900.0)
+    site = Site(tmp_path, uptime_publish_s=900.0)
     published_at = []
     for _ in range(30):
         site.clock.advance(60)

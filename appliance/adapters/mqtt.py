@@ -10,6 +10,7 @@ import logging
 import socket
 import ssl
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,7 +21,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from appliance.core.backoff import Backoff
-from appliance.core.io import BrokerConnected, BrokerDisconnected, MessageReceived, PublishDenied
+from appliance.core.io import BrokerConnected, BrokerDisconnected, MessageReceived, PublishAcked, PublishDenied
 from appliance.core.protocol import Topics
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class MqttLink:
         self._backoff = backoff or Backoff()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._inflight: dict[int, str] = {}  # touched only on the daemon's loop thread
+        self._inflight: dict[int, tuple[str, str]] = {}  # mid -> (topic, receipt); the loop thread only
 
         client = paho.Client(
             paho.CallbackAPIVersion.VERSION2, client_id=f"appliance-{site_id}", protocol=paho.MQTTv5
@@ -105,17 +106,19 @@ class MqttLink:
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         self._thread.start()
 
-    def publish(self, topic: str, payload: dict[str, Any], retain: bool = False) -> None:
+    def publish(self, topic: str, payload: dict[str, Any], retain: bool = False, receipt: str = "") -> None:
         info = self.client.publish(topic, encode(payload), qos=1, retain=retain)
         if info.rc == paho.MQTT_ERR_SUCCESS or info.rc == paho.MQTT_ERR_NO_CONN:
-            self._inflight[info.mid] = topic
+            self._inflight[info.mid] = (topic, receipt)
         else:
             log.warning("publish to %s not queued: %s", topic, paho.error_string(info.rc))
 
     def publish_done(self, mid: int, reason: ReasonCode) -> None:
-        topic = self._inflight.pop(mid, "?")
+        topic, receipt = self._inflight.pop(mid, ("?", ""))
         if reason.is_failure:
-            self._post(PublishDenied(topic, str(reason)))
+            self._post(PublishDenied(topic, str(reason), receipt))
+        elif receipt:
+            self._post(PublishAcked(receipt))
 
     def stop(self, timeout: float = 3.0) -> None:
         """Leave cleanly but let the broker publish our will, so the fleet sees `offline` at once."""
@@ -164,3 +167,22 @@ class MqttLink:
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
         self._post(lambda: self.publish_done(mid, reason))
+
+
+class DetachedLink:
+    """The MQTT link of a site that runs without a broker (tests, benchmarks, a bench-top demo):
+    it never connects, so nothing arrives; what the site publishes is kept, newest last."""
+
+    url = "(no broker)"
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self.published: deque[tuple[str, dict[str, Any], bool]] = deque(maxlen=keep)
+
+    def start(self) -> None:
+        pass
+
+    def publish(self, topic: str, payload: dict[str, Any], retain: bool = False, receipt: str = "") -> None:
+        self.published.append((topic, payload, retain))
+
+    def stop(self, timeout: float = 0.0) -> None:
+        pass

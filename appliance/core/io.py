@@ -8,6 +8,10 @@ from typing import Any
 from appliance.core.led import LedPattern
 
 
+class Unhandled(TypeError):
+    """An event the core, or an effect the daemon, has no handler for: a programming error."""
+
+
 # --- events -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BrokerConnected:
@@ -30,6 +34,14 @@ class MessageReceived:
 class PublishDenied:
     topic: str
     reason: str
+    receipt: str = ""
+
+
+@dataclass(frozen=True)
+class PublishAcked:
+    """The broker acknowledged a publish that asked for a receipt (only those are reported)."""
+
+    receipt: str
 
 
 @dataclass(frozen=True)
@@ -75,12 +87,22 @@ class CheckpointDue:
     """Time to place the uptime since the last checkpoint on days, save and republish the ledger."""
 
 
+@dataclass(frozen=True)
+class SelftestCheckDone:
+    """A self-test probe's outcome: {"ok": True|False|None, "detail": str, ...}."""
+
+    name: str
+    outcome: dict[str, Any]
+
+
 # --- effects ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Publish:
     topic: str
     payload: dict[str, Any]
     retain: bool = False
+    # When set, the broker's acknowledgement comes back as PublishAcked(receipt) (or PublishDenied).
+    receipt: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,8 +150,20 @@ class NotifyStatus:
 
 
 @dataclass(frozen=True)
-class RunSelftest:
-    interactive: bool = False
+class RunProbes:
+    """Run these self-test probes off the loop; each answers with a SelftestCheckDone event."""
+
+    names: tuple[str, ...]
+    camera_health: str
+
+
+@dataclass(frozen=True)
+class SelftestDone:
+    """A self-test finished: whoever asked for it locally gets this as the answer."""
+
+    result: dict[str, Any]
+    lines: tuple[str, ...]
+    language: str
 
 
 @dataclass(frozen=True)
@@ -148,11 +182,21 @@ class Log:
     message: str
 
 
+# Every event the core takes and every effect it gives: the dispatch tables on both sides are
+# checked against these, so a new type cannot be dropped silently.
+EVENTS = (
+    BrokerConnected, BrokerDisconnected, MessageReceived, PublishDenied, PublishAcked, ButtonDown, ButtonUp,
+    MediaStatus, HealthReport, TelemetryDue, CheckpointDue, ProvisionRejected, SelftestCheckDone,
+)
+EFFECTS = (
+    Publish, SetLed, ShowScreen, StartUplink, StopUplink, StartProgram, StopProgram,
+    RememberCommand, NotifyStatus, RunProbes, SelftestDone, SaveUptime, Log,
+)
 Event = (
-    BrokerConnected | BrokerDisconnected | MessageReceived | PublishDenied | ButtonDown | ButtonUp
-    | MediaStatus | HealthReport | TelemetryDue | CheckpointDue | ProvisionRejected
+    BrokerConnected | BrokerDisconnected | MessageReceived | PublishDenied | PublishAcked | ButtonDown | ButtonUp
+    | MediaStatus | HealthReport | TelemetryDue | CheckpointDue | ProvisionRejected | SelftestCheckDone
 )
 Effect = (
     Publish | SetLed | ShowScreen | StartUplink | StopUplink | StartProgram | StopProgram
-    | RememberCommand | NotifyStatus | RunSelftest | SaveUptime | Log
+    | RememberCommand | NotifyStatus | RunProbes | SelftestDone | SaveUptime | Log
 )

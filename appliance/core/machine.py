@@ -1,55 +1,25 @@
 """The appliance's state machine: events in, effects out, time from an injected clock.
 
 States follow the contract: idle -> meeting_available -> joining -> in_meeting -> leaving -> idle
-(or back to meeting_available when the meeting goes on without us).
+(or back to meeting_available when the meeting goes on without us). Which trigger leads where is
+data, in `transitions.py`; this module turns events into triggers, does the actions the table
+names, and derives everything the person and the centre see (LED, screen, retained state).
+The self-test runs here too (see `selftest.py`): only its hardware probes are outside.
 """
 
 from __future__ import annotations
 
-import copy
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.core import led
+from appliance.core import io, transitions
+from appliance.core import selftest as st
 from appliance.core.clock import Clock, rfc3339
-from appliance.core.io import (
-    BrokerConnected,
-    BrokerDisconnected,
-    ButtonDown,
-    ButtonUp,
-    CheckpointDue,
-    Effect,
-    Event,
-    HealthReport,
-    Log,
-    MediaStatus,
-    MessageReceived,
-    NotifyStatus,
-    ProvisionRejected,
-    Publish,
-    PublishDenied,
-    RememberCommand,
-    RunSelftest,
-    SaveUptime,
-    SetLed,
-    ShowScreen,
-    StartProgram,
-    StartUplink,
-    StopProgram,
-    StopUplink,
-    TelemetryDue,
-)
-from appliance.core.presentation import (
-    IDLE,
-    IN_MEETING,
-    JOINING,
-    LEAVING,
-    MEETING_AVAILABLE,
-    led_pattern,
-    screen_name,
-)
+from appliance.core.outputs import BROKEN_HEALTH, OutputsFlow
 from appliance.core.protocol import (
+    DEFAULT_TOPIC_PREFIX,
     INVALID_STATE,
     RETAINED_COMMAND,
     Command,
@@ -59,11 +29,15 @@ from appliance.core.protocol import (
     check_command,
     identify,
 )
+from appliance.core.selftest_flow import SelftestFlow
+from appliance.core.transitions import IDLE, IN_MEETING, JOINING, LEAVING, MEETING_AVAILABLE, Step
 from appliance.core.uptime import UptimeLedger
+from appliance.core.uptime_flow import UptimeFlow
 
-BROKEN_HEALTH = ("missing", "error")
 UPLINK_STOPPED = ("idle", "failed")
 PROGRAM_STOPPED = ("idle", "failed")
+# The local control socket may ask for these; the rest come only as signed commands.
+LOCAL_ACTIONS = ("join", "leave", "selftest")
 
 
 @dataclass(frozen=True)
@@ -81,7 +55,7 @@ class CoreSettings:
     site_kind: str
     policy: CommandPolicy
     site_name: str = ""
-    topic_prefix: str = "rapat/v1"
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
     hold_s: float = 3.0
     camera_enabled: bool = False
     display_enabled: bool = False
@@ -93,16 +67,17 @@ class CoreSettings:
     timezone: str = "Asia/Jakarta"
     # The 90-day uptime message is ~9 KB: republished every 60 s that is ~13 MB a day per site.
     uptime_publish_s: float = 60.0
+    language: str = "id"  # of the texts the core writes itself (the self-test's)
 
 
 @dataclass
 class Outcome:
     ok: bool
     message: str
-    effects: list[Effect] = field(default_factory=list)
+    effects: list[io.Effect] = field(default_factory=list)
 
 
-class ApplianceCore:
+class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
     def __init__(self, settings: CoreSettings, clock: Clock, replay_memory: dict[str, float] | None = None,
                  uptime: UptimeLedger | None = None) -> None:
         self.settings = settings
@@ -113,6 +88,7 @@ class ApplianceCore:
         self.since = clock.wall()
         self.started_at = clock.monotonic()
         self.broker_connected = False
+        self.broker_problem = "not connected yet"
         self.publish_denied = ""
         self.reconnects = 0
         self._connected_once = False
@@ -136,7 +112,9 @@ class ApplianceCore:
         # Until a backend has reported, "missing" is a default, not a finding: it must not blink "broken".
         self._reported: set[str] = set()
         self._notice: tuple[str, float] | None = None
-        self._effects: list[Effect] = []
+        self.selftest: st.SelftestRun | None = None
+        self._selftest_result: tuple[bool, list[str], float] | None = None  # ok, lines, shown until
+        self._effects: list[io.Effect] = []
         self._shown: tuple[Any, ...] | None = None
         self._published: tuple[Any, ...] | None = None
         self.uptime = uptime or UptimeLedger(settings.timezone)
@@ -144,29 +122,39 @@ class ApplianceCore:
         self._uptime_published_at: float | None = None
 
     # --- public API -----------------------------------------------------------------------------
-    def start(self) -> list[Effect]:
+    def start(self) -> list[io.Effect]:
         self._log("info", f"site {self.settings.site_id} starting in state {self.state}")
         self.uptime.start(self.clock.monotonic(), self.settings.boot_id, self.broker_connected, self.state == IN_MEETING)
         return self._finish()
 
-    def redraw(self) -> list[Effect]:
-        """Show the LED and screen of the current state again (after a self-test borrowed them)."""
-        self._shown = None
+    def handle(self, event: io.Event) -> list[io.Effect]:
+        handler = EVENT_HANDLERS.get(type(event))
+        if handler is None:
+            raise io.Unhandled(f"the core has no handler for event {type(event).__name__}")
+        handler(self, event)
         return self._finish()
 
-    def handle(self, event: Event) -> list[Effect]:
-        handler = getattr(self, f"_on_{type(event).__name__}")
-        handler(event)
-        return self._finish()
-
-    def local(self, action: str) -> Outcome:
-        """A request from the local control socket (`appliance join|leave`)."""
+    def local(self, action: str, interactive: bool = False) -> Outcome:
+        """A request from the local control socket (`appliance join|leave|selftest`)."""
+        if action not in LOCAL_ACTIONS:
+            raise ValueError(f"unknown local action {action!r}")
+        before = self.state
         try:
-            self._require_allowed(action, {})
+            step = self._check(action, {})
         except CommandRejected as refusal:
             return Outcome(False, refusal.message, self._finish())
-        message = self._apply(action, {})
+        self._take(step, {"reason": action, "interactive": interactive})
+        if action == "selftest":
+            message = "self-test started"
+        elif action == "join":
+            message = "joining" if before == MEETING_AVAILABLE else f"already {before}"
+        else:
+            message = "leaving" if before in (JOINING, IN_MEETING) else f"not in a meeting (state {before})"
         return Outcome(True, message, self._finish())
+
+    def replay_memory(self) -> dict[str, float]:
+        """The accepted command ids still remembered against replay, with their expiry times."""
+        return dict(self._replay)
 
     def next_deadline(self) -> float | None:
         deadlines = [self._state_deadline]
@@ -174,24 +162,33 @@ class ApplianceCore:
             deadlines.append(self._button_down_at + self.settings.hold_s)
         if self._notice:
             deadlines.append(self._notice[1])
+        if self.selftest:
+            deadlines += self.selftest.deadlines()
+        if self._selftest_result:
+            deadlines.append(self._selftest_result[2])
         pending = [deadline for deadline in deadlines if deadline is not None]
         return min(pending) if pending else None
 
-    def tick(self) -> list[Effect]:
+    def tick(self) -> list[io.Effect]:
         now = self.clock.monotonic()
         if self._button_down_at is not None and not self._hold_fired and now >= self._button_down_at + self.settings.hold_s:
             self._hold_fired = True
             self._on_hold()
         if self._notice and now >= self._notice[1]:
             self._notice = None
+        if self.selftest:
+            self.selftest.expire(now)
+            self._selftest_progress()
+        if self._selftest_result and now >= self._selftest_result[2]:
+            self._selftest_result = None
         if self._state_deadline is not None and now >= self._state_deadline:
             self._state_deadline = None
             if self.state == JOINING:
                 self._log("warning", f"join timed out after {self.settings.join_timeout_s:g} s: {self._media_summary()}")
-                self._enter_meeting(degraded=True)
+                self._fire("media_degraded")
             elif self.state == LEAVING:
                 self._log("warning", f"media did not stop within {self.settings.leave_timeout_s:g} s; leaving anyway")
-                self._finish_leaving()
+                self._fire_left()
         return self._finish()
 
     def status(self) -> dict[str, Any]:
@@ -201,55 +198,67 @@ class ApplianceCore:
             "led": self._led_pattern().name,
             "screen": self._screen()[0],
             "provision_problems": list(self.provision_problems),
+            "selftest": None if self.selftest is None else
+            {"interactive": self.selftest.interactive, "waiting_press": self.selftest.waiting_press},
         }
 
     # --- events ---------------------------------------------------------------------------------
-    def _on_BrokerConnected(self, event: BrokerConnected) -> None:
+    def _on_broker_connected(self, event: io.BrokerConnected) -> None:
         if self._connected_once:
             self.reconnects += 1
         self._connected_once = True
         self.broker_connected = True
+        self.broker_problem = ""
         self.publish_denied = ""
         self.health["broker"] = "ok"
         self._published = None  # republish the retained state on every (re)connect
         self._connect_checkpoint = True  # and the retained ledger, with the outage just ended on it
 
-    def _on_BrokerDisconnected(self, event: BrokerDisconnected) -> None:
+    def _on_broker_disconnected(self, event: io.BrokerDisconnected) -> None:
         self.broker_connected = False
+        self.broker_problem = event.reason
         self.health["broker"] = "error"
         self._log("warning", f"broker connection lost: {event.reason}")
 
-    def _on_PublishDenied(self, event: PublishDenied) -> None:
+    def _on_publish_denied(self, event: io.PublishDenied) -> None:
         self.publish_denied = f"{event.topic}: {event.reason}"
         self.health["broker"] = "error"
         self._log("error", f"broker refused a publish to {event.topic}: {event.reason}")
+        if event.receipt == st.BROKER_RECEIPT and self.selftest:
+            self.selftest.record("broker", st.result(False, f"the broker refused the test message: {event.reason}"))
+            self._selftest_progress()
 
-    def _on_MessageReceived(self, event: MessageReceived) -> None:
+    def _on_message(self, event: io.MessageReceived) -> None:
         if event.retained:
             command_id, command_type = identify(event.payload)
             self._ack(command_id, command_type, RETAINED_COMMAND, "retained commands are ignored; publish with retain=false")
             return
         try:
             command = check_command(event.payload, self.settings.policy, self.clock.wall(), self._replay.__contains__)
+            step = self._check(command.type, command.body)
         except CommandRejected as refusal:
-            self._refuse(refusal.command_id, refusal.command_type, refusal)
-            return
-        try:
-            self._require_allowed(command.type, command.body)
-        except CommandRejected as refusal:
-            self._refuse(command.id, command.type, refusal)
+            self._log("warning", f"command {refusal.command_id or '?'} refused: {refusal}")
+            self._ack(refusal.command_id, refusal.command_type, refusal.code, refusal.message)
             return
         self._remember(command)
         self._log("info", f"command {command.id} ({command.type}) accepted")
-        self._apply(command.type, command.body)
+        self._take(step, {"body": command.body, "reason": command.type})
         self._ack(command.id, command.type)
 
-    def _on_ButtonDown(self, event: ButtonDown) -> None:
+    def _on_button_down(self, event: io.ButtonDown) -> None:
+        if self.selftest and self.selftest.waiting_press:
+            return  # the press belongs to the self-test's panel check, not to the meeting
         if self._button_down_at is None:
             self._button_down_at = self.clock.monotonic()
             self._hold_fired = False
 
-    def _on_ButtonUp(self, event: ButtonUp) -> None:
+    def _on_button_up(self, event: io.ButtonUp) -> None:
+        run = self.selftest
+        if run and run.waiting_press:
+            elapsed = self.clock.monotonic() - run.started
+            run.record("panel", st.result(True, f"button pressed after {elapsed:.1f} s; LED test pattern shown"))
+            self._selftest_progress()
+            return
         if self._button_down_at is None:
             return
         was_hold = self._hold_fired
@@ -258,200 +267,132 @@ class ApplianceCore:
         if not was_hold:
             self._on_short_press()
 
-    def _on_MediaStatus(self, event: MediaStatus) -> None:
+    def _on_media_status(self, event: io.MediaStatus) -> None:
         previous = self.health.get(event.kind)
         self.health[event.kind] = event.status
         if event.status in ("retrying", "failed") and previous != event.status:
             self._event("media.error", kind=event.kind, status=event.status, detail=event.detail)
-        if self.state == JOINING:
-            self._maybe_joined()
-        elif self.state == LEAVING and self._media_stopped():
-            self._finish_leaving()
+        self._media_changed()
 
-    def _on_HealthReport(self, event: HealthReport) -> None:
+    def _on_health_report(self, event: io.HealthReport) -> None:
         if self.health.get(event.component) != event.value and event.value in BROKEN_HEALTH:
             self._log("error", f"{event.component} is {event.value}: {event.detail}")
         self.health[event.component] = event.value
         self._reported.add(event.component)
-        if self.state == JOINING:
-            self._maybe_joined()
+        self._media_changed()
 
-    def _on_CheckpointDue(self, event: CheckpointDue) -> None:
-        self._checkpoint()
-
-    def _checkpoint(self, publish: bool = False) -> None:
-        # The ledger's segment up to now still carries the flags from before this event.
-        ledger = self.uptime
-        changed = ledger.checkpoint(self.clock.monotonic(), self.clock.wall(), self.health["clock"] == "synced")
-        self._emit(SaveUptime(tuple(copy.copy(ledger.days[date]) for date in sorted(changed)),
-                              copy.deepcopy(ledger.state), ledger.pending(), tuple(sorted(ledger.days))))
-        now = self.clock.monotonic()
-        due = self._uptime_published_at is None or now - self._uptime_published_at >= self.settings.uptime_publish_s - 1
-        if self.broker_connected and (publish or due):
-            self._uptime_published_at = now
-            self._emit(Publish(self.topics.uptime, self.uptime_payload(), retain=True))
-
-    def uptime_payload(self) -> dict[str, Any]:
-        return {"v": 1, "site": self.settings.site_id, "tz": self.uptime.timezone,
-                "days": self.uptime.messages_days(), "at": rfc3339(self.clock.wall())}
-
-    def _on_ProvisionRejected(self, event: ProvisionRejected) -> None:
+    def _on_provision_rejected(self, event: io.ProvisionRejected) -> None:
         self.provision_problems = event.problems
         self._log("error", "site file on the boot partition rejected: " + "; ".join(event.problems))
         self._event("provision.rejected", problems=list(event.problems))
 
-    def _on_TelemetryDue(self, event: TelemetryDue) -> None:
-        if not self.broker_connected:
-            return  # queued, it would arrive late with an old `at` and pass for connected time at the console
-        payload = {
-            "v": 1,
-            "site": self.settings.site_id,
-            "at": rfc3339(self.clock.wall()),
-            "uptime_s": round(self.clock.monotonic() - self.started_at, 1),
-            "boot_id": self.settings.boot_id,
-            "mqtt_reconnects": self.reconnects,
-            "state": self.state,
-            **event.sample,
-        }
-        self._emit(Publish(self.topics.telemetry, payload))
-
     # --- the panel button -----------------------------------------------------------------------
     def _on_short_press(self) -> None:
-        if self.state == MEETING_AVAILABLE:
-            self._event("button.press", result="joining")
-            self._begin_join()
-        elif self.state == IDLE:
-            self._event("button.press", result="no_meeting")
-            self._show_notice("no_meeting")
-        else:
-            self._event("button.press", result="ignored")
-            self._show_notice("hold_to_leave" if self.state in (JOINING, IN_MEETING) else "please_wait")
+        step = self._check("press", {})
+        result = "joining" if step.target == JOINING else "no_meeting" if self.state == IDLE else "ignored"
+        self._event("button.press", result=result)
+        self._take(step, {"reason": "button"})
 
     def _on_hold(self) -> None:
-        if self.state in (JOINING, IN_MEETING):
-            self._event("button.hold", result="leaving")
-            self._begin_leave(reason="button")
-        else:
-            self._event("button.hold", result="ignored")
-            self._show_notice("nothing_to_leave")
+        step = self._check("hold", {})
+        self._event("button.hold", result="leaving" if step.target == LEAVING else "ignored")
+        self._take(step, {"reason": "button"})
 
-    # --- commands -------------------------------------------------------------------------------
-    def _require_allowed(self, action: str, body: dict[str, Any]) -> None:
-        """Raise invalid_state when the current state cannot take `action`."""
-        problem = None
+    # --- triggers and the transition table ------------------------------------------------------
+    def _trigger(self, action: str, body: dict[str, Any]) -> str:
+        """Resolve an action (a command type or a panel input) into the table's trigger."""
+        current = self.meeting.meeting_id if self.meeting else None
         if action == "meeting.start":
-            busy = self.state in (JOINING, IN_MEETING)
-            if busy and self.meeting and self.meeting.meeting_id != body["meeting_id"]:
-                problem = f"already in meeting {self.meeting.meeting_id!r}; end it first"
-        elif action == "meeting.end":
-            if self.meeting is None or self.meeting.meeting_id != body["meeting_id"]:
-                current = self.meeting.meeting_id if self.meeting else "none"
-                problem = f"meeting {body['meeting_id']!r} is not the current meeting (current: {current})"
-        elif action == "selftest":
-            if self.state in (JOINING, IN_MEETING, LEAVING):
-                problem = "no self-test during a meeting; leave the meeting first"
-        elif action == "join":
-            if self.state == IDLE:
-                problem = "no meeting has been announced to this site"
-            elif self.state == LEAVING:
-                problem = "still leaving the previous meeting; try again in a moment"
+            return "start_same" if body["meeting_id"] == current else "start_new"
+        if action == "meeting.end":
+            return "end_current" if body["meeting_id"] == current else "end_other"
+        return action
+
+    def _check(self, action: str, body: dict[str, Any]) -> Step:
+        """The step the table gives; raise invalid_state when it refuses (nothing changes then)."""
+        step = transitions.step(self.state, self._trigger(action, body))
+        problem = ""
+        if step.refused:
+            current = self.meeting.meeting_id if self.meeting else "none"
+            problem = step.refusal.format(current=current, requested=body.get("meeting_id"))
+        elif action == "selftest" and self.selftest is not None:
+            problem = "a self-test is already running"
         if problem:
             raise CommandRejected(INVALID_STATE, f"{problem} (state {self.state})")
+        return step
 
-    def _apply(self, action: str, body: dict[str, Any]) -> str:
-        if action == "meeting.start":
-            meeting = Meeting(body["meeting_id"], body["title"], body["program_url"],
-                              body["ingest_url"].replace("{site}", self.settings.site_id), bool(body.get("auto_join")))
-            if self.state in (IDLE, MEETING_AVAILABLE):
-                self.meeting = meeting
-                self._transition(MEETING_AVAILABLE)
-                if meeting.auto_join:
-                    self._begin_join()
-            elif self.state == LEAVING:
-                self.meeting = meeting  # offered again as soon as the old one is left
-            return f"meeting {meeting.meeting_id} announced"
-        if action == "meeting.end":
-            self.meeting = None
-            if self.state == MEETING_AVAILABLE:
-                self._transition(IDLE)
-            elif self.state in (JOINING, IN_MEETING):
-                self._begin_leave(reason="meeting.end")
-            return "meeting ended"
-        if action == "join":
-            if self.state == MEETING_AVAILABLE:
-                self._begin_join()
-                return "joining"
-            return f"already {self.state}"
-        if action == "leave":
-            if self.state in (JOINING, IN_MEETING):
-                self._begin_leave(reason="leave")
-                return "leaving"
-            return f"not in a meeting (state {self.state})"
-        if action == "selftest":
-            self._emit(RunSelftest())
-            return "self-test started"
-        return "pong"
+    def _take(self, step: Step, context: dict[str, Any]) -> None:
+        self._transition(step.target)
+        if step.action:
+            ACTIONS[step.action](self, context)
 
-    def _remember(self, command: Command) -> None:
-        now = self.clock.wall()
-        while self._expiries and self._expiries[0][0] <= now:
-            expiry, command_id = heapq.heappop(self._expiries)
-            if self._replay.get(command_id) == expiry:
-                del self._replay[command_id]
-        self._replay[command.id] = command.expires_at
-        heapq.heappush(self._expiries, (command.expires_at, command.id))
-        self._emit(RememberCommand(command.id, command.expires_at))
+    def _fire(self, trigger: str, **context: Any) -> None:
+        """A trigger from inside the machine (media, timeouts): the table never refuses these."""
+        self._take(transitions.step(self.state, trigger), context)
 
-    def _refuse(self, command_id: str | None, command_type: str | None, refusal: CommandRejected) -> None:
-        self._log("warning", f"command {command_id or '?'} refused: {refusal}")
-        self._ack(command_id, command_type, refusal.code, refusal.message)
+    def _fire_left(self) -> None:
+        self._fire("left_meeting_goes_on" if self.meeting else "left_no_meeting")
 
-    def _ack(self, command_id: str | None, command_type: str | None, code: str | None = None, message: str = "") -> None:
-        payload: dict[str, Any] = {
-            "v": 1, "site": self.settings.site_id, "id": command_id, "type": command_type,
-            "ok": code is None, "state": self.state,
-        }
-        if code is not None:
-            payload["error"] = {"code": code, "message": message}
-        payload["at"] = rfc3339(self.clock.wall())
-        self._emit(Publish(self.topics.ack, payload))
+    def _transition(self, state: str) -> None:
+        if state != self.state:
+            self._log("info", f"state {self.state} -> {state}")
+            self.state = state
+            self.since = self.clock.wall()
+            self._selftest_result = None  # what the person must act on now outranks an old result
 
-    # --- joining and leaving --------------------------------------------------------------------
-    def _begin_join(self) -> None:
+    # --- actions the table names ----------------------------------------------------------------
+    def _announce(self, context: dict[str, Any]) -> None:
+        self.meeting = self._meeting_from(context["body"])
+        if self.meeting.auto_join:
+            self._fire("join")
+
+    def _queue_meeting(self, context: dict[str, Any]) -> None:
+        self.meeting = self._meeting_from(context["body"])
+
+    def _meeting_from(self, body: dict[str, Any]) -> Meeting:
+        return Meeting(body["meeting_id"], body["title"], body["program_url"],
+                       body["ingest_url"].replace("{site}", self.settings.site_id), bool(body.get("auto_join")))
+
+    def _forget_meeting(self, context: dict[str, Any]) -> None:
+        self.meeting = None
+
+    def _forget_meeting_and_leave(self, context: dict[str, Any]) -> None:
+        self.meeting = None
+        self._begin_leave(context)
+
+    def _begin_join(self, context: dict[str, Any]) -> None:
         assert self.meeting is not None
-        self._transition(JOINING)
         if self.settings.camera_enabled:
-            self._emit(StartUplink(self.meeting.ingest_url))
+            self._emit(io.StartUplink(self.meeting.ingest_url))
         if self.settings.display_enabled:
-            self._emit(StartProgram(self.meeting.program_url))
+            self._emit(io.StartProgram(self.meeting.program_url))
         self._state_deadline = self.clock.monotonic() + self.settings.join_timeout_s
-        self._maybe_joined()
+        self._media_changed()
 
-    def _enter_meeting(self, degraded: bool) -> None:
+    def _enter_meeting(self, context: dict[str, Any], degraded: bool = False) -> None:
         self._state_deadline = None
         self.uptime.count(self.clock.monotonic(), "meetings_joined")
-        self._transition(IN_MEETING)
         meeting_id = self.meeting.meeting_id if self.meeting else None
         self._event("meeting.joined", meeting_id=meeting_id, degraded=degraded,
                     uplink=self.health["uplink"], program=self.health["program"])
 
-    def _begin_leave(self, reason: str) -> None:
-        self._leave_reason = reason
-        self._transition(LEAVING)
-        if self.settings.camera_enabled:
-            self._emit(StopUplink())
-        if self.settings.display_enabled:
-            self._emit(StopProgram())
-        if self._media_stopped():
-            self._finish_leaving()
-        else:
-            self._state_deadline = self.clock.monotonic() + self.settings.leave_timeout_s
+    def _enter_meeting_degraded(self, context: dict[str, Any]) -> None:
+        self._enter_meeting(context, degraded=True)
 
-    def _finish_leaving(self) -> None:
+    def _begin_leave(self, context: dict[str, Any]) -> None:
+        self._leave_reason = context.get("reason", "")
+        if self.settings.camera_enabled:
+            self._emit(io.StopUplink())
+        if self.settings.display_enabled:
+            self._emit(io.StopProgram())
+        self._state_deadline = self.clock.monotonic() + self.settings.leave_timeout_s
+        self._media_changed()
+
+    def _finish_leaving(self, context: dict[str, Any]) -> None:
         self._state_deadline = None
         self._event("meeting.left", reason=self._leave_reason)
-        self._transition(MEETING_AVAILABLE if self.meeting else IDLE)
 
+    # --- media ----------------------------------------------------------------------------------
     def _media_parts(self) -> list[tuple[bool, bool]]:
         """(ready, hopeless) of each enabled part; hopeless = failed or its device is missing/broken."""
         parts = []
@@ -463,13 +404,17 @@ class ApplianceCore:
                           self.health["program"] == "failed" or self._is_broken("display")))
         return parts
 
-    def _maybe_joined(self) -> None:
-        """Join as soon as every part works, or at once degraded when the rest can no longer come."""
-        parts = self._media_parts()
-        if all(ready for ready, _ in parts):
-            self._enter_meeting(degraded=False)
-        elif all(ready or hopeless for ready, hopeless in parts):
-            self._enter_meeting(degraded=True)
+    def _media_changed(self) -> None:
+        """Join as soon as every part works, or at once degraded when the rest can no longer come;
+        finish leaving as soon as every part stopped."""
+        if self.state == JOINING:
+            parts = self._media_parts()
+            if all(ready for ready, _ in parts):
+                self._fire("media_ready")
+            elif all(ready or hopeless for ready, hopeless in parts):
+                self._fire("media_degraded")
+        elif self.state == LEAVING and self._media_stopped():
+            self._fire_left()
 
     def _media_stopped(self) -> bool:
         uplink_ok = not self.settings.camera_enabled or self.health["uplink"] in UPLINK_STOPPED
@@ -479,86 +424,62 @@ class ApplianceCore:
     def _media_summary(self) -> str:
         return f"uplink {self.health['uplink']}, program {self.health['program']}"
 
-    def _transition(self, state: str) -> None:
-        if state != self.state:
-            self._log("info", f"state {self.state} -> {state}")
-            self.state = state
-            self.since = self.clock.wall()
+    # --- replay memory and answers --------------------------------------------------------------
+    def _remember(self, command: Command) -> None:
+        now = self.clock.wall()
+        while self._expiries and self._expiries[0][0] <= now:
+            expiry, command_id = heapq.heappop(self._expiries)
+            if self._replay.get(command_id) == expiry:
+                del self._replay[command_id]
+        self._replay[command.id] = command.expires_at
+        heapq.heappush(self._expiries, (command.expires_at, command.id))
+        self._emit(io.RememberCommand(command.id, command.expires_at))
 
-    # --- outputs derived from the state ---------------------------------------------------------
-    def _is_broken(self, part: str) -> bool:
-        return part in self._reported and self.health[part] in BROKEN_HEALTH
-
-    def _broken(self) -> bool:
-        parts_broken = any(self._is_broken(part) for part in ("panel", "camera", "display"))
-        return parts_broken or bool(self.publish_denied) or bool(self.provision_problems)
-
-    def _led_pattern(self) -> led.LedPattern:
-        return led_pattern(self.state, self.broker_connected, self._broken())
-
-    def _screen(self) -> tuple[str, dict[str, Any]]:
-        screen = screen_name(self.state, self.broker_connected, self._is_broken("camera"), self.health,
-                             bool(self.provision_problems))
-        info = {
-            "problems": list(self.provision_problems),
-            "site_name": self.settings.site_name or self.settings.site_id,
-            "title": self.meeting.title if self.meeting else None,
-            "notice": self._notice[0] if self._notice else None,
-            "broker_connected": self.broker_connected,
-            "uplink": self.health["uplink"],
-            "program": self.health["program"],
-            "camera": self.health["camera"],
+    def _ack(self, command_id: str | None, command_type: str | None, code: str | None = None, message: str = "") -> None:
+        payload: dict[str, Any] = {
+            "v": 1, "site": self.settings.site_id, "id": command_id, "type": command_type,
+            "ok": code is None, "state": self.state,
         }
-        return screen, info
+        if code is not None:
+            payload["error"] = {"code": code, "message": message}
+        payload["at"] = rfc3339(self.clock.wall())
+        self._emit(io.Publish(self.topics.ack, payload))
 
-    def _state_payload(self) -> dict[str, Any]:
-        return {
-            "v": 1,
-            "site": self.settings.site_id,
-            "online": True,
-            "state": self.state,
-            "meeting": {"meeting_id": self.meeting.meeting_id, "title": self.meeting.title} if self.meeting else None,
-            "since": rfc3339(self.since),
-            "version": self.settings.version,
-            "boot_id": self.settings.boot_id,
-            "health": dict(self.health),
-            "at": rfc3339(self.clock.wall()),
-        }
+def _notice(name: str) -> Callable[[ApplianceCore, dict[str, Any]], None]:
+    return lambda core, context: core._show_notice(name)
 
-    def _finish(self) -> list[Effect]:
-        """Emit whatever derived output changed, then hand the accumulated effects over."""
-        self.uptime.observe(self.clock.monotonic(), self.broker_connected, self.state == IN_MEETING)
-        payload = self._state_payload()
-        fingerprint = (payload["state"], str(payload["meeting"]), str(payload["health"]))
-        if fingerprint != self._published:
-            self._published = fingerprint
-            # Offline, a state would only queue up stale; the reconnect publishes the current one.
-            if self.broker_connected:
-                self._emit(Publish(self.topics.state, payload, retain=True))
-            self._emit(NotifyStatus(f"{self.state}; broker {self.health['broker']}"))
-        if self._connect_checkpoint:
-            self._connect_checkpoint = False
-            self._checkpoint(publish=True)
-        screen, info = self._screen()
-        shown = (screen, str(sorted(info.items())), self._led_pattern())
-        if shown != self._shown:
-            if self._shown is None or shown[2] != self._shown[2]:
-                self._emit(SetLed(shown[2]))
-            if self._shown is None or shown[:2] != self._shown[:2]:
-                self._emit(ShowScreen(screen, info))
-            self._shown = shown
-        effects, self._effects = self._effects, []
-        return effects
 
-    def _show_notice(self, notice: str) -> None:
-        self._notice = (notice, self.clock.monotonic() + self.settings.notice_s)
+# What each action named in transitions.TRANSITIONS does (a test checks every name is here).
+ACTIONS: dict[str, Callable[[ApplianceCore, dict[str, Any]], None]] = {
+    "announce": ApplianceCore._announce,
+    "queue_meeting": ApplianceCore._queue_meeting,
+    "forget_meeting": ApplianceCore._forget_meeting,
+    "forget_meeting_and_leave": ApplianceCore._forget_meeting_and_leave,
+    "begin_join": ApplianceCore._begin_join,
+    "enter_meeting": ApplianceCore._enter_meeting,
+    "enter_meeting_degraded": ApplianceCore._enter_meeting_degraded,
+    "begin_leave": ApplianceCore._begin_leave,
+    "finish_leaving": ApplianceCore._finish_leaving,
+    "selftest": SelftestFlow._start_selftest,
+    "notice_no_meeting": _notice("no_meeting"),
+    "notice_nothing_to_leave": _notice("nothing_to_leave"),
+    "notice_hold_to_leave": _notice("hold_to_leave"),
+    "notice_please_wait": _notice("please_wait"),
+}
 
-    def _event(self, event_type: str, **fields: Any) -> None:
-        payload = {"v": 1, "site": self.settings.site_id, "at": rfc3339(self.clock.wall()), "type": event_type, **fields}
-        self._emit(Publish(self.topics.event, payload))
-
-    def _log(self, level: str, message: str) -> None:
-        self._emit(Log(level, message))
-
-    def _emit(self, effect: Effect) -> None:
-        self._effects.append(effect)
+# Every event type the core takes (a test checks this against io.EVENTS).
+EVENT_HANDLERS: dict[type, Callable[[ApplianceCore, Any], None]] = {
+    io.BrokerConnected: ApplianceCore._on_broker_connected,
+    io.BrokerDisconnected: ApplianceCore._on_broker_disconnected,
+    io.PublishDenied: ApplianceCore._on_publish_denied,
+    io.PublishAcked: SelftestFlow._on_publish_acked,
+    io.MessageReceived: ApplianceCore._on_message,
+    io.ButtonDown: ApplianceCore._on_button_down,
+    io.ButtonUp: ApplianceCore._on_button_up,
+    io.MediaStatus: ApplianceCore._on_media_status,
+    io.HealthReport: ApplianceCore._on_health_report,
+    io.ProvisionRejected: ApplianceCore._on_provision_rejected,
+    io.SelftestCheckDone: SelftestFlow._on_selftest_check_done,
+    io.TelemetryDue: UptimeFlow._on_telemetry_due,
+    io.CheckpointDue: UptimeFlow._on_checkpoint_due,
+}

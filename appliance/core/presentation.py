@@ -9,16 +9,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from appliance.core import led
+from appliance.core.transitions import IDLE, IN_MEETING, JOINING, LEAVING, MEETING_AVAILABLE
 
-IDLE = "idle"
-MEETING_AVAILABLE = "meeting_available"
-JOINING = "joining"
-IN_MEETING = "in_meeting"
-LEAVING = "leaving"
 PROGRAM_LOST = ("retrying", "buffering", "failed")
 
 
-def led_pattern(state: str, broker_connected: bool, broken: bool) -> led.LedPattern:
+def led_pattern(state: str, broker_connected: bool, broken: bool, panel_test: bool = False) -> led.LedPattern:
+    # The self-test waiting for a press shows every kind of step, so the technician sees the LED work.
+    if panel_test:
+        return led.TEST
     if state == IN_MEETING:
         return led.ON
     if state in (JOINING, LEAVING):

@@ -18,6 +18,7 @@ from appliance.core.clock import parse_rfc3339
 from appliance.core.signing import verify_command
 
 PROTOCOL_VERSION = 1
+DEFAULT_TOPIC_PREFIX = "rapat/v1"
 MAX_PAYLOAD_BYTES = 16 * 1024
 MAX_CLOCK_SKEW_S = 300
 COMMAND_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")

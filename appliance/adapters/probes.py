@@ -1,9 +1,9 @@
-"""The on-site self-test: the checks, their texts (Bahasa Indonesia / English), and one run's bookkeeping.
+"""The self-test's probes: the checks that touch hardware, run on one worker thread.
 
-The daemon drives a run from its event loop (see `Daemon._selftest_*`): blocking checks (audio
-capture, disk probe, camera probe) run on a worker thread that only posts results back; the broker
-round trip is polled with timers; the panel check waits for a press as a state of the loop (presses
-go to the run instead of the state machine). A check that needs a person and had none is `null`.
+The core decides when a run starts and which probes it needs (the `RunProbes` effect); this adapter
+runs them one after another off the event loop (an audio capture takes a second, a camera probe up
+to five) and posts each outcome back as a `SelftestCheckDone` event. It never shows, publishes or
+decides anything itself.
 """
 
 from __future__ import annotations
@@ -12,58 +12,22 @@ import array
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from appliance.adapters import sysinfo
 from appliance.adapters.storage import write_atomic
+from appliance.core.io import SelftestCheckDone
+from appliance.core.selftest import Result, result
 
-CHECKS = ("panel", "camera", "display", "audio", "broker", "clock", "disk", "power")
-PANEL_WAIT_S = 30.0
 MIN_FREE_MB = 200.0
 AUDIO_CAPTURE_S = 1
 SILENCE_PEAK = 64  # of 32767: below this a 16-bit capture is silence (or a dead microphone)
-Result = dict[str, Any]
-
-TEXTS = {
-    "id": {
-        "title": "Uji mandiri", "press_now": "Tekan tombol sekarang", "press_hint": "Lampu tombol berkedip pola uji. {s} detik.",
-        "running": "Uji mandiri berjalan…", "all_ok": "Semua pemeriksaan lulus", "failed": "Ada pemeriksaan yang gagal",
-        "ok": "lulus", "fail": "GAGAL", "skip": "tidak diuji",
-        "panel": "Tombol", "camera": "Kamera", "display": "Layar", "audio": "Mikrofon", "broker": "Koneksi ke pusat",
-        "clock": "Jam", "disk": "Kartu SD", "power": "Catu daya",
-    },
-    "en": {
-        "title": "Self-test", "press_now": "Press the button now", "press_hint": "The button light shows its test pattern. {s} seconds.",
-        "running": "Self-test running…", "all_ok": "All checks passed", "failed": "Some checks failed",
-        "ok": "passed", "fail": "FAILED", "skip": "not tested",
-        "panel": "Button", "camera": "Camera", "display": "Screen", "audio": "Microphone", "broker": "Connection to the centre",
-        "clock": "Clock", "disk": "SD card", "power": "Power supply",
-    },
-}
 
 
-def result(ok: bool | None, detail: str) -> Result:
-    return {"ok": ok, "detail": detail}
-
-
-def overall(checks: dict[str, Result]) -> bool:
-    """Passed when every check that ran passed; a check that could not run (null) neither passes nor fails."""
-    return all(check["ok"] is not False for check in checks.values())
-
-
-def summary_lines(checks: dict[str, Result], language: str = "id") -> list[str]:
-    t = TEXTS.get(language, TEXTS["id"])
-    lines = []
-    for name in CHECKS:
-        check = checks.get(name) or result(None, "")
-        verdict = {True: t["ok"], False: t["fail"], None: t["skip"]}[check["ok"]]
-        lines.append(f"{t[name]}: {verdict}" + (f" ({check['detail']})" if check["detail"] else ""))
-    return lines
-
-
-# --- checks that run on the worker thread -----------------------------------------------------------
 def check_clock(synced: bool | None) -> Result:
     if synced is None:
         return result(None, "the kernel does not say whether the clock is synchronised")
@@ -148,37 +112,6 @@ def check_camera(backend: str, camera: Any, health: str) -> Result:
     return result(True, f"{backend} present; frames not checked (this backend has no probe)")
 
 
-class SelftestRun:
-    """One run: which checks are still out, the results so far, and the panel wait."""
-
-    def __init__(self, site: str, interactive: bool, started_mono: float,
-                 on_done: Callable[[SelftestRun], None]) -> None:
-        self.site = site
-        self.interactive = interactive
-        self.started_mono = started_mono
-        self.checks: dict[str, Result] = {}
-        self.waiting_press = False
-        self._on_done = on_done
-        self.done = False
-
-    def record(self, name: str, outcome: Result) -> None:
-        if self.done or name in self.checks:
-            return
-        self.checks[name] = outcome
-        if name == "panel":
-            self.waiting_press = False
-        if all(check in self.checks for check in CHECKS):
-            self.done = True
-            self._on_done(self)
-
-    def payload(self, at: str) -> dict[str, Any]:
-        checks = {name: self.checks[name] for name in CHECKS}
-        return {"v": 1, "site": self.site, "at": at, "ok": overall(checks), "checks": checks}
-
-    def elapsed(self, now: float) -> float:
-        return now - self.started_mono
-
-
 def timed(fn: Callable[[], Result]) -> Result:
     started = time.monotonic()
     try:
@@ -187,3 +120,33 @@ def timed(fn: Callable[[], Result]) -> Result:
         outcome = result(False, f"check crashed: {type(exc).__name__}: {exc}")
     outcome["duration_s"] = round(time.monotonic() - started, 3)
     return outcome
+
+
+class Probes:
+    """Runs the probes a self-test asks for; `camera` is the camera backend (None when it has none)."""
+
+    def __init__(self, config: Any, camera: Any, post: Callable[[Any], None]) -> None:
+        self.state_dir = config["paths"]["state_dir"]
+        self.camera_backend = config["camera"]["backend"]
+        self.audio_device = config["camera"]["audio_device"]
+        self.camera = camera
+        self._post = post
+
+    def run(self, names: tuple[str, ...], camera_health: str) -> None:
+        """Loop thread: start the worker and return at once."""
+        probes: dict[str, Callable[[], Result]] = {
+            "clock": lambda: check_clock(sysinfo.clock_synced()),
+            "power": lambda: check_power(sysinfo.throttled()),
+            "disk": lambda: check_disk(self.state_dir, sysinfo.disk_free_mb(self.state_dir)),
+            "camera": lambda: check_camera(self.camera_backend, self.camera, camera_health),
+            "audio": lambda: check_audio(self.audio_device),
+        }
+        unknown = set(names) - set(probes)
+        if unknown:
+            raise ValueError(f"no probe for {', '.join(sorted(unknown))}")
+
+        def work() -> None:
+            for name in names:
+                self._post(SelftestCheckDone(name, timed(probes[name])))
+
+        threading.Thread(target=work, name="selftest-probes", daemon=True).start()

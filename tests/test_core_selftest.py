@@ -1,0 +1,132 @@
+"""The self-test as the core runs it, on the fake clock: every wait and timeout in milliseconds."""
+
+from __future__ import annotations
+
+from appliance.core import io, led
+from appliance.core import selftest as st
+from appliance.core.machine import IDLE, MEETING_AVAILABLE
+from tests.core_helpers import announce, command, events, make_core, published
+
+PROBE_RESULTS = {
+    "clock": st.result(True, "synchronised (NTP)"),
+    "power": st.result(None, "not a Raspberry Pi"),
+    "disk": st.result(True, "5000 MB free"),
+    "camera": st.result(True, "frames seen"),
+    "audio": st.result(False, "no microphone"),
+}
+
+
+def of_type(effects: list, kind: type) -> list:
+    return [effect for effect in effects if isinstance(effect, kind)]
+
+
+def answer_probes(core, effects: list) -> list:  # noqa: ANN001
+    """Be the probes adapter: answer every probe the core asked for."""
+    asked = of_type(effects, io.RunProbes)
+    assert len(asked) == 1, effects
+    answers = []
+    for name in asked[0].names:
+        answers += core.handle(io.SelftestCheckDone(name, PROBE_RESULTS[name]))
+    return answers
+
+
+def test_unattended_run_measures_the_broker_round_trip_and_publishes_a_retained_result() -> None:
+    core, clock = make_core(display=True)
+    ack, effects = command(core, "selftest")
+    assert ack["ok"] is True
+    started = [p for p in published(effects, "/event") if p["type"] == "selftest.started"]
+    assert started and started[0]["interactive"] is False
+    receipts = [e.receipt for e in of_type(effects, io.Publish) if e.topic.endswith("/event")]
+    assert st.BROKER_RECEIPT in receipts
+    assert of_type(effects, io.RunProbes)[0].names == ("clock", "power", "disk", "audio")  # camera disabled
+    card = of_type(effects, io.ShowScreen)[-1]
+    assert card.screen == "selftest" and card.info["card"] is True  # the display check's test card
+    assert core.status()["selftest"] == {"interactive": False, "waiting_press": False}
+    clock.advance(0.012)
+    assert not published(core.handle(io.PublishAcked(st.BROKER_RECEIPT)), "/selftest")
+    effects = answer_probes(core, effects)
+    result = published(effects, "/selftest")
+    assert len(result) == 1 and of_type(effects, io.Publish)[-1].retain is True
+    checks = result[0]["checks"]
+    assert set(checks) == set(st.CHECKS) and result[0]["ok"] is False  # the audio probe failed
+    assert checks["broker"] == st.result(True, "round trip 12 ms")
+    assert checks["panel"]["ok"] is None and "person" in checks["panel"]["detail"]
+    assert checks["camera"]["ok"] is None and checks["display"]["ok"] is True
+    done = of_type(effects, io.SelftestDone)[0]
+    assert done.result == result[0] and "Mikrofon: GAGAL (no microphone)" in done.lines
+    shown = of_type(effects, io.ShowScreen)[-1]
+    assert shown.screen == "selftest" and shown.info["headline"] == "Ada pemeriksaan yang gagal"
+    assert core.status()["selftest"] is None
+    clock.advance(st.RESULT_SHOWN_S)
+    assert of_type(core.tick(), io.ShowScreen)[-1].screen == IDLE  # the result gives the screen back
+
+
+def test_interactive_panel_check_takes_the_press_shows_the_test_pattern_and_leaves_the_state_alone() -> None:
+    core, clock = make_core()
+    outcome = core.local("selftest", interactive=True)
+    assert outcome.ok and of_type(outcome.effects, io.SetLed)[-1].pattern == led.TEST
+    press_screen = of_type(outcome.effects, io.ShowScreen)[-1]
+    assert press_screen.info["headline"] == "Tekan tombol sekarang" and "30 detik" in press_screen.info["hint"]
+    clock.advance(2.5)
+    effects = core.handle(io.ButtonDown()) + core.handle(io.ButtonUp())
+    assert core.state == IDLE and "button.press" not in events(effects)
+    assert core.selftest.checks["panel"] == st.result(True, "button pressed after 2.5 s; LED test pattern shown")
+    assert of_type(effects, io.SetLed)[-1].pattern == led.OFF  # the panel check is over
+    announce(core)  # a press after the panel check is a person's again
+    effects = core.handle(io.ButtonDown()) + core.handle(io.ButtonUp())
+    assert "button.press" in events(effects)
+
+
+def test_every_wait_has_a_deadline_a_missing_press_and_a_silent_broker_fail() -> None:
+    core, clock = make_core()
+    effects = core.local("selftest", interactive=True).effects
+    answer_probes(core, effects)
+    assert core.next_deadline() == clock.monotonic() + st.BROKER_TIMEOUT_S
+    clock.advance(st.BROKER_TIMEOUT_S)
+    core.tick()
+    assert core.selftest.checks["broker"]["ok"] is False and "within 5 s" in core.selftest.checks["broker"]["detail"]
+    clock.advance(st.PANEL_WAIT_S)
+    effects = core.tick()
+    report = published(effects, "/selftest")[0]
+    assert report["checks"]["panel"] == st.result(False, "no press within 30 s")
+    late = core.handle(io.PublishAcked(st.BROKER_RECEIPT))  # an answer after the timeout changes nothing
+    assert not published(late, "/selftest")
+
+
+def test_offline_the_broker_check_fails_at_once_and_names_why() -> None:
+    core, _ = make_core()
+    core.handle(io.BrokerDisconnected("cannot reach mqtt://broker: refused"))
+    outcome = core.local("selftest")
+    assert outcome.ok and not [p for p in published(outcome.effects, "/event") if p["type"] == "selftest.started"]
+    assert core.selftest.checks["broker"] == st.result(False, "not connected to the broker (cannot reach mqtt://broker: refused)")
+
+
+def test_a_broker_that_refuses_the_test_message_fails_the_broker_check() -> None:
+    core, _ = make_core()
+    core.local("selftest")
+    core.handle(io.PublishDenied("rapat/v1/site/kalibaru/event", "Not authorized", st.BROKER_RECEIPT))
+    assert core.selftest.checks["broker"]["ok"] is False and "Not authorized" in core.selftest.checks["broker"]["detail"]
+
+
+def test_one_run_at_a_time_and_none_during_a_meeting() -> None:
+    core, clock = make_core()
+    assert core.local("selftest").ok
+    second = core.local("selftest")
+    assert not second.ok and "already running" in second.message
+    ack, _ = command(core, "selftest")
+    assert ack["error"]["code"] == "invalid_state" and "already running" in ack["error"]["message"]
+
+
+def test_a_meeting_announced_while_the_result_shows_takes_the_screen() -> None:
+    core, clock = make_core()
+    answer_probes(core, core.local("selftest").effects)
+    core.handle(io.PublishAcked(st.BROKER_RECEIPT))
+    assert core.status()["screen"] == "selftest"
+    announce(core)
+    assert core.state == MEETING_AVAILABLE and core.status()["screen"] == MEETING_AVAILABLE
+
+
+def test_english_texts_follow_the_display_language() -> None:
+    core, _ = make_core(language="en")
+    effects = core.local("selftest", interactive=True).effects
+    assert of_type(effects, io.ShowScreen)[-1].info["headline"] == "Press the button now"
