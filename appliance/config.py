@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from appliance.core.protocol import SITE_ID, SITE_KINDS
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, SITE_ID, SITE_KINDS, topic_prefix_problem
 from appliance.core.signing import public_key_from_base64
 
 DEFAULT_FILES = ("/etc/appliance/appliance.toml", "/var/lib/appliance/site.toml")
@@ -51,13 +51,6 @@ def _broker_url(value: str) -> str | None:
     return None
 
 
-def _topic_prefix(value: str) -> str | None:
-    bad = [char for char in "#+" if char in value]
-    if not value or value.startswith("/") or value.endswith("/") or bad:
-        return f"{value!r} must be a topic path without wildcards or leading/trailing '/'"
-    return None
-
-
 def _timezone(value: str) -> str | None:
     try:
         ZoneInfo(value)
@@ -87,7 +80,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "client_cert_file": Key(str, ""),
         "client_key_file": Key(str, ""),
         "keepalive_s": Key(int, 30, _between(5, 3600)),
-        "topic_prefix": Key(str, "rapat/v1", _topic_prefix),
+        "topic_prefix": Key(str, DEFAULT_TOPIC_PREFIX, topic_prefix_problem),
     },
     "security": {
         "console_public_key": Key(str, ""),

@@ -24,7 +24,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from appliance.media import proc
-from appliance_dev.localnet import free_port, wait_for_port
+from appliance_dev.localnet import free_port, wait_for_port, wait_for_udp_port
 
 NGINX_CONF = """
 load_module {module};
@@ -145,7 +145,7 @@ class SrtProgram:
         self._stopping.clear()
         self._thread = threading.Thread(target=self._serve, name="srt-program", daemon=True)
         self._thread.start()
-        time.sleep(0.3)  # ffmpeg needs a moment before its listener socket exists
+        wait_for_udp_port(self.port)  # a caller that comes before ffmpeg listens is refused
         return self
 
     def stop(self) -> None:

@@ -7,27 +7,26 @@ LED, acks and events. `--interactive` lets a person press the button with Enter.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
-
 from appliance.adapters.control import NoDaemon, request
-from appliance.core.clock import rfc3339
-from appliance.core.signing import generate_private_key, public_key_to_base64, sign_command
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, build_command, site_topic
+from appliance.core.signing import generate_private_key, public_key_to_base64
+from appliance_dev.broker import Mosquitto
 from appliance_dev.central_media import CentralMedia, demo_media_toml
-from appliance_dev.localnet import free_port, wait_for_port
+from appliance_dev.recorder import Message, MqttRecorder
+from appliance_dev.site_process import DaemonProcess
+from appliance_dev.waiting import wait_until
 
 SITE = "kalibaru"
-PREFIX = "rapat/v1"
 COLOURS = {"state": "36", "ack": "32", "event": "35", "led": "33", "console": "1", "telemetry": "2", "centre": "34"}
 
 
@@ -46,20 +45,6 @@ class Screen:
             label = f"\033[{COLOURS.get(tag, '0')}m{label}\033[0m"
         with self.lock:
             print(f"{stamp} {label} {text}", flush=True)
-
-
-def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    if not shutil.which("mosquitto"):
-        sys.exit("demo: mosquitto is not installed; run `make setup` first")
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port)
-    except TimeoutError:
-        sys.exit("demo: mosquitto did not start")
-    return broker, port
 
 
 def write_site_config(workdir: Path, port: int, public_key: str, frames_dir: Path) -> Path:
@@ -90,57 +75,47 @@ class ConsoleSide:
     def __init__(self, port: int, screen: Screen) -> None:
         self.key = generate_private_key()
         self.screen = screen
-        self.seen: list[tuple[str, dict[str, Any]]] = []
-        self.changed = threading.Condition()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="demo-console", protocol=paho.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe(f"{PREFIX}/site/{SITE}/#", qos=1)
-        self.client.loop_start()
+        self.recorder = MqttRecorder(port, site_topic(DEFAULT_TOPIC_PREFIX, SITE, "#"), client_id="demo-console",
+                                     on_message=self._show)
 
     @property
     def public_key(self) -> str:
         return public_key_to_base64(self.key.public_key())
 
-    def _on_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
-        kind = message.topic.rsplit("/", 1)[-1]
-        if kind == "cmd":
-            return
-        try:
-            payload = json.loads(message.payload)
-        except ValueError:
-            return
-        self.screen.line(kind, summarise(kind, payload))
-        with self.changed:
-            self.seen.append((kind, payload))
-            self.changed.notify_all()
+    @property
+    def seen(self) -> list[tuple[str, dict[str, Any]]]:
+        """What the site said, in order, as (kind, payload): state, ack, event, telemetry..."""
+        return [(kind_of(message.topic), message.payload) for message in self.recorder.messages if from_site(message)]
+
+    def _show(self, message: Message) -> None:
+        if from_site(message):
+            self.screen.line(kind_of(message.topic), summarise(kind_of(message.topic), message.payload))
 
     def send(self, command_type: str, body: dict[str, Any]) -> dict[str, Any]:
-        now = time.time()
-        command = sign_command({
-            "v": 1, "id": f"demo-{uuid.uuid4().hex[:10]}", "type": command_type,
-            "issued_at": rfc3339(now), "expires_at": rfc3339(now + 600), "to": [SITE], "body": body,
-        }, self.key)
+        command = build_command(command_type, body, to=[SITE], issued_at=time.time(), ttl_s=600, signing_key=self.key)
         self.screen.line("console", f"send {command_type} {command['id']} (signed, Ed25519)")
         self.resend(command)
         return command
 
     def resend(self, command: dict[str, Any]) -> None:
-        self.client.publish(f"{PREFIX}/site/{SITE}/cmd", json.dumps(command), qos=1)
+        self.recorder.publish(site_topic(DEFAULT_TOPIC_PREFIX, SITE, "cmd"), json.dumps(command))
 
     def wait(self, kind: str, predicate: Any, timeout: float = 15.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while True:
-                for seen_kind, payload in self.seen:
-                    if seen_kind == kind and predicate(payload):
-                        return payload
-                if not self.changed.wait(max(0.0, deadline - time.monotonic())):
-                    raise TimeoutError(f"no {kind} message matched within {timeout} s")
+        """The first message of `kind` from the site that matches, since the start."""
+        return self.recorder.wait_for(lambda topic, payload: kind_of(topic) == kind and isinstance(payload, dict)
+                                      and predicate(payload), timeout)[1]
 
     def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+        self.recorder.close()
+
+
+def kind_of(topic: str) -> str:
+    return topic.rsplit("/", 1)[-1]
+
+
+def from_site(message: Message) -> bool:
+    """Not the commands the console sent itself, and only JSON (a cleared retained message is empty)."""
+    return kind_of(message.topic) != "cmd" and isinstance(message.payload, dict)
 
 
 def summarise(kind: str, payload: dict[str, Any]) -> str:
@@ -204,21 +179,23 @@ def run_demo(interactive: bool, keep: bool, output: Path) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="rapat-demo-"))
     shutil.rmtree(output, ignore_errors=True)
     output.mkdir(parents=True)
-    broker, port = start_broker(workdir)
+    try:
+        broker = Mosquitto(workdir / "broker").start()
+    except (RuntimeError, TimeoutError) as exc:  # not installed, or it would not start
+        sys.exit(f"demo: {exc}")
+    port = broker.port
     central = CentralMedia(str(workdir / "central"), title="Musrenbang Kecamatan").start()
     screen.line("centre", f"central media: program {central.program_url} (SRT), uplinks {central.ingest_url} (RTMP)")
     console = ConsoleSide(port, screen)
     config = write_site_config(workdir, port, console.public_key, output)
     screen.line("console", f"broker on 127.0.0.1:{port}; site config {config}")
-    daemon_log = open(workdir / "daemon.log", "wb")
-    daemon = subprocess.Popen([sys.executable, "-m", "appliance", "run", "--config", str(config)],
-                              stdout=daemon_log, stderr=daemon_log)
-    socket_path = str(workdir / "control.sock")
+    daemon = DaemonProcess(config, log_path=workdir / "daemon.log").start(wait=False)  # up when it says "idle"
+    socket_path = daemon.socket
     leds = LedWatcher(socket_path, screen)
     try:
         console.wait("state", lambda p: p.get("online") and p["state"] == "idle")
         leds.start()
-        time.sleep(0.5)
+        wait_until(lambda: leds.history, 5, what="the first LED pattern")
         announcement = console.send("meeting.start", {
             "meeting_id": "musrenbang-2026", "title": "Musrenbang Kecamatan",
             "program_url": central.program_url, "ingest_url": central.ingest_url, "auto_join": False,
@@ -233,27 +210,26 @@ def run_demo(interactive: bool, keep: bool, output: Path) -> int:
         else:
             press(socket_path, screen)
             console.wait("state", lambda p: p.get("state") == "in_meeting", timeout=30)
-            time.sleep(3)  # the program plays; the uplink reaches the centre
+            wait_until(lambda: central.uplink(SITE)["publishing"] and (output / "program.jpg").exists(), 20, interval=0.2,
+                       what="the program on the site's screen and the site's uplink at the centre")
             screen.line("centre", f"uplink from {SITE}: {central.uplink(SITE)}")
             central.save_uplink_frame(SITE, str(output / "uplink.jpg"))
             press(socket_path, screen, hold=3.2)
             console.wait("event", lambda p: p.get("type") == "meeting.left")
         console.send("meeting.end", {"meeting_id": "musrenbang-2026"})
         console.wait("state", lambda p: p.get("state") == "idle" and p.get("meeting") is None)
-        time.sleep(0.5)
+        wait_until(lambda: leds.history[-1] == "off", 5, what="the LED to go off")
     except TimeoutError as exc:
         screen.line("console", f"DEMO FAILED: {exc}; daemon log: {workdir / 'daemon.log'}")
         return 1
     finally:
         leds.stop.set()
-        daemon.terminate()
-        daemon.wait(10)
-        time.sleep(0.3)
+        daemon.stop()
+        with contextlib.suppress(TimeoutError):  # the site's goodbye, for the summary
+            console.wait("state", lambda p: not p.get("online"), timeout=5)
         console.close()
         central.close()
-        broker.terminate()
-        broker.wait(5)
-        daemon_log.close()
+        broker.stop()
     print_summary(console, leds, screen, output)
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)

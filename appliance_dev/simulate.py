@@ -24,7 +24,7 @@ from appliance.console.fleet import no_delay
 from appliance.core.clock import SystemClock
 from appliance.core.io import BrokerConnected, MessageReceived, Publish
 from appliance.core.machine import ApplianceCore, CoreSettings
-from appliance.core.protocol import CommandPolicy, Topics
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, CommandPolicy, Topics
 from appliance.core.signing import public_key_from_base64
 
 
@@ -40,7 +40,7 @@ class SimSite:
                  allowed_hosts: tuple[str, ...]) -> None:
         self.spec = spec
         self.host, self.port = url_host, port
-        self.topics = Topics("rapat/v1", spec.id, spec.kind)
+        self.topics = Topics(DEFAULT_TOPIC_PREFIX, spec.id, spec.kind)
         policy = CommandPolicy(spec.id, public_key_from_base64(public_key), allowed_media_hosts=allowed_hosts)
         self.core = ApplianceCore(CoreSettings(spec.id, spec.kind, policy, version="sim"), SystemClock())
         self.ready = False

@@ -19,7 +19,6 @@ import io
 import multiprocessing
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,8 @@ from appliance.console.cli import main as console_main
 from appliance.console.context import Context
 from appliance.console.fleet import send_and_collect
 from appliance.console.home import Home
-from appliance.core.signing import sign_command
+from appliance.core.protocol import group_command_topic, site_topic
+from appliance_dev.broker import Mosquitto
 from appliance_dev.localnet import free_port
 from appliance_dev.simulate import SimFleet, SimSite, SiteSpec
 
@@ -52,6 +52,29 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered) + 0.5) - 1))]
 
 
+def start_workers(procs: list, target, specs: list[SiteSpec], workers: int, *args, timeout: float) -> None:  # noqa: ANN001
+    """`workers` processes, each running target(its share of `specs`, *args, pipe), added to `procs` as
+    (process, pipe) at once (for stop_workers, whatever happens); returns when every one has said "ready"."""
+    for index in range(workers):
+        parent, child = FORK.Pipe()
+        process = FORK.Process(target=target, daemon=True, args=(specs[index::workers], *args, child))
+        process.start()
+        procs.append((process, parent))
+    for _, pipe in procs:
+        if not pipe.poll(timeout):
+            raise SystemExit("simulated sites did not come up")
+        pipe.recv()
+
+
+def stop_workers(procs: list, message: str) -> None:
+    for process, pipe in procs:
+        with contextlib.suppress(OSError):
+            pipe.send(message)
+        process.join(30)
+        if process.is_alive():
+            process.kill()
+
+
 def worker(specs: list[SiteSpec], port: int, ca: str, public_key: str, pipe) -> None:  # noqa: ANN001
     sites = [SimSite(spec, "localhost", port, ca, public_key, ("127.0.0.1",)) for spec in specs]
     fleet = SimFleet(sites).start(timeout=120)
@@ -71,20 +94,18 @@ def setup_fleet(root: Path, n: int, port: int) -> Home:
     return Home(home)
 
 
-def start_fleet_broker(root: Path, n: int) -> tuple[Home, int, subprocess.Popen, list[SiteSpec], str]:
+def start_fleet_broker(root: Path, n: int) -> tuple[Home, int, Mosquitto, list[SiteSpec], str]:
     """A console home with n sites, its generated broker running, and the sites' credentials."""
     port = free_port()
     home = setup_fleet(root, n, port)
-    broker = subprocess.Popen(["mosquitto", "-c", str(root / "broker" / "mosquitto.conf")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.3)
+    broker = Mosquitto(root / "mosquitto", config=root / "broker" / "mosquitto.conf", port=port).start()
     ctx = Context(home)
     try:
         credentials = ctx.store.credentials()
         specs = [SiteSpec(site.id, site.kind, credentials[site.id][0]) for site in ctx.store.sites()]
         return home, port, broker, specs, ctx.store.get_meta("console_public_key")
     except BaseException:
-        broker.terminate()
+        broker.stop()
         raise
     finally:
         ctx.close()
@@ -93,7 +114,7 @@ def start_fleet_broker(root: Path, n: int) -> tuple[Home, int, subprocess.Popen,
 def echo_round(fleet, n: int, token: int) -> float:  # noqa: ANN001
     marker = f'{{"echo":{token}}}'.encode()
     started = time.monotonic()
-    fleet.publish([("rapat/v1/group/all/cmd", b"ECHO" + str(token).encode())])
+    fleet.publish([(group_command_topic(fleet.prefix, "all"), b"ECHO" + str(token).encode())])
     got = 0
     while got < n:
         _, payload, _, arrived = fleet.messages.get(timeout=30)
@@ -109,24 +130,15 @@ def run_size(n: int, trials: int, workers: int) -> dict:
         try:
             ctx = Context(home)
             connect_started = time.monotonic()
-            for index in range(workers):
-                parent, child = FORK.Pipe()
-                process = FORK.Process(target=worker, daemon=True,
-                                                  args=(specs[index::workers], port, str(home.ca_cert), public_key, child))
-                process.start()
-                procs.append((process, parent))
-            for _, pipe in procs:
-                if not pipe.poll(180):
-                    raise SystemExit("simulated sites did not come up")
-                pipe.recv()
+            start_workers(procs, worker, specs, workers, port, str(home.ca_cert), public_key, timeout=180)
             connect_s = time.monotonic() - connect_started
 
             key = ctx.signing_key()
             all_ids = [spec.id for spec in specs]
-            target = commands.resolve_target(ctx.store, None, "all")
+            target = commands.resolve_target(ctx.store, None, "all", ctx.topic_prefix)
             echo, meeting, per_ack = [], [], []
             with ctx.fleet(timeout=30) as fleet:
-                fleet.subscribe(["rapat/v1/site/+/ack"])
+                fleet.subscribe([site_topic(fleet.prefix, "+", "ack")])
                 for trial in range(trials):
                     # Interleaved so both see the same machine load.
                     while not fleet.messages.empty():
@@ -134,7 +146,7 @@ def run_size(n: int, trials: int, workers: int) -> dict:
                     echo.append(echo_round(fleet, n, trial))
                     body = {"meeting_id": f"bench-{trial}", "title": f"Bench {trial}",
                             "program_url": "rtmp://127.0.0.1/live/p", "ingest_url": "rtmp://127.0.0.1/live/{site}"}
-                    command = sign_command(commands.build("meeting.start", body, target, 600), key)
+                    command = commands.build("meeting.start", body, target, 600, key)
                     tracker = send_and_collect(fleet, command, target.topics, all_ids, timeout=30)
                     if not tracker.done:
                         raise SystemExit(f"trial {trial}: only {len(tracker.answers)}/{n} acks")
@@ -150,14 +162,8 @@ def run_size(n: int, trials: int, workers: int) -> dict:
                 cli.append(time.monotonic() - started)
             ctx.close()
         finally:
-            for process, pipe in procs:
-                with contextlib.suppress(OSError):
-                    pipe.send("stop")
-                process.join(30)
-                if process.is_alive():
-                    process.kill()
-            broker.terminate()
-            broker.wait(10)
+            stop_workers(procs, "stop")
+            broker.stop()
     return {"n": n, "trials": trials, "connect_s": connect_s, "echo": echo, "meeting": meeting,
             "per_ack": per_ack, "cli": cli}
 

@@ -8,17 +8,19 @@ import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as paho
-
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, site_topic
+from appliance_dev.broker import Mosquitto
+from appliance_dev.recorder import MqttRecorder
+from appliance_dev.site_process import DaemonProcess, site_config
+from benchmarks.echo_peers import BareEcho, VerifyingEcho
 from benchmarks.procstat import cpu_seconds, rss_mb
-from tests.support.broker import Mosquitto
-from tests.support.site import ConsoleKey, DaemonProcess, site_config
+from tests.support.site import ConsoleKey
 
-TARGETS = {"rss_mb": 40.0, "cpu_percent": 1.0, "ready_s": 1.5, "rtt_ratio": 1.5}
+# rtt_ratio: command -> ack against the fair peer in benchmarks/echo_peers.py (the bare echo is the floor).
+TARGETS = {"rss_mb": 40.0, "cpu_percent": 1.0, "ready_s": 1.5, "rtt_ratio": 1.3}
 
 
 def idle_footprint(workdir: Path, broker: Mosquitto, key: ConsoleKey, seconds: float) -> dict[str, float]:
@@ -55,70 +57,39 @@ def time_to_ready(workdir: Path, broker: Mosquitto, key: ConsoleKey, runs: int) 
     return durations
 
 
-def no_delay(client, userdata, sock) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def round_trip(client: MqttRecorder, topic: str, command: dict) -> float:
+    """Seconds from publishing `command` until `client` has the first answer naming its id."""
+    mark = client.mark()
+    started = time.perf_counter()
+    client.publish_nowait(topic, json.dumps(command).encode())
+    client.wait_for(lambda _, answer: isinstance(answer, dict) and answer.get("id") == command["id"], 5, after=mark)
+    return time.perf_counter() - started
 
 
-class Pinger:
-    """Publishes on one topic and times the answer on another, one at a time."""
-
-    def __init__(self, port: int, answer_topic: str) -> None:
-        self.answered = threading.Event()
-        self.expect = ""
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.on_socket_open = no_delay
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe(answer_topic, qos=1)
-        self.client.loop_start()
-        time.sleep(0.3)
-
-    def _on_message(self, client, userdata, message) -> None:
-        if self.expect.encode() in message.payload:
-            self.answered.set()
-
-    def round_trip(self, topic: str, payload: bytes, expect: str) -> float:
-        self.answered.clear()
-        self.expect = expect
-        started = time.perf_counter()
-        self.client.publish(topic, payload, qos=1)
-        if not self.answered.wait(5):
-            raise TimeoutError(f"no answer containing {expect!r}")
-        return time.perf_counter() - started
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-def start_echo(port: int) -> paho.Client:
-    """The baseline: a bare paho client that answers every message at once, doing nothing else."""
-    echo = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    echo.on_socket_open = no_delay
-    echo.on_message = lambda client, userdata, message: client.publish("bench/echo/out", message.payload, qos=1)
-    echo.connect("127.0.0.1", port)
-    echo.subscribe("bench/echo/in", qos=1)
-    echo.loop_start()
-    return echo
-
-
-def round_trips(workdir: Path, broker: Mosquitto, key: ConsoleKey, count: int) -> tuple[list[float], list[float]]:
+def round_trips(workdir: Path, broker: Mosquitto, key: ConsoleKey, count: int) -> dict[str, list[float]]:
+    """The daemon's command -> ack next to its two yardsticks, interleaved so all see the same load."""
     daemon = DaemonProcess(site_config(workdir, "rtt-site", broker.url, key.public_b64)).start()
-    echo = start_echo(broker.port)
-    device = Pinger(broker.port, "rapat/v1/site/rtt-site/ack")
-    bare = Pinger(broker.port, "bench/echo/out")
+    peers = {"bare": BareEcho(broker.port, "bench/bare/in", "bench/bare/out"),
+             "fair": VerifyingEcho(broker.port, "bench/fair/in", "bench/fair/out", key.private.public_key(),
+                                   workdir / "fair-journal")}
+    clients = {"device": MqttRecorder(broker.port, site_topic(DEFAULT_TOPIC_PREFIX, "rtt-site", "ack")),
+               "bare": MqttRecorder(broker.port, "bench/bare/out"),
+               "fair": MqttRecorder(broker.port, "bench/fair/out")}
+    targets = {"device": site_topic(DEFAULT_TOPIC_PREFIX, "rtt-site", "cmd"), "bare": "bench/bare/in",
+               "fair": "bench/fair/in"}
     try:
         daemon.wait_status(lambda s: s["broker_connected"])
-        device_times, bare_times = [], []
-        for index in range(count):  # interleaved, so both see the same machine load
+        times: dict[str, list[float]] = {name: [] for name in clients}
+        for index in range(count):
             command = key.command("ping", to=["rtt-site"], command_id=f"bench-{index}")
-            device_times.append(device.round_trip("rapat/v1/site/rtt-site/cmd", json.dumps(command).encode(), command["id"]))
-            bare_times.append(bare.round_trip("bench/echo/in", json.dumps(command).encode(), command["id"]))
-        return device_times, bare_times
+            for name, client in clients.items():
+                times[name].append(round_trip(client, targets[name], command))
+        if peers["fair"].refused:
+            raise RuntimeError(f"the verifying echo refused {peers['fair'].refused} commands: it skipped the work")
+        return times
     finally:
-        device.close()
-        bare.close()
-        echo.loop_stop()
+        for closeable in (*clients.values(), *peers.values()):
+            closeable.close()
         daemon.stop()
 
 
@@ -130,7 +101,7 @@ def main(argv: list[str]) -> int:
         broker = Mosquitto(workdir / "broker").start()
         try:
             ready = time_to_ready(workdir, broker, key, runs=10)
-            device, bare = round_trips(workdir, broker, key, count=200)
+            rtt = round_trips(workdir, broker, key, count=200)
             idle = idle_footprint(workdir, broker, key, idle_seconds)
         finally:
             broker.stop()
@@ -138,13 +109,15 @@ def main(argv: list[str]) -> int:
         "rss_mb": idle["rss_mb"],
         "cpu_percent": idle["cpu_percent"],
         "ready_s": statistics.median(ready),
-        "rtt_ratio": statistics.median(device) / statistics.median(bare),
+        "rtt_ratio": statistics.median(rtt["device"]) / statistics.median(rtt["fair"]),
     }
+    median_ms = {name: statistics.median(values) * 1000 for name, values in rtt.items()}
     print(f"idle daemon over {idle_seconds:g} s: RSS {idle['rss_mb']:.1f} MB, CPU {idle['cpu_percent']:.2f} % of one core")
     print(f"start -> READY=1 (10 runs): median {statistics.median(ready):.3f} s, max {max(ready):.3f} s")
-    print(f"command -> ack (200): median {statistics.median(device) * 1000:.2f} ms, p95 "
-          f"{sorted(device)[189] * 1000:.2f} ms; bare paho echo median {statistics.median(bare) * 1000:.2f} ms; "
+    print(f"command -> ack (200): median {median_ms['device']:.2f} ms, p95 {sorted(rtt['device'])[189] * 1000:.2f} ms")
+    print(f"  fair peer (verifies Ed25519, fdatasyncs the id, then acks): median {median_ms['fair']:.2f} ms; "
           f"ratio {results['rtt_ratio']:.2f}")
+    print(f"  floor, bare paho echo: median {median_ms['bare']:.2f} ms; ratio {median_ms['device'] / median_ms['bare']:.2f}")
     failures = [f"{name} {results[name]:.2f} > {limit}" for name, limit in TARGETS.items() if results[name] > limit]
     print("targets:", "all met" if not failures else "MISSED: " + "; ".join(failures))
     return 1 if failures else 0

@@ -17,16 +17,14 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from appliance.config import load
-from appliance.core.clock import rfc3339
-from appliance.core.io import ButtonDown, ButtonUp, MessageReceived
 from appliance.media import proc
 from appliance.media.frames import FrameSink
 from appliance_dev.central_media import RtmpServer, SrtProgram
+from appliance_dev.inprocess import InProcessSite
 from appliance_dev.localnet import free_port
 from benchmarks.procstat import cpu_seconds, rss_mb
 
@@ -64,54 +62,6 @@ control_socket = "{workdir}/control.sock"
     path = workdir / "bench.toml"
     path.write_text(text, encoding="utf-8")
     return load([str(path)])
-
-
-class Site:
-    """The daemon minus MQTT (its publishes are dropped), its loop on a thread."""
-
-    def __init__(self, cfg: Any) -> None:
-        from appliance.daemon import Daemon
-
-        os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
-        self.daemon = daemon = Daemon(cfg)
-        daemon.mqtt.publish = lambda *args, **kwargs: None
-        for backend in (daemon.camera, daemon.display):
-            backend.open()
-        daemon._execute(daemon.core.start())
-        daemon.loop.watch_deadline(daemon.core.next_deadline, lambda: daemon._execute(daemon.core.tick()))
-        self.thread = threading.Thread(target=daemon.loop.run, daemon=True)
-        self.thread.start()
-
-    def announce(self, program_url: str, ingest_url: str) -> None:
-        now = time.time()
-        command = {"v": 1, "id": f"cmd-{uuid.uuid4().hex[:8]}", "type": "meeting.start", "issued_at": rfc3339(now),
-                   "expires_at": rfc3339(now + 3600), "to": ["kalibaru"],
-                   "body": {"meeting_id": "bench", "title": "Benchmark", "program_url": program_url,
-                            "ingest_url": ingest_url, "auto_join": False}}
-        self.daemon.loop.post(MessageReceived(self.daemon.core.topics.cmd, json.dumps(command).encode()))
-        self.wait_state("meeting_available", 5)
-
-    def press(self) -> float:
-        pressed = time.monotonic()
-        self.daemon.loop.post(ButtonDown())
-        self.daemon.loop.post(ButtonUp())
-        return pressed
-
-    def leave(self) -> None:
-        self.daemon.loop.post(lambda: self.daemon._execute(self.daemon.core.local("leave").effects))
-
-    def wait_state(self, state: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self.daemon.core.state != state:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"state {self.daemon.core.state}, wanted {state}; {self.daemon.core.health}")
-            time.sleep(0.01)
-
-    def close(self) -> None:
-        self.daemon.loop.stop()
-        self.thread.join(5)
-        for backend in (self.daemon.camera, self.daemon.display):
-            backend.close()
 
 
 def first_frame_after(sink: FrameSink, moment: float, timeout: float = 15) -> float:
@@ -154,7 +104,7 @@ def bare_player_first_frame(url: str) -> float:
         instance.release()
 
 
-def bare_push_arrival(site: Site, server: RtmpServer) -> float:
+def bare_push_arrival(site: InProcessSite, server: RtmpServer) -> float:
     """Baseline: the camera's own ffmpeg command, started by hand, until the server has the stream."""
     command = site.daemon.camera.command(server.url("kalibaru"))
     started = time.monotonic()
@@ -168,7 +118,7 @@ def bare_push_arrival(site: Site, server: RtmpServer) -> float:
 def joins(workdir: Path, count: int) -> dict[str, list[float]]:
     server = RtmpServer().start()
     program = SrtProgram(video=f"testsrc2=size={SMALL[0]}x{SMALL[1]}:rate=30", bitrate_kbps=1000).start()
-    site = Site(config(workdir, *SMALL))
+    site = InProcessSite(config(workdir, *SMALL))
     results: dict[str, list[float]] = {"frame": [], "frame_base": [], "uplink": [], "uplink_base": []}
     try:
         site.announce(program.url, server.url())
@@ -261,13 +211,13 @@ def glass_to_glass(workdir: Path, seconds: float) -> list[float]:
 def footprint(workdir: Path, seconds: float) -> dict[str, float]:
     server = RtmpServer().start()
     program = SrtProgram(video="testsrc2=size=1280x720:rate=30", bitrate_kbps=2000).start()
-    site = Site(config(workdir, 1280, 720))
+    site = InProcessSite(config(workdir, 1280, 720))
     try:
         site.announce(program.url, server.url())
         site.press()
         site.wait_state("in_meeting", 20)
         time.sleep(2)
-        encoder = site.daemon.camera._session.child.pid
+        encoder = site.daemon.camera.encoder_pid
         me = os.getpid()
         before = {pid: cpu_seconds(pid) for pid in (me, encoder)}
         wall = time.monotonic()

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -35,7 +35,8 @@ from appliance.core import io
 from appliance.core.clock import FakeClock
 from appliance.core.uptime import Day, UptimeLedger
 from appliance_dev.simulate import SimFleet, SimSite
-from benchmarks.bench_console import FORK, start_fleet_broker
+from appliance_dev.waiting import stop_process, wait_until
+from benchmarks.bench_console import start_fleet_broker, start_workers, stop_workers
 from benchmarks.procstat import cpu_seconds
 from tests.core_helpers import make_core
 
@@ -109,6 +110,12 @@ class TelemetryFleet(SimFleet):
         self.interval = interval
         self.publishing = threading.Event()
         self.sent = 0
+        self.unacked: set[tuple[str, int]] = set()  # (site, packet id) of telemetry the broker has not acked yet
+        for site in sites:
+            site.client.on_publish = functools.partial(self._acked, site.spec.id)
+
+    def _acked(self, site_id: str, client, userdata, mid: int, reason, properties) -> None:  # noqa: ANN001
+        self.unacked.discard((site_id, mid))
 
     def _loop(self) -> None:
         due: list[float] = []
@@ -128,7 +135,8 @@ class TelemetryFleet(SimFleet):
                         due[index] += self.interval
                         for effect in site.core.handle(io.TelemetryDue({"load1": 0.1, "throttled": None})):
                             if isinstance(effect, io.Publish):
-                                site.client.publish(effect.topic, json.dumps(effect.payload), qos=1)
+                                info = site.client.publish(effect.topic, json.dumps(effect.payload), qos=1)
+                                self.unacked.add((site.spec.id, info.mid))
                                 self.sent += 1
                         touched.add(site)
             for site in touched:
@@ -150,10 +158,15 @@ def sim_worker(specs, port: int, ca: str, public_key: str, interval: float, pipe
     fleet.publishing.set()
     pipe.recv()
     fleet.publishing.clear()
-    time.sleep(1.0)  # the last QoS 1 publishes leave
+    wait_until(lambda: not fleet.unacked, 30, what="the broker's PUBACK for every telemetry message")
     pipe.send(fleet.sent)
     pipe.recv()
     fleet.stop()
+
+
+def stored_telemetry(database: Path) -> int:
+    with contextlib.closing(sqlite3.connect(database, timeout=30)) as db:
+        return db.execute("SELECT count(*) FROM telemetry").fetchone()[0]
 
 
 def collect_run(n: int, interval: float, seconds: float, workers: int) -> dict[str, float]:
@@ -164,18 +177,9 @@ def collect_run(n: int, interval: float, seconds: float, workers: int) -> dict[s
         try:
             collector = subprocess.Popen([sys.executable, "-m", "appliance.console", "--home", str(home.root), "--json",
                                           "collect"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            for index in range(workers):
-                parent, child = FORK.Pipe()
-                process = FORK.Process(target=sim_worker, daemon=True,
-                                       args=(specs[index::workers], port, str(home.ca_cert), public_key, interval, child))
-                process.start()
-                procs.append((process, parent))
-            for _, pipe in procs:
-                if not pipe.poll(300):
-                    raise SystemExit("simulated sites did not come up")
-                pipe.recv()
+            start_workers(procs, sim_worker, specs, workers, port, str(home.ca_cert), public_key, interval, timeout=300)
             time.sleep(2.0)  # the connect burst (retained states, uptime) settles
-            cpu_collect, cpu_broker = cpu_seconds(collector.pid), cpu_seconds(broker.pid)
+            cpu_collect, cpu_broker = cpu_seconds(collector.pid), cpu_seconds(broker.process.pid)
             started = time.monotonic()
             for _, pipe in procs:
                 pipe.send("go")
@@ -185,29 +189,16 @@ def collect_run(n: int, interval: float, seconds: float, workers: int) -> dict[s
             sent = sum(pipe.recv() for _, pipe in procs)
             run_s = time.monotonic() - started
             cpu_collect = cpu_seconds(collector.pid) - cpu_collect
-            cpu_broker = cpu_seconds(broker.pid) - cpu_broker
-            database = home.database
-            deadline = time.monotonic() + 60
-            stored = 0
-            while time.monotonic() < deadline:
-                with contextlib.closing(sqlite3.connect(database, timeout=30)) as db:
-                    stored = db.execute("SELECT count(*) FROM telemetry").fetchone()[0]
-                if stored >= sent:
-                    break
-                time.sleep(0.5)
+            cpu_broker = cpu_seconds(broker.process.pid) - cpu_broker
+            with contextlib.suppress(TimeoutError):  # what never arrives is reported as lost
+                wait_until(lambda: stored_telemetry(home.database) >= sent, 60, interval=0.5)
+            stored = stored_telemetry(home.database)
             drain_s = time.monotonic() - started - run_s
         finally:
-            for process, pipe in procs:
-                with contextlib.suppress(OSError):
-                    pipe.send("exit")
-                process.join(30)
-                if process.is_alive():
-                    process.kill()
+            stop_workers(procs, "exit")
             if collector is not None:
-                collector.send_signal(signal.SIGTERM)
-                collector.wait(30)
-            broker.terminate()
-            broker.wait(10)
+                stop_process(collector, timeout=30)
+            broker.stop()
     return {"sites": n, "sent": sent, "stored": stored, "lost": sent - stored, "run_s": run_s, "drain_s": drain_s,
             "rate": sent / run_s, "cpu_collect_pct": 100 * cpu_collect / run_s, "cpu_broker_pct": 100 * cpu_broker / run_s}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import configparser
+import csv
 import importlib.util
 import os
 import re
@@ -10,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from imagelib import BuildError, Cleanup, Partition, mount, run
@@ -17,6 +20,10 @@ from imagelib import BuildError, Cleanup, Partition, mount, run
 VENV = "/opt/rapat-appliance"
 PYTHON_VERSION = "3.11"
 SITE_PACKAGES = f"{VENV}/lib/python{PYTHON_VERSION}/site-packages"
+DIST_NAME = "rapat_appliance"  # the project's name as in wheel and dist-info names
+# Development tools live in appliance_dev/ (demo, simulated fleets, central-media stand-in, loopback
+# helpers) and must never reach the image: a module, package or entry point by one of these names fails the build.
+DEV_TOOLS = frozenset({"appliance_dev", "demo", "simulate", "central_media", "localnet"})
 # Pi OS bookworm has glibc 2.36: every manylinux tag up to 2.36 fits. Listed one by one because
 # older pip (23.x) does not expand a manylinux tag to the older ones.
 WHEEL_PLATFORMS = [f"manylinux_2_{minor}_aarch64" for minor in range(36, 16, -1)] + ["manylinux2014_aarch64"]
@@ -93,7 +100,8 @@ def install_python(root: Path, repo: Path, wheel_cache: Path, epoch: int) -> dic
     systemd) through include-system-site-packages."""
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch), "PIP_NO_CACHE_DIR": "1"}
     with tempfile.TemporaryDirectory(prefix="rapat-wheel-") as temp:
-        # Build from a copy: an in-tree build would write build/ and egg-info into the checkout.
+        # Build from a copy: an in-tree build would write build/ and egg-info into the checkout. Only
+        # appliance/ is copied, so appliance_dev/ (and anything else in the checkout) cannot get in.
         source = Path(temp) / "src"
         source.mkdir()
         for name in ("pyproject.toml", "README.md", "LICENSE"):
@@ -106,6 +114,8 @@ def install_python(root: Path, repo: Path, wheel_cache: Path, epoch: int) -> dic
         _pip("wheel", "--quiet", "--no-deps", *(["--no-build-isolation"] if offline else []), "-w", local, source,
              env=env)
         wheel = next(local.glob("*.whl"))
+        with zipfile.ZipFile(wheel) as archive:
+            check_no_dev_tools(archive.namelist(), wheel.name)  # before anything is downloaded or installed
         requirements = _requirements(wheel)
         wheel_cache.mkdir(parents=True, exist_ok=True)
         target = ["--only-binary=:all:", "--python-version", PYTHON_VERSION, "--implementation", "cp"]
@@ -114,6 +124,7 @@ def install_python(root: Path, repo: Path, wheel_cache: Path, epoch: int) -> dic
         site = root / SITE_PACKAGES.lstrip("/")
         _pip("install", "--quiet", "--no-index", "--no-compile", "--find-links", wheel_cache, "--find-links", local,
              *target, "--target", site, wheel.name.split("-")[0].replace("_", "-"), env=env)
+    appliance_files(root)  # checks what pip installed, too
     venv = root / VENV.lstrip("/")
     shutil.rmtree(site / "bin", ignore_errors=True)  # scripts with the build host's shebang
     (venv / "bin").mkdir(exist_ok=True)
@@ -137,6 +148,42 @@ def install_python(root: Path, repo: Path, wheel_cache: Path, epoch: int) -> dic
             "-s", root, "-p", "/", site, env=env)
     return {match.group(1): match.group(2) for match in
             (re.match(r"(.+)-([^-]+)\.dist-info$", entry.name) for entry in site.iterdir()) if match}
+
+
+def is_dev_tool(path: str) -> bool:
+    """Whether a file path (appliance/demo.py) or module path (appliance_dev.demo:main) names a dev tool."""
+    return any(part in DEV_TOOLS for part in re.split(r"[/\\.:]", path.lower()))
+
+
+def check_no_dev_tools(paths: Iterable[str], where: str) -> None:
+    found = sorted(path for path in paths if is_dev_tool(path))
+    if found:
+        raise BuildError(f"{where}: development tools in the appliance's files: {', '.join(found)} "
+                         "(they belong in appliance_dev/, which never goes into the image)")
+
+
+def appliance_files(root: Path) -> list[str]:
+    """The files the appliance's distribution installed, relative to site-packages, sorted, as its
+    dist-info RECORD lists them (the sources: compiled .pyc are not in RECORD; neither are the
+    dist-info's own files nor the launchers pip writes to bin/, which install_python replaces).
+    Fails if any of them, or any entry point, is a development tool."""
+    site = root / SITE_PACKAGES.lstrip("/")
+    dist_infos = sorted(site.glob(f"{DIST_NAME}-*.dist-info"))
+    if len(dist_infos) != 1:
+        raise BuildError(f"expected one {DIST_NAME}-*.dist-info in {SITE_PACKAGES}, found "
+                         f"{', '.join(p.name for p in dist_infos) or 'none'}")
+    dist_info = dist_infos[0]
+    with open(dist_info / "RECORD", newline="") as handle:
+        recorded = [row[0].replace("\\", "/") for row in csv.reader(handle) if row]
+    check_no_dev_tools(recorded, f"{SITE_PACKAGES}/{dist_info.name}/RECORD")
+    entry_points = configparser.ConfigParser(delimiters=("=",), interpolation=None)
+    entry_points.optionxform = str
+    if (dist_info / "entry_points.txt").exists():
+        entry_points.read(dist_info / "entry_points.txt")
+    targets = [value.strip() for section in entry_points.sections() for value in entry_points[section].values()]
+    check_no_dev_tools(targets, f"{SITE_PACKAGES}/{dist_info.name}/entry_points.txt")
+    return sorted(path for path in recorded
+                  if not path.startswith(("../", "/", f"{dist_info.name}/")))
 
 
 def _requirements(wheel: Path) -> list[str]:

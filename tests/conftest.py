@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.broker import Mosquitto
-from tests.support.site import ConsoleKey, DaemonProcess, Observer, site_config
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX
+from appliance_dev.broker import Mosquitto
+from appliance_dev.recorder import MqttRecorder
+from appliance_dev.site_process import DaemonProcess, site_config
+from tests.support.site import ConsoleKey
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -29,8 +32,9 @@ def console_key() -> ConsoleKey:
 
 
 @pytest.fixture
-def observer(broker: Mosquitto) -> Iterator[Observer]:
-    client = Observer(broker.port)
+def observer(broker: Mosquitto) -> Iterator[MqttRecorder]:
+    """Records everything under the topic prefix on the test's broker, from before the test acts."""
+    client = MqttRecorder(broker.port, f"{DEFAULT_TOPIC_PREFIX}/#")
     yield client
     client.close()
 

@@ -38,7 +38,7 @@ def make_core(*, camera: bool = False, display: bool = False, clock: FakeClock |
 def command(core: ApplianceCore, command_type: str, body: dict[str, Any] | None = None, **kwargs: Any) -> tuple[dict, list]:
     """Send a signed command at the core's own time; return its ack and all effects."""
     signed = KEY.command(command_type, body, issued_at=core.clock.wall(), **kwargs)
-    effects = core.handle(io.MessageReceived(f"rapat/v1/site/{SITE}/cmd", json.dumps(signed).encode()))
+    effects = core.handle(io.MessageReceived(core.topics.cmd, json.dumps(signed).encode()))
     return ack_of(effects), effects
 
 

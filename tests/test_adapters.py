@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from appliance.adapters.systemd import Notifier
 from appliance.core import led
 from appliance.core.backoff import Backoff
 from appliance.core.io import ButtonDown, ButtonUp, HealthReport
+from appliance_dev.waiting import wait_until
 
 
 @pytest.mark.parametrize("abstract", [False, True])
@@ -94,15 +94,13 @@ def test_panel_button_edges_and_led_pattern_on_mock_pins() -> None:
         assert [type(e) for e in posted if isinstance(e, (ButtonDown, ButtonUp))] == [ButtonDown, ButtonUp]
         led_pin = factory.pin(27)
         panel.show(led.ON)
-        time.sleep(0.05)
-        assert led_pin.state
+        wait_until(lambda: led_pin.state, 1, what="the LED on")
         panel.show(led.FAST_BLINK)
-        time.sleep(0.7)
-        changes = [s.state for s in led_pin.states[-6:]]
-        assert True in changes and False in changes
+        blinking_from = len(led_pin.states)
+        wait_until(lambda: {change.state for change in led_pin.states[blinking_from:]} >= {True, False}, 2,
+                   what="the LED blinking")
         panel.show(led.OFF)
-        time.sleep(0.15)
-        assert not led_pin.state
+        wait_until(lambda: not led_pin.state, 1, what="the LED off")
     finally:
         panel.close()
 

@@ -8,11 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.broker import Mosquitto
-from tests.support.site import ConsoleKey, DaemonProcess, Observer, meeting_body, site_config
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, Topics, group_command_topic
+from appliance_dev.broker import Mosquitto
+from appliance_dev.recorder import MqttRecorder
+from appliance_dev.site_process import DaemonProcess, site_config
+from tests.support.site import ConsoleKey, meeting_body
 
 SITE = "kalibaru"
-CMD = f"rapat/v1/site/{SITE}/cmd"
+TOPICS = Topics(DEFAULT_TOPIC_PREFIX, SITE, "kecamatan")
 
 
 @pytest.fixture(scope="module")
@@ -21,21 +24,21 @@ def running(tmp_path_factory: pytest.TempPathFactory, console_key: ConsoleKey) -
     broker = Mosquitto(workdir / "broker").start()
     daemon = DaemonProcess(site_config(workdir, SITE, broker.url, console_key.public_b64)).start()
     daemon.wait_connected()
-    observer = Observer(broker.port)
+    observer = MqttRecorder(broker.port, f"{DEFAULT_TOPIC_PREFIX}/#")
     yield broker, daemon, observer
     observer.close()
     daemon.stop()
     broker.stop()
 
 
-def send(observer: Observer, payload: object, topic: str = CMD) -> int:
+def send(observer: MqttRecorder, payload: object, topic: str = TOPICS.cmd) -> int:
     mark = observer.mark()
     observer.publish(topic, payload if isinstance(payload, (bytes, str)) else json.dumps(payload))
     return mark
 
 
-def next_ack(observer: Observer, mark: int) -> dict:
-    return observer.wait_for(lambda t, p: t == f"rapat/v1/site/{SITE}/ack", after=mark)[1]
+def next_ack(observer: MqttRecorder, mark: int) -> dict:
+    return observer.wait_for(lambda t, p: t == TOPICS.ack, after=mark)[1]
 
 
 CASES = {  # case name: (expected code, payload maker)
@@ -95,10 +98,10 @@ def test_group_and_wildcard_commands_reach_the_site(running: tuple, console_key:
     _, _, observer = running
     for group in ("all", "kecamatan"):
         command = console_key.command("ping", to=["*"])
-        send(observer, command, topic=f"rapat/v1/group/{group}/cmd")
+        send(observer, command, topic=group_command_topic(DEFAULT_TOPIC_PREFIX, group))
         assert observer.ack_for(command["id"], SITE)["ok"] is True
     desa_only = console_key.command("ping", to=["*"])
-    mark = send(observer, desa_only, topic="rapat/v1/group/desa/cmd")
+    mark = send(observer, desa_only, topic=group_command_topic(DEFAULT_TOPIC_PREFIX, "desa"))
     ping = console_key.command("ping", to=[SITE])
     send(observer, ping)
     observer.ack_for(ping["id"], SITE, after=mark)
@@ -107,16 +110,15 @@ def test_group_and_wildcard_commands_reach_the_site(running: tuple, console_key:
 
 
 def test_retained_command_is_ignored_and_answered(tmp_path, broker: Mosquitto, console_key: ConsoleKey) -> None:
-    observer = Observer(broker.port)
+    observer = MqttRecorder(broker.port, f"{DEFAULT_TOPIC_PREFIX}/#")
     try:
         command = console_key.command("meeting.start", meeting_body(), to=[SITE])
-        observer.publish(CMD, json.dumps(command), retain=True)
-        time.sleep(0.2)
+        observer.publish(TOPICS.cmd, json.dumps(command), retain=True)  # returns once the broker holds it
         daemon = DaemonProcess(site_config(tmp_path, SITE, broker.url, console_key.public_b64)).start()
         ack = observer.ack_for(command["id"], SITE)
         assert ack["ok"] is False and ack["error"]["code"] == "retained_command"
         assert daemon.status()["state"] == "idle"
         daemon.stop()
     finally:
-        observer.publish(CMD, b"", retain=True)
+        observer.publish(TOPICS.cmd, b"", retain=True)
         observer.close()

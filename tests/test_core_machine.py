@@ -159,7 +159,7 @@ def test_led_patterns_follow_connection_and_health() -> None:
 
 def test_denied_publish_marks_broker_health() -> None:
     core, _ = make_core()
-    effects = core.handle(io.PublishDenied("rapat/v1/site/kalibaru/state", "Not authorized"))
+    effects = core.handle(io.PublishDenied(core.topics.state, "Not authorized"))
     assert core.health["broker"] == "error"
     assert published(effects, "/state")[-1]["health"]["broker"] == "error"
     assert core.status()["led"] == "double_blink"
@@ -258,6 +258,7 @@ def test_transition_table(state: str, name: str) -> None:
     acks = published(effects, "/ack")
     if expected == X:
         assert acks and acks[0]["error"]["code"] == "invalid_state"
+        assert acks[0]["id"] and acks[0]["type"]  # a refused command's ack still names it
         assert core.state == state
     else:
         assert core.state == expected

@@ -104,7 +104,7 @@ def test_offline_the_broker_check_fails_at_once_and_names_why() -> None:
 def test_a_broker_that_refuses_the_test_message_fails_the_broker_check() -> None:
     core, _ = make_core()
     core.local("selftest")
-    core.handle(io.PublishDenied("rapat/v1/site/kalibaru/event", "Not authorized", st.BROKER_RECEIPT))
+    core.handle(io.PublishDenied(core.topics.event, "Not authorized", st.BROKER_RECEIPT))
     assert core.selftest.checks["broker"]["ok"] is False and "Not authorized" in core.selftest.checks["broker"]["detail"]
 
 

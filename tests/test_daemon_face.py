@@ -14,33 +14,14 @@ from appliance.config import load
 from appliance.core import io, led
 from appliance.daemon import Daemon
 from appliance.loop import EventLoop
+from appliance_dev.site_process import site_config
 from tests.support.site import ConsoleKey, meeting_body
 
 
 @pytest.fixture
 def config(tmp_path: Path, console_key: ConsoleKey, monkeypatch):  # noqa: ANN001
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
-    path = tmp_path / "site.toml"
-    path.write_text(f"""
-[site]
-id = "kalibaru"
-kind = "kecamatan"
-[broker]
-url = "mqtt://127.0.0.1:1"
-[security]
-console_public_key = "{console_key.public_b64}"
-allowed_media_hosts = ["127.0.0.1"]
-[panel]
-backend = "mock"
-[camera]
-backend = "none"
-[display]
-backend = "none"
-[paths]
-state_dir = "{tmp_path / 'state'}"
-control_socket = "{tmp_path / 'control.sock'}"
-""")
-    return load([str(path)])
+    return load([str(site_config(tmp_path, "kalibaru", "mqtt://127.0.0.1:1", console_key.public_b64))])
 
 
 class PatternPanel(Panel):

@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
-from appliance.adapters.control import NoDaemon, request
-from tests.support.broker import Mosquitto
-from tests.support.site import ConsoleKey, DaemonProcess, Observer, meeting_body, site_config
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, Topics
+from appliance_dev.broker import Mosquitto
+from appliance_dev.recorder import MqttRecorder
+from appliance_dev.site_process import DaemonProcess, site_config
+from tests.support.site import ConsoleKey, meeting_body
 
 SITE = "kalibaru"
-CMD = f"rapat/v1/site/{SITE}/cmd"
-STATE = f"rapat/v1/site/{SITE}/state"
+TOPICS = Topics(DEFAULT_TOPIC_PREFIX, SITE, "kecamatan")
+CMD, STATE = TOPICS.cmd, TOPICS.state
 
 
-def test_sigkill_leaves_retained_offline_will(start_site, broker: Mosquitto, observer: Observer) -> None:
+def test_sigkill_leaves_retained_offline_will(start_site, broker: Mosquitto, observer: MqttRecorder) -> None:
     daemon = start_site(SITE)
     observer.wait_for(lambda t, p: t == STATE and p.get("online") is True)
     daemon.kill()
     _, will = observer.wait_for(lambda t, p: t == STATE and p.get("online") is False, timeout=5)
     assert will == {"v": 1, "site": SITE, "online": False, "state": "offline"}
-    late = Observer(broker.port, STATE)  # a console that connects later still sees it, retained
+    late = MqttRecorder(broker.port, STATE)  # a console that connects later still sees it, retained
     try:
         _, retained = late.wait_for(lambda t, p: True, timeout=5)
         assert retained["state"] == "offline" and late.messages[0][2] is True
@@ -30,7 +30,7 @@ def test_sigkill_leaves_retained_offline_will(start_site, broker: Mosquitto, obs
         late.close()
 
 
-def test_clean_stop_also_publishes_offline(start_site, observer: Observer) -> None:
+def test_clean_stop_also_publishes_offline(start_site, observer: MqttRecorder) -> None:
     daemon = start_site(SITE)
     observer.wait_for(lambda t, p: t == STATE and p.get("online") is True)
     assert daemon.stop() == 0
@@ -39,13 +39,13 @@ def test_clean_stop_also_publishes_offline(start_site, observer: Observer) -> No
 
 def test_state_republished_after_broker_restart(start_site, broker: Mosquitto, console_key: ConsoleKey) -> None:
     daemon = start_site(SITE)
-    first = Observer(broker.port)
+    first = MqttRecorder(broker.port, f"{DEFAULT_TOPIC_PREFIX}/#")
     first.publish(CMD, json.dumps(console_key.command("meeting.start", meeting_body(), to=[SITE])))
     first.wait_for(lambda t, p: t == STATE and p.get("state") == "meeting_available")
     first.close()
     broker.restart()  # persistence is off: the broker forgets every retained message
     assert daemon.wait_status(lambda s: not s["broker_connected"], timeout=10)["led"] == "slow_blink"
-    second = Observer(broker.port)
+    second = MqttRecorder(broker.port, f"{DEFAULT_TOPIC_PREFIX}/#")
     try:
         _, state = second.wait_for(lambda t, p: t == STATE and p.get("online") is True, timeout=70)
         assert state["state"] == "meeting_available" and state["health"]["broker"] == "ok"
@@ -54,7 +54,7 @@ def test_state_republished_after_broker_restart(start_site, broker: Mosquitto, c
         second.close()
 
 
-def test_replay_refused_after_daemon_restart(start_site, observer: Observer, console_key: ConsoleKey) -> None:
+def test_replay_refused_after_daemon_restart(start_site, observer: MqttRecorder, console_key: ConsoleKey) -> None:
     daemon = start_site(SITE)
     command = console_key.command("ping", to=[SITE])
     observer.publish(CMD, json.dumps(command))
@@ -83,7 +83,8 @@ def test_broker_unreachable_at_start_then_arrives(tmp_path, console_key: Console
         broker.stop()
 
 
-def test_mock_button_through_gpiozero_joins_and_holds_to_leave(start_site, observer: Observer, console_key: ConsoleKey) -> None:
+def test_mock_button_through_gpiozero_joins_and_holds_to_leave(start_site, observer: MqttRecorder,
+                                                               console_key: ConsoleKey) -> None:
     daemon = start_site(SITE)
     observer.publish(CMD, json.dumps(console_key.command("meeting.start", meeting_body(), to=[SITE])))
     daemon.wait_status(lambda s: s["state"] == "meeting_available")
@@ -99,7 +100,7 @@ def test_mock_button_through_gpiozero_joins_and_holds_to_leave(start_site, obser
     observer.wait_for(lambda t, p: t.endswith("/event") and p.get("type") == "meeting.left")
 
 
-def test_rejected_site_file_reaches_screen_and_centre(tmp_path, broker: Mosquitto, observer: Observer,
+def test_rejected_site_file_reaches_screen_and_centre(tmp_path, broker: Mosquitto, observer: MqttRecorder,
                                                       console_key: ConsoleKey) -> None:
     state_dir = tmp_path / f"{SITE}-state"
     state_dir.mkdir()
@@ -131,22 +132,12 @@ console_public_key = "{console_key.public_b64}"
 state_dir = "{tmp_path / 'state'}"
 control_socket = "{tmp_path / 'sim.sock'}"
 """)
-    process = subprocess.Popen([sys.executable, "-m", "appliance", "run", "--simulate", "--config", str(config)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon = DaemonProcess(config, options=["--simulate"]).start(wait=False)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                status = request(str(tmp_path / "sim.sock"), {"cmd": "status"}, timeout=2)["status"]
-                if status["broker_connected"] and status["health"]["display"] != "missing":
-                    break
-            except NoDaemon:
-                pass
-            assert time.monotonic() < deadline, "the simulated site did not come up"
-            time.sleep(0.1)
+        daemon.wait_ready(timeout=15)
+        status = daemon.wait_status(lambda s: s["broker_connected"] and s["health"]["display"] != "missing", timeout=15)
         assert status["health"]["panel"] == "ok" and status["health"]["camera"] == "ok"
         assert status["health"]["display"] == "ok"
-        assert request(str(tmp_path / "sim.sock"), {"cmd": "press"})["state"] == "idle"  # the mock button works
+        assert daemon.control({"cmd": "press"})["state"] == "idle"  # the mock button works
     finally:
-        process.terminate()
-        process.wait(10)
+        daemon.stop()

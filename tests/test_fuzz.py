@@ -11,16 +11,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.core import io
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, Topics
+from appliance_dev.broker import Mosquitto
+from appliance_dev.recorder import MqttRecorder
+from appliance_dev.site_process import DaemonProcess, site_config
 from tests.core_helpers import KEY, SITE, make_core, published
-from tests.support.broker import Mosquitto
-from tests.support.site import DaemonProcess, Observer, meeting_body, site_config
+from tests.support.site import meeting_body
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
-FIELDS = ["v", "id", "type", "issued_at", "expires_at", "to", "body", "sig"]
+FIELDS = list(KEY.command("ping"))  # every envelope field the builder writes, `sig` included
+TOPICS = Topics(DEFAULT_TOPIC_PREFIX, SITE, "kecamatan")
 
 
 @st.composite
@@ -43,7 +47,7 @@ def mutated_commands(draw: st.DrawFn) -> bytes:
 
 def answers(payload: bytes) -> list[dict]:
     core, _ = make_core()
-    effects = core.handle(io.MessageReceived(f"rapat/v1/site/{SITE}/cmd", payload))
+    effects = core.handle(io.MessageReceived(core.topics.cmd, payload))
     return published(effects, "/ack")
 
 
@@ -75,7 +79,7 @@ def live_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     broker = Mosquitto(workdir / "broker").start()
     daemon = DaemonProcess(site_config(workdir, SITE, broker.url, KEY.public_b64)).start()
     daemon.wait_connected()
-    observer = Observer(broker.port, f"rapat/v1/site/{SITE}/ack")
+    observer = MqttRecorder(broker.port, TOPICS.ack)
     yield daemon, observer
     observer.close()
     daemon.stop()
@@ -87,6 +91,6 @@ def live_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
 def test_fuzzed_payloads_through_the_broker_are_all_answered(live_site: tuple, payload: bytes) -> None:
     daemon, observer = live_site
     mark = observer.mark()
-    observer.publish(f"rapat/v1/site/{SITE}/cmd", payload)
+    observer.publish(TOPICS.cmd, payload)
     observer.wait_for(lambda topic, ack: isinstance(ack, dict) and "ok" in ack, timeout=5, after=mark)
     assert daemon.alive()

@@ -9,6 +9,7 @@ read-only-root init inside the image under qemu-user-static.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, site_topic
 from tests.image_support import inspect, qemu, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +63,8 @@ def snapshot(tmp_path_factory) -> Path:
     """build-image from a copy of the sources: builds compared with each other must read the same
     files even while someone edits the checkout."""
     copy = tmp_path_factory.mktemp("sources")
-    for name in ("appliance", "image-build", "systemd", "docs"):
+    # appliance_dev too, as in the checkout: the build must leave it out by itself.
+    for name in ("appliance", "appliance_dev", "image-build", "systemd", "docs"):
         shutil.copytree(REPO / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         if (REPO / name).exists():
@@ -259,6 +262,75 @@ def test_read_only_root_image(stand_in_images, snapshot, tmp_path: Path) -> None
         assert owner == uid  # the daemon can write its state there from the first boot
 
 
+DEV_TOOL_NAMES = ("demo", "simulate", "central_media", "localnet", "appliance_dev")
+
+
+def _names_a_dev_tool(path: str) -> bool:
+    return any(part in DEV_TOOL_NAMES for part in re.split(r"[/.]", path))
+
+
+def test_manifest_lists_the_appliance_files_and_no_dev_tools(stand_in_images, snapshot, tmp_path: Path) -> None:
+    source = snapshot.parents[1]
+    assert (source / "appliance_dev/demo.py").exists()  # there to be picked up by mistake
+    files = json.loads((stand_in_images["rw"] / f"{NAME}.manifest.json").read_text())["appliance_files"]
+    assert files == sorted(set(files))
+    assert {"appliance/__init__.py", "appliance/daemon.py", "appliance/cli.py", "appliance/provision.py",
+            "appliance/core/machine.py", "appliance/console/cli.py"} <= set(files)
+    # Exactly the package's sources: what the build installed, not a list kept by hand.
+    assert set(files) == {path.relative_to(source).as_posix() for path in (source / "appliance").rglob("*.py")}
+    assert [path for path in files if _names_a_dev_tool(path)] == []
+    for path in ("appliance/demo.py", "appliance/simulate.py", "appliance/central_media.py", "appliance/localnet.py",
+                 "appliance_dev/__init__.py", "appliance_dev/demo.py"):
+        assert path not in files
+    with inspect.opened(stand_in_images["rw"] / f"{NAME}.img.xz", tmp_path) as image:
+        inside = json.loads((image.root / "usr/share/rapat-appliance/manifest.json").read_text())
+        site = image.root / "opt/rapat-appliance/lib/python3.11/site-packages"
+        installed = sorted(path.relative_to(site).as_posix() for path in (site / "appliance").rglob("*")
+                           if path.is_file() and "__pycache__" not in path.parts)
+        everything = [path.relative_to(site).as_posix() for path in site.rglob("*")
+                      if path.relative_to(site).parts[0] in ("appliance", "appliance_dev")]
+    assert inside["appliance_files"] == files
+    assert installed == files  # the manifest is what is on the card
+    assert [path for path in everything if _names_a_dev_tool(path)] == []
+
+
+def _rootfs():
+    """image-build/rootfs.py, imported as build-image imports it."""
+    if str(BUILD.parent) not in sys.path:
+        sys.path.insert(0, str(BUILD.parent))
+    return importlib.import_module("rootfs")
+
+
+@pytest.mark.parametrize("path", ["appliance/demo.py", "appliance/simulate.py", "appliance/media/central_media.py",
+                                  "appliance/localnet/__init__.py", "appliance_dev/__init__.py",
+                                  "appliance/__pycache__/demo.cpython-311.pyc", "appliance_dev.demo:main"])
+def test_dev_tool_guard_names_the_file(path: str) -> None:
+    rootfs = _rootfs()
+    with pytest.raises(rootfs.BuildError, match=re.escape(f"RECORD: development tools in the appliance's files: {path} ")):
+        rootfs.check_no_dev_tools(["appliance/daemon.py", path, "appliance/core/machine.py"], "RECORD")
+
+
+def test_dev_tool_guard_passes_the_product() -> None:
+    rootfs = _rootfs()
+    product = [path.relative_to(REPO).as_posix() for path in (REPO / "appliance").rglob("*.py")]
+    rootfs.check_no_dev_tools(product + ["rapat_appliance-0.1.0.dist-info/RECORD", "../../bin/appliance-console",
+                                         "appliance.console.cli:main"], "RECORD")
+
+
+def test_install_python_refuses_a_dev_tool_before_installing_anything(tmp_path: Path) -> None:
+    """A stale dev tool left in appliance/ (e.g. from before the move to appliance_dev/) stops the build."""
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "appliance", repo / "appliance", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, repo / name)
+    (repo / "appliance/demo.py").write_text("print('demo')\n")
+    rootfs = _rootfs()
+    with pytest.raises(rootfs.BuildError, match=r"rapat_appliance-.*\.whl: development tools in the appliance's "
+                                                r"files: appliance/demo\.py "):
+        rootfs.install_python(tmp_path / "root", repo, tmp_path / "wheels", SDE)
+    assert not (tmp_path / "root").exists() and not (tmp_path / "wheels").exists()
+
+
 def test_two_builds_give_the_same_root_tree(stand_in_images, tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -399,7 +471,7 @@ def test_overlay_init_gives_a_writable_root_that_never_reaches_the_card(real_ima
 @needs_arm64
 @pytest.mark.skipif(not qemu.available, reason="qemu-system-aarch64 not installed (Debian package qemu-system-arm)")
 def test_booted_image_reaches_ready_and_connects_to_the_broker(real_images, tmp_path: Path) -> None:
-    from tests.support.broker import Mosquitto
+    from appliance_dev.broker import Mosquitto
 
     out = real_images["a"]
     broker = Mosquitto(tmp_path / "broker").start()
@@ -417,7 +489,8 @@ def test_booted_image_reaches_ready_and_connects_to_the_broker(real_images, tmp_
                         '[security]\nallow_unsigned = true\n[panel]\nbackend = "mock"\n[camera]\nbackend = "none"\n'
                         '[display]\nbackend = "none"\n')
         subprocess.run(["mcopy", "-i", f"{disk}@@{image.partitions[0]['start'] * 512}", str(site), "::/"], check=True)
-        state = subprocess.Popen(["mosquitto_sub", "-p", str(broker.port), "-t", "rapat/v1/site/qemu-site/state",
+        state_topic = site_topic(DEFAULT_TOPIC_PREFIX, "qemu-site", "state")
+        state = subprocess.Popen(["mosquitto_sub", "-p", str(broker.port), "-t", state_topic,
                                   "-C", "1", "-W", "900"], stdout=subprocess.PIPE, text=True)
         log = tmp_path / "console.log"
         machine = qemu.start(disk, tmp_path / "vmlinuz", tmp_path / "initrd.img", cmdline, log)

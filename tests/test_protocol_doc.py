@@ -6,8 +6,10 @@ import base64
 import subprocess
 from pathlib import Path
 
-from tests.support.broker import Mosquitto
-from tests.support.site import REPO, DaemonProcess, Observer, site_config
+from appliance_dev.broker import Mosquitto
+from appliance_dev.recorder import MqttRecorder
+from appliance_dev.site_process import DaemonProcess, site_config
+from tests.support.site import REPO
 
 SCRIPT = REPO / "docs" / "examples" / "sign-and-send.sh"
 
@@ -20,7 +22,7 @@ def openssl_key(workdir: Path) -> tuple[Path, str]:
     return key, base64.b64encode(der[-32:]).decode()
 
 
-def test_shell_recipe_announces_a_meeting(tmp_path: Path, broker: Mosquitto, observer: Observer) -> None:
+def test_shell_recipe_announces_a_meeting(tmp_path: Path, broker: Mosquitto, observer: MqttRecorder) -> None:
     key, public = openssl_key(tmp_path)
     daemon = DaemonProcess(site_config(tmp_path, "kalibaru", broker.url, public)).start()
     try:

@@ -10,13 +10,17 @@ import time
 from pathlib import Path
 
 from appliance.adapters import probes
-from appliance.core import selftest
 from appliance.cli import _print_selftest
-from tests.support.broker import Mosquitto
-from tests.support.site import REPO, ConsoleKey, DaemonProcess, Observer
+from appliance.core import selftest
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, Topics
+from appliance_dev.broker import Mosquitto
+from appliance_dev.recorder import MqttRecorder
+from appliance_dev.site_process import DaemonProcess
+from tests.support.site import REPO, ConsoleKey
 
 SITE = "kalibaru"
-SELFTEST = f"rapat/v1/site/{SITE}/selftest"
+TOPICS = Topics(DEFAULT_TOPIC_PREFIX, SITE, "kecamatan")
+SELFTEST = TOPICS.selftest
 
 
 def cli(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
@@ -24,7 +28,7 @@ def cli(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, cwd=REPO, timeout=80)
 
 
-def test_unattended_selftest_reports_truthfully(start_site, observer: Observer, broker: Mosquitto) -> None:
+def test_unattended_selftest_reports_truthfully(start_site, observer: MqttRecorder, broker: Mosquitto) -> None:
     daemon = start_site(SITE)
     done = cli(daemon, "--json")
     report = json.loads(done.stdout)
@@ -40,7 +44,7 @@ def test_unattended_selftest_reports_truthfully(start_site, observer: Observer, 
     assert report["ok"] is False and done.returncode == 1
     _, retained = observer.wait_for(lambda t, p: t == SELFTEST, timeout=5)
     assert retained == report
-    late = Observer(broker.port, SELFTEST)
+    late = MqttRecorder(broker.port, SELFTEST)
     try:
         late.wait_for(lambda t, p: p == report, timeout=5)
         assert late.messages[0][2] is True  # retained
@@ -48,12 +52,14 @@ def test_unattended_selftest_reports_truthfully(start_site, observer: Observer, 
         late.close()
 
 
-def test_interactive_panel_check_waits_for_a_press_without_blocking_the_loop(start_site, observer: Observer) -> None:
+def test_interactive_panel_check_waits_for_a_press_without_blocking_the_loop(start_site, observer: MqttRecorder) -> None:
     daemon = start_site(SITE, extra='[telemetry]\ninterval_s = 5\n')
     outcome: dict = {}
     runner = threading.Thread(target=lambda: outcome.update(done=cli(daemon, "--interactive", "--json")))
     runner.start()
-    time.sleep(1.0)
+    # The event leaves in the same step that starts waiting for the press.
+    observer.wait_for(lambda t, p: t.endswith("/event") and p.get("type") == "selftest.started" and p["interactive"],
+                      timeout=30)
     started = time.monotonic()
     assert daemon.status()["state"] == "idle"  # the loop answers while the self-test waits
     assert time.monotonic() - started < 1.0
@@ -67,22 +73,22 @@ def test_interactive_panel_check_waits_for_a_press_without_blocking_the_loop(sta
     assert any(event.get("type") == "selftest.started" and event["interactive"] for event in events)
 
 
-def test_selftest_command_over_mqtt_publishes_retained_result(start_site, observer: Observer,
+def test_selftest_command_over_mqtt_publishes_retained_result(start_site, observer: MqttRecorder,
                                                              console_key: ConsoleKey) -> None:
     start_site(SITE)
     command = console_key.command("selftest", to=[SITE])
-    observer.publish(f"rapat/v1/site/{SITE}/cmd", json.dumps(command))
+    observer.publish(TOPICS.cmd, json.dumps(command))
     assert observer.ack_for(command["id"], SITE)["ok"] is True
     _, report = observer.wait_for(lambda t, p: t == SELFTEST, timeout=15)
     assert report["checks"]["panel"]["ok"] is None and report["site"] == SITE and report["at"].endswith("Z")
 
 
-def test_refused_during_a_meeting_and_without_daemon(start_site, observer: Observer, console_key: ConsoleKey,
+def test_refused_during_a_meeting_and_without_daemon(start_site, observer: MqttRecorder, console_key: ConsoleKey,
                                                      tmp_path: Path) -> None:
     daemon = start_site(SITE)
     body = {"meeting_id": "m1", "title": "Rapat", "program_url": "srt://127.0.0.1:9000",
             "ingest_url": "rtmp://127.0.0.1/live/{site}", "auto_join": True}
-    observer.publish(f"rapat/v1/site/{SITE}/cmd", json.dumps(console_key.command("meeting.start", body, to=[SITE])))
+    observer.publish(TOPICS.cmd, json.dumps(console_key.command("meeting.start", body, to=[SITE])))
     daemon.wait_status(lambda s: s["state"] == "in_meeting")
     done = cli(daemon)
     assert done.returncode == 1 and "not during a meeting" in done.stderr

@@ -6,8 +6,9 @@ import socket
 import time
 from pathlib import Path
 
-from tests.support.broker import Mosquitto
-from tests.support.site import ConsoleKey, DaemonProcess, site_config
+from appliance_dev.broker import Mosquitto
+from appliance_dev.site_process import DaemonProcess, site_config
+from tests.support.site import ConsoleKey
 
 
 def receive_until(sock: socket.socket, wanted: str, timeout: float) -> list[tuple[float, str]]:
@@ -61,7 +62,7 @@ def test_hung_loop_stops_watchdog(tmp_path: Path, broker: Mosquitto, console_key
 
             hang = threading.Thread(target=daemon.control, args=({"cmd": "debug.hang", "seconds": 2.0},))
             hang.start()
-            time.sleep(0.3)
+            time.sleep(0.3)  # deliberate: the hang begins; only the missing pings show it, and they are the test
             during = receive_until(sock, "never", timeout=1.5)
             hang.join()
             after = receive_until(sock, "never", timeout=1.0)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from appliance.adapters.ledger import LedgerStore
-from tests.support.broker import Mosquitto
-from tests.support.site import Observer
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, site_topic
+from appliance_dev.broker import Mosquitto
+from appliance_dev.recorder import MqttRecorder
 
 SITE = "kalibaru"
-UPTIME = f"rapat/v1/site/{SITE}/uptime"
+UPTIME = site_topic(DEFAULT_TOPIC_PREFIX, SITE, "uptime")
 
 
-def test_retained_uptime_survives_restart_and_kill(start_site, broker: Mosquitto, observer: Observer, tmp_path) -> None:
+def test_retained_uptime_survives_restart_and_kill(start_site, broker: Mosquitto, observer: MqttRecorder, tmp_path) -> None:
     daemon = start_site(SITE)
     _, first = observer.wait_for(lambda t, p: t == UPTIME, timeout=5)
     assert first["tz"] == "Asia/Jakarta" and len(first["days"]) == 1 and first["days"][0]["boots"] == 1
@@ -27,7 +28,7 @@ def test_retained_uptime_survives_restart_and_kill(start_site, broker: Mosquitto
     days, state = store.load()
     store.close()
     assert days and state.last_boot_id and days[-1].up_s >= first["days"][-1]["up_s"]
-    late = Observer(broker.port, UPTIME)
+    late = MqttRecorder(broker.port, UPTIME)
     try:
         _, retained = late.wait_for(lambda t, p: True, timeout=5)
         assert late.messages[0][2] is True and retained["days"][-1]["date"] == day["date"]
@@ -35,7 +36,7 @@ def test_retained_uptime_survives_restart_and_kill(start_site, broker: Mosquitto
         late.close()
 
 
-def test_telemetry_has_the_contract_fields_and_no_invented_values(start_site, observer: Observer) -> None:
+def test_telemetry_has_the_contract_fields_and_no_invented_values(start_site, observer: MqttRecorder) -> None:
     from appliance.adapters import sysinfo  # noqa: PLC0415
 
     start_site(SITE, extra="[telemetry]\ninterval_s = 5\n")

@@ -19,6 +19,7 @@ from appliance.console.output import print_json, table
 from appliance.console.passwords import hash_password
 from appliance.console.store import new_password
 from appliance.core.clock import rfc3339
+from appliance.core.protocol import RETAINED_DEVICE_TOPICS, site_topic, topic_prefix_problem
 from appliance.core.signing import generate_private_key, private_key_to_pem, public_key_to_base64
 
 HOSTNAME_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -58,6 +59,9 @@ def check_hosts(hosts: list[str], option: str = "--media-host") -> list[str]:
 def cmd_init(ctx: Context, args: argparse.Namespace) -> int:
     host, port = parse_broker_url(args.broker_url)
     media_hosts = check_hosts(args.media_host or [])
+    prefix = args.topic_prefix
+    if problem := topic_prefix_problem(prefix):
+        raise BadInput(f"--topic-prefix {problem}")
     home, store = ctx.home, ctx.store
     if store.get_meta("broker_url") or home.signing_key.exists():
         raise Refused(f"{home.root} is already initialised (broker {store.get_meta('broker_url')}); nothing changed. "
@@ -77,14 +81,15 @@ def cmd_init(ctx: Context, args: argparse.Namespace) -> int:
         store.set_meta("console_public_key", public_key)
         store.set_meta("console_credentials", {"password": password, "hash": hash_password(password)})
         store.set_meta("media_hosts", media_hosts)
+        store.set_meta("topic_prefix", prefix)
         store.set_meta("initialised_at", rfc3339(time.time()))
     result = {"home": str(home.root), "broker_url": f"mqtts://{host}:{port}", "console_public_key": public_key,
-              "ca": str(home.ca_cert), "media_hosts": media_hosts}
+              "ca": str(home.ca_cert), "media_hosts": media_hosts, "topic_prefix": prefix}
     if ctx.json:
         print_json(result)
     else:
         print(f"Initialised {home.root}\n  broker:      {result['broker_url']}\n  public key:  {public_key}\n"
-              f"  CA:          {home.ca_cert}\n"
+              f"  CA:          {home.ca_cert}\n  topics:      {prefix}/...\n"
               f"  media hosts: {', '.join(media_hosts) or '(none yet: give provision --media-host)'}\n"
               "Next: appliance-console broker-config --out DIR, then provision SITE --out DIR.")
     return 0
@@ -108,9 +113,6 @@ def cmd_sites_add(ctx: Context, args: argparse.Namespace) -> int:
     return _changed(ctx, {"added": [site.id]}, f"added site {site.id}")
 
 
-RETAINED_DEVICE_TOPICS = ("state", "uptime", "selftest")
-
-
 def cmd_sites_remove(ctx: Context, args: argparse.Namespace) -> int:
     ctx.store.remove_site(args.id)
     code = _changed(ctx, {"removed": [args.id]}, f"removed site {args.id}")
@@ -122,7 +124,7 @@ def _clear_retained(ctx: Context, site_id: str) -> None:
     """Without this the broker keeps the removed site's last state, and `status` would show it forever."""
     if not ctx.store.get_meta("broker_url"):
         return
-    topics = [f"rapat/v1/site/{site_id}/{name}" for name in RETAINED_DEVICE_TOPICS]
+    topics = [site_topic(ctx.topic_prefix, site_id, leaf) for leaf in RETAINED_DEVICE_TOPICS]
     try:
         with ctx.fleet(timeout=3.0) as fleet:
             fleet.clear_retained(topics)
@@ -187,7 +189,7 @@ def cmd_broker_config(ctx: Context, args: argparse.Namespace) -> int:
         raise BadInput(f"--run-as {args.run_as!r} is not a user name")
     settings = broker.BrokerSettings(
         out=str(out), install_dir=args.install_dir or str(out), port=args.port or urlsplit(url).port or 8883,
-        bind=args.bind or "", run_as=args.run_as or "",
+        bind=args.bind or "", run_as=args.run_as or "", prefix=ctx.topic_prefix,
     )
     files = _write_broker(ctx, settings)
     with ctx.store.transaction():
@@ -220,7 +222,7 @@ def cmd_provision(ctx: Context, args: argparse.Namespace) -> int:
     public_key = store.get_meta("console_public_key")
     # Render and check every file before writing any.
     rendered = [(site, provision.render(site, url, store.site_password(site.id), public_key, media_hosts,
-                                        args.ca_path)) for site in sites]
+                                        args.ca_path, ctx.topic_prefix)) for site in sites]
     written = []
     for site, text in rendered:
         written += provision.write(out / site.id if args.all else out, text, ca_pem)

@@ -11,9 +11,7 @@ from appliance.console.home import atomic_write_many
 from appliance.console.passwords import password_file
 from appliance.console.store import CONSOLE_USERNAME, Site
 from appliance.core.clock import rfc3339
-from appliance.core.protocol import Topics
-
-DEVICE_TOPICS = ("state", "ack", "event", "telemetry", "uptime", "selftest")
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, DEVICE_TOPICS, Topics
 
 
 @dataclass(frozen=True)
@@ -23,7 +21,7 @@ class BrokerSettings:
     port: int
     bind: str = ""           # empty: every interface
     run_as: str = ""         # mosquitto's `user`; empty: mosquitto's default (user `mosquitto`)
-    prefix: str = "rapat/v1"
+    prefix: str = DEFAULT_TOPIC_PREFIX
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

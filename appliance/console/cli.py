@@ -10,7 +10,7 @@ from appliance.console import admin, collect, operate, rollout
 from appliance.console.context import Context
 from appliance.console.errors import ConsoleError
 from appliance.console.home import ENV_HOME, Home, default_home
-from appliance.core.protocol import GROUPS, SITE_KINDS
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, GROUPS, SITE_KINDS
 
 EPILOG = "Exit codes: 0 success, 1 refused or partly failed, 2 bad usage or bad input."
 
@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--broker-url", required=True, metavar="URL", help="mqtts://HOST[:PORT] as the sites will reach it")
     init.add_argument("--media-host", action="append", metavar="HOST",
                       help="a host the sites may stream from/to (repeatable); goes into provisioning files")
+    init.add_argument("--topic-prefix", default=DEFAULT_TOPIC_PREFIX, metavar="PREFIX",
+                      help="the fleet's MQTT topic prefix (default: %(default)s); fixed once chosen")
     init.set_defaults(handler=admin.cmd_init)
 
     sites = sub(commands, "sites", "list, import, add and remove sites; rotate a site's broker password")

@@ -36,12 +36,11 @@ from appliance.console.errors import BadInput, Refused
 from appliance.console.fleet import no_delay
 from appliance.console.output import print_json
 from appliance.console.store import CONSOLE_USERNAME
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, DEVICE_TOPICS, RETAINED_DEVICE_TOPICS, site_topic
 
 log = logging.getLogger("appliance.console.collect")
 
 SESSION_EXPIRY_S = 7 * 86400
-DEVICE_KINDS = ("state", "ack", "event", "telemetry", "uptime", "selftest")
-RETAINED_KINDS = ("state", "uptime", "selftest")
 SHARE_GROUP = "collect"
 MAX_BATCH = 2000
 
@@ -62,7 +61,7 @@ class Stats:
 
 class Collector:
     def __init__(self, url: str, username: str, password: str, ca_file: str | None, database: Any,
-                 name: str = "main", prefix: str = "rapat/v1") -> None:
+                 name: str = "main", prefix: str = DEFAULT_TOPIC_PREFIX) -> None:
         parts = urlsplit(url)
         self.url, self.prefix, self.name = url, prefix, name
         self.host, self.port = parts.hostname or "", parts.port or (8883 if parts.scheme == "mqtts" else 1883)
@@ -93,8 +92,8 @@ class Collector:
             self._refusal = f"the broker refused the collector's login: {reason}"
             return
         self.stats.connects += 1
-        shared = [(f"$share/{SHARE_GROUP}/{self.prefix}/site/+/{kind}", 1) for kind in DEVICE_KINDS]
-        retained = [(f"{self.prefix}/site/+/{kind}", 1) for kind in RETAINED_KINDS]
+        shared = [(f"$share/{SHARE_GROUP}/{site_topic(self.prefix, '+', leaf)}", 1) for leaf in DEVICE_TOPICS]
+        retained = [(site_topic(self.prefix, "+", leaf), 1) for leaf in RETAINED_DEVICE_TOPICS]
         client.subscribe(shared + retained + [(self._sync_topic, 1)])
         client.publish(self._sync_topic, b"sync", qos=1)
         self._connected.set()
@@ -104,7 +103,8 @@ class Collector:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.topic == self._sync_topic:
             # Every retained copy was queued before this marker: the plain subscriptions can go.
-            client.unsubscribe([f"{self.prefix}/site/+/{kind}" for kind in RETAINED_KINDS] + [self._sync_topic])
+            client.unsubscribe([site_topic(self.prefix, "+", leaf) for leaf in RETAINED_DEVICE_TOPICS]
+                               + [self._sync_topic])
         self._inbox.put((message.topic, bytes(message.payload), message.mid, message.qos))
 
     # --- the storing thread -----------------------------------------------------------------------
@@ -184,7 +184,7 @@ def cmd_collect(ctx: Context, args: argparse.Namespace) -> int:
     duration = parse_duration(args.duration, "--duration") if args.duration else None
     credentials = ctx.store.get_meta("console_credentials")
     collector = Collector(url, CONSOLE_USERNAME, credentials["password"], str(ctx.home.ca_cert), ctx.home.database,
-                          name=name)
+                          name=name, prefix=ctx.topic_prefix)
     collector.connect()
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     if threading.current_thread() is threading.main_thread():

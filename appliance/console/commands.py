@@ -10,10 +10,20 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from appliance.console.errors import BadInput
 from appliance.console.store import Site, Store
-from appliance.core.clock import rfc3339
-from appliance.core.protocol import COMMAND_ID, GROUPS, MEDIA_SCHEMES, SITE_ID
+from appliance.core.protocol import (
+    COMMAND_ID,
+    DEFAULT_TOPIC_PREFIX,
+    GROUPS,
+    SITE_ID,
+    build_command,
+    group_command_topic,
+    site_topic,
+    url_problem,
+)
 
 MAX_EXPIRY_S = 86400  # the device's default security.max_command_age_s
 MAX_TO_BYTES = 8 * 1024  # keep an explicit `to` list well inside the device's 16 KiB payload limit
@@ -41,17 +51,12 @@ def meeting_id_from(title: str) -> str:
 
 
 def check_media_url(option: str, url: str, known_hosts: list[str]) -> None:
-    try:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError as exc:
-        raise BadInput(f"{option} {url!r} is not a URL ({exc})") from None
-    if parts.scheme.lower() not in MEDIA_SCHEMES:
-        raise BadInput(f"{option} {url!r}: scheme must be one of {', '.join(MEDIA_SCHEMES)}")
-    if not host:
-        raise BadInput(f"{option} {url!r} names no host")
-    if known_hosts and host not in {known.lower() for known in known_hosts}:
+    """Refuse what the devices would answer with url_not_allowed; with no media hosts known, any host."""
+    problem = url_problem(url, allowed_hosts=None)
+    if problem:
+        raise BadInput(f"{option}: {problem}")
+    if known_hosts and url_problem(url, tuple(known_hosts)):
+        host = (urlsplit(url).hostname or "").lower()
         raise BadInput(f"{option} {url!r}: host {host!r} is not one of the media hosts the sites accept "
                        f"({', '.join(known_hosts)}); devices would refuse it with url_not_allowed")
 
@@ -64,7 +69,8 @@ class Target:
     sites: list[Site]       # who is expected to answer
 
 
-def resolve_target(store: Store, sites: str | None, group: str | None, prefix: str = "rapat/v1") -> Target:
+def resolve_target(store: Store, sites: str | None, group: str | None,
+                   prefix: str = DEFAULT_TOPIC_PREFIX) -> Target:
     if sites and group:
         raise BadInput("give either --sites or --group, not both")
     if group:
@@ -73,7 +79,7 @@ def resolve_target(store: Store, sites: str | None, group: str | None, prefix: s
         members = store.sites() if group == "all" else store.sites(kind=group)
         if not members:
             raise BadInput(f"group {group!r} has no sites (see `appliance-console sites list`)")
-        return Target(f"group:{group}", [f"{prefix}/group/{group}/cmd"], ["*"], members)
+        return Target(f"group:{group}", [group_command_topic(prefix, group)], ["*"], members)
     if sites:
         ids = [part.strip() for part in sites.split(",") if part.strip()]
         bad = [site_id for site_id in ids if not SITE_ID.match(site_id)]
@@ -83,23 +89,21 @@ def resolve_target(store: Store, sites: str | None, group: str | None, prefix: s
         if len(",".join(ids)) > MAX_TO_BYTES:
             raise BadInput(f"--sites names {len(ids)} sites, too many for one command; use --group")
         return Target("sites:" + ",".join(site.id for site in members),
-                      [f"{prefix}/site/{site.id}/cmd" for site in members], [site.id for site in members], members)
+                      [site_topic(prefix, site.id, "cmd") for site in members], [site.id for site in members], members)
     raise BadInput("say which sites: --sites a,b or --group all|kecamatan|desa")
 
 
-def target_from_label(store: Store, label: str, prefix: str = "rapat/v1") -> Target:
+def target_from_label(store: Store, label: str, prefix: str = DEFAULT_TOPIC_PREFIX) -> Target:
     kind, _, value = label.partition(":")
     return resolve_target(store, value if kind == "sites" else None, value if kind == "group" else None, prefix)
 
 
-def build(command_type: str, body: dict[str, Any], target: Target, expires_s: float, now: float | None = None) -> dict[str, Any]:
+def build(command_type: str, body: dict[str, Any], target: Target, expires_s: float, signing_key: Ed25519PrivateKey,
+          now: float | None = None) -> dict[str, Any]:
+    """The signed command for `target`, with the console's own time-stamped id."""
     if expires_s > MAX_EXPIRY_S:
         raise BadInput(f"--expires must be at most {MAX_EXPIRY_S // 3600} h (the devices' max_command_age_s)")
-    now = time.time() if now is None else now
     command_id = new_id()
     assert COMMAND_ID.match(command_id)
-    return {
-        "v": 1, "id": command_id, "type": command_type,
-        "issued_at": rfc3339(now), "expires_at": rfc3339(now + expires_s),
-        "to": target.to, "body": body,
-    }
+    return build_command(command_type, body, to=target.to, issued_at=time.time() if now is None else now,
+                         ttl_s=expires_s, command_id=command_id, signing_key=signing_key)

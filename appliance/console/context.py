@@ -9,6 +9,7 @@ from appliance.console.errors import Refused
 from appliance.console.fleet import Fleet
 from appliance.console.home import Home
 from appliance.console.store import CONSOLE_USERNAME, Store
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX
 from appliance.core.signing import private_key_from_pem
 
 
@@ -42,7 +43,13 @@ class Context:
         except (OSError, ValueError) as exc:
             raise Refused(f"cannot read the console's signing key {self.home.signing_key}: {exc}") from None
 
+    @property
+    def topic_prefix(self) -> str:
+        """The fleet's MQTT topic prefix, chosen once by `init --topic-prefix`."""
+        return self.store.get_meta("topic_prefix") or DEFAULT_TOPIC_PREFIX
+
     def fleet(self, timeout: float = 5.0) -> Fleet:
         url = self.require_init()
         credentials = self.store.get_meta("console_credentials")
-        return Fleet(url, CONSOLE_USERNAME, credentials["password"], str(self.home.ca_cert), timeout=timeout)
+        return Fleet(url, CONSOLE_USERNAME, credentials["password"], str(self.home.ca_cert), self.topic_prefix,
+                     timeout=timeout)

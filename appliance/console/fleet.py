@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 
 from appliance.console.errors import Refused
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, parse_topic, site_topic
 
 Message = tuple[str, bytes, bool, float]  # topic, payload, retained, monotonic arrival time
 
@@ -33,7 +34,7 @@ class Fleet:
     """A thin synchronous wrapper over paho (MQTT v5, TLS): every call waits for the broker's answer."""
 
     def __init__(self, url: str, username: str, password: str, ca_file: str | None,
-                 prefix: str = "rapat/v1", timeout: float = 5.0) -> None:
+                 prefix: str = DEFAULT_TOPIC_PREFIX, timeout: float = 5.0) -> None:
         parts = urlsplit(url)
         self.url = url
         self.host = parts.hostname or ""
@@ -129,8 +130,10 @@ class Fleet:
             return {mid: self._acked.pop(mid) for mid in mids}
 
     def subscribe(self, topics: list[str]) -> None:
-        with self._lock:
-            result, mid = self.client.subscribe([(topic, 1) for topic in topics])
+        # Never call paho while holding self._lock: paho's thread holds its own lock while it calls
+        # _on_ack, which takes self._lock (a deadlock seen in tests). Acks are kept by mid, so an
+        # ack that arrives before _wait starts is not lost.
+        result, mid = self.client.subscribe([(topic, 1) for topic in topics])
         if result != mqtt.MQTT_ERR_SUCCESS:
             raise Refused(f"subscribing failed: {mqtt.error_string(result)}")
         codes = self._wait([mid], "the subscription")[mid]
@@ -140,8 +143,7 @@ class Fleet:
 
     def publish(self, items: list[tuple[str, bytes]]) -> None:
         """Publish QoS 1, not retained; raise Refused naming every topic the broker did not accept."""
-        with self._lock:
-            infos = [(topic, self.client.publish(topic, payload, qos=1, retain=False)) for topic, payload in items]
+        infos = [(topic, self.client.publish(topic, payload, qos=1, retain=False)) for topic, payload in items]
         failed = [topic for topic, info in infos if info.rc != mqtt.MQTT_ERR_SUCCESS]
         if failed:
             raise Refused(f"publishing to {', '.join(failed)} failed: the connection to the broker was lost")
@@ -152,8 +154,7 @@ class Fleet:
 
     def clear_retained(self, topics: list[str]) -> None:
         """Delete retained messages (an empty retained publish); raise Refused if the broker denies it."""
-        with self._lock:
-            infos = [(topic, self.client.publish(topic, b"", qos=1, retain=True)) for topic in topics]
+        infos = [(topic, self.client.publish(topic, b"", qos=1, retain=True)) for topic in topics]
         codes = self._wait([info.mid for _, info in infos], "clearing retained messages")
         denied = [topic for topic, info in infos if codes[info.mid].is_failure]
         if denied:
@@ -172,15 +173,6 @@ class Fleet:
             raise Refused(f"the broker did not deliver within {self.timeout:g} s")
 
 
-def parse_topic(topic: str, prefix: str) -> tuple[str, str] | None:
-    """(site, kind) of a `<prefix>/site/<site>/<kind>` topic."""
-    head = f"{prefix}/site/"
-    if not topic.startswith(head):
-        return None
-    site, _, kind = topic[len(head):].partition("/")
-    return (site, kind) if site and kind and "/" not in kind else None
-
-
 def decode(payload: bytes) -> dict[str, Any] | None:
     try:
         document = json.loads(payload)
@@ -195,7 +187,7 @@ class Tracker:
 
     command_id: str
     expected: list[str]
-    prefix: str = "rapat/v1"
+    prefix: str = DEFAULT_TOPIC_PREFIX
     sent_at: float = 0.0
     answers: dict[str, dict[str, Any]] = field(default_factory=dict)
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -256,7 +248,7 @@ def send_and_collect(fleet: Fleet, command: dict[str, Any], topics: list[str], e
                      timeout: float, progress: Callable[[Tracker], None] | None = None) -> Tracker:
     """Publish a signed command, then gather acks until every expected site answered or `timeout`."""
     prefix = fleet.prefix
-    fleet.subscribe([f"{prefix}/site/+/ack", f"{prefix}/site/+/state"])
+    fleet.subscribe([site_topic(prefix, "+", "ack"), site_topic(prefix, "+", "state")])
     fleet.sync()
     tracker = Tracker(command["id"], expected, prefix)
     while True:

@@ -15,8 +15,7 @@ from appliance.console.errors import BadInput
 from appliance.console.fleet import Tracker, decode, parse_topic, send_and_collect
 from appliance.console.output import Live, health_summary, print_json, table
 from appliance.core.clock import rfc3339
-from appliance.core.protocol import COMMAND_ID
-from appliance.core.signing import sign_command
+from appliance.core.protocol import COMMAND_ID, MAX_TITLE_CHARS, site_topic
 
 ACK_COLUMNS = [("site", "SITE"), ("result", "RESULT"), ("state", "STATE"), ("latency_ms", "MS"), ("detail", "DETAIL")]
 STATUS_COLUMNS = [("site", "SITE"), ("kind", "KIND"), ("online", "ONLINE"), ("state", "STATE"),
@@ -41,12 +40,11 @@ def _ack_table(tracker: Tracker, final: bool) -> str:
 def run_command(ctx: Context, command_type: str, body: dict[str, Any], target: commands.Target,
                 args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
     timeout = commands.parse_duration(args.timeout, "--timeout")
-    command = commands.build(command_type, body, target, commands.parse_duration(args.expires))
-    signed = sign_command(command, ctx.signing_key())
+    signed = commands.build(command_type, body, target, commands.parse_duration(args.expires), ctx.signing_key())
     live = Live() if not ctx.json else Live(stream=_NullTty())
     with ctx.fleet() as fleet:
         if not ctx.json:
-            print(f"{command_type} {command['id']} -> {target.label} ({len(target.sites)} site"
+            print(f"{command_type} {signed['id']} -> {target.label} ({len(target.sites)} site"
                   f"{'s' if len(target.sites) != 1 else ''})", flush=True)
         tracker = send_and_collect(fleet, signed, target.topics, [site.id for site in target.sites], timeout,
                                    progress=lambda t: live.show(_ack_table(t, final=False)))
@@ -62,7 +60,7 @@ def run_command(ctx: Context, command_type: str, body: dict[str, Any], target: c
         live.clear()
         print(_ack_table(tracker, final=True), end="")
         if failed:
-            print(f"not every site accepted {command['id']}", file=sys.stderr)
+            print(f"not every site accepted {signed['id']}", file=sys.stderr)
     return (1 if failed else 0), signed
 
 
@@ -72,14 +70,14 @@ class _NullTty:
 
 
 def _target(ctx: Context, args: argparse.Namespace) -> commands.Target:
-    return commands.resolve_target(ctx.store, args.sites, args.group)
+    return commands.resolve_target(ctx.store, args.sites, args.group, ctx.topic_prefix)
 
 
 def cmd_meeting_start(ctx: Context, args: argparse.Namespace) -> int:
     ctx.require_init()
     title = (args.title or "").strip()
-    if not title or len(title) > 200:
-        raise BadInput("--title must be 1-200 characters")
+    if not title or len(title) > MAX_TITLE_CHARS:
+        raise BadInput(f"--title must be 1-{MAX_TITLE_CHARS} characters")
     known_hosts = ctx.store.get_meta("media_hosts") or []
     commands.check_media_url("--program-url", args.program_url, known_hosts)
     commands.check_media_url("--ingest-url", args.ingest_url.replace("{site}", "site"), known_hosts)
@@ -102,7 +100,7 @@ def cmd_meeting_end(ctx: Context, args: argparse.Namespace) -> int:
         label = ctx.store.meeting_target(meeting_id)
         if label is None:
             raise BadInput(f"meeting {meeting_id!r} was not started from this console: give --sites or --group")
-        target = commands.target_from_label(ctx.store, label)
+        target = commands.target_from_label(ctx.store, label, ctx.topic_prefix)
     else:
         target = _target(ctx, args)
     code, _ = run_command(ctx, "meeting.end", {"meeting_id": meeting_id}, target, args)
@@ -133,10 +131,11 @@ class StatusBoard:
         self.ctx = ctx
         self.kinds = {site.id: site.kind for site in ctx.store.sites()}
         self.states: dict[str, dict[str, Any]] = {}
-        self.seen = ctx.store.last_seen()
+        self.seen = ctx.store.last_seen()  # site -> epoch seconds; RFC 3339 only in the rows shown
+        self.prefix = ctx.topic_prefix
 
     def feed(self, topic: str, payload: bytes) -> str | None:
-        parsed = parse_topic(topic, "rapat/v1")
+        parsed = parse_topic(topic, self.prefix)
         if not parsed or parsed[1] != "state":
             return None
         document = decode(payload)
@@ -144,11 +143,13 @@ class StatusBoard:
             return None
         self.states[parsed[0]] = document
         if document.get("online"):
-            self.seen[parsed[0]] = rfc3339(time.time())
+            self.seen[parsed[0]] = time.time()
         return parsed[0]
 
     def row(self, site_id: str) -> dict[str, Any]:
-        return _status_row(site_id, self.kinds.get(site_id), self.states.get(site_id), self.seen.get(site_id))
+        seen = self.seen.get(site_id)
+        return _status_row(site_id, self.kinds.get(site_id), self.states.get(site_id),
+                           rfc3339(seen) if seen is not None else None)
 
     def rows(self) -> list[dict[str, Any]]:
         return [self.row(site_id) for site_id in sorted(set(self.kinds) | set(self.states))]
@@ -167,7 +168,7 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     ctx.require_init()
     board = StatusBoard(ctx)
     with ctx.fleet() as fleet:
-        fleet.subscribe([f"{fleet.prefix}/site/+/state"])
+        fleet.subscribe([site_topic(fleet.prefix, "+", "state")])
         fleet.sync()
         while True:
             try:
@@ -191,7 +192,7 @@ def cmd_watch(ctx: Context, args: argparse.Namespace) -> int:
     deadline = time.monotonic() + duration if duration else None
     try:
         with ctx.fleet() as fleet:
-            fleet.subscribe([f"{fleet.prefix}/site/+/state", f"{fleet.prefix}/site/+/event"])
+            fleet.subscribe([site_topic(fleet.prefix, "+", "state"), site_topic(fleet.prefix, "+", "event")])
             fleet.sync()
             catching_up = True
             while deadline is None or time.monotonic() < deadline:
@@ -237,7 +238,7 @@ def _emit_change(ctx: Context, board: StatusBoard, live: Live, site: str | None,
             print(f"{time.strftime('%H:%M:%S')} {site}: {'online' if row['online'] else 'offline'} {row['state']}"
                   f"{' ' + row['meeting'] if row['meeting'] else ''}", flush=True)
         return
-    parsed = parse_topic(topic, "rapat/v1")
+    parsed = parse_topic(topic, board.prefix)
     event = decode(payload)
     if parsed and parsed[1] == "event" and event and not live.enabled:
         if ctx.json:

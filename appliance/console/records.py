@@ -15,30 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from appliance.console.fleet import decode, parse_topic
+from appliance.console.schema import ensure_schema, record_seen
 from appliance.core.clock import parse_rfc3339, rfc3339
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX
 
 BUCKET_S = 300
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS site_state (site TEXT PRIMARY KEY, online INTEGER, state TEXT, at REAL NOT NULL,
-    payload TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS state_log (site TEXT NOT NULL, at REAL NOT NULL, online INTEGER, state TEXT,
-    PRIMARY KEY (site, at, online, state)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS acks (site TEXT NOT NULL, id TEXT NOT NULL, at REAL NOT NULL, type TEXT, ok INTEGER,
-    error TEXT, PRIMARY KEY (site, id, at)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS events (site TEXT NOT NULL, at REAL NOT NULL, type TEXT NOT NULL, payload TEXT NOT NULL,
-    PRIMARY KEY (site, at, type)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS telemetry (site TEXT NOT NULL, at REAL NOT NULL, state TEXT, uptime_s REAL,
-    cpu_temp_c REAL, throttled TEXT, load1 REAL, mem_available_mb REAL, disk_free_mb REAL, boot_id TEXT,
-    PRIMARY KEY (site, at)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS heartbeats (site TEXT NOT NULL, bucket INTEGER NOT NULL,
-    PRIMARY KEY (site, bucket)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS uptime_days (site TEXT NOT NULL, date TEXT NOT NULL, up_s REAL, connected_s REAL,
-    in_meeting_s REAL, meetings_joined INTEGER, boots INTEGER, reported_at REAL NOT NULL,
-    PRIMARY KEY (site, date)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS selftests (site TEXT NOT NULL, at REAL NOT NULL, ok INTEGER, payload TEXT NOT NULL,
-    PRIMARY KEY (site, at)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS last_seen (site TEXT PRIMARY KEY, at REAL NOT NULL)
-"""
 
 
 def connect(path: Path, any_thread: bool = False) -> sqlite3.Connection:
@@ -47,9 +28,7 @@ def connect(path: Path, any_thread: bool = False) -> sqlite3.Connection:
     db.row_factory = sqlite3.Row
     db.execute("PRAGMA journal_mode = WAL")  # collect writes while rollout and status read
     db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: consistent after a crash; acks follow commits
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            db.execute(statement)
+    ensure_schema(db)
     return db
 
 
@@ -64,7 +43,7 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def ingest(db: sqlite3.Connection, topic: str, payload: bytes, received: float, prefix: str = "rapat/v1") -> bool:
+def ingest(db: sqlite3.Connection, topic: str, payload: bytes, received: float, prefix: str = DEFAULT_TOPIC_PREFIX) -> bool:
     """Store one message (inside the caller's transaction). False when it is not a device message we keep."""
     parsed = parse_topic(topic, prefix)
     document = decode(payload) if parsed else None
@@ -99,8 +78,7 @@ def ingest(db: sqlite3.Connection, topic: str, payload: bytes, received: float, 
         return False
     seen = at if at is not None and document.get("online") is not False else None
     if seen is not None:
-        db.execute("INSERT INTO last_seen VALUES (?, ?) ON CONFLICT(site) DO UPDATE SET at = max(at, excluded.at)",
-                   (site, seen))
+        record_seen(db, [(site, seen)])
     return True
 
 

@@ -6,13 +6,15 @@ import json
 import secrets
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from appliance.console.errors import BadInput
 from appliance.console.passwords import hash_password
+from appliance.console.schema import ensure_schema, record_seen
 from appliance.core.clock import rfc3339
 from appliance.core.protocol import SITE_ID, SITE_KINDS
 
@@ -26,31 +28,6 @@ KECAMATAN: dict[str, float | None] = {
     "Purwoharjo": None, "Rogojampi": None, "Sempu": None, "Siliragung": None, "Singojuruh": None,
     "Songgon": None, "Srono": None, "Tegaldlimo": None, "Tegalsari": None, "Wongsorejo": 27.9,
 }
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sites (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('kecamatan', 'desa', 'other')),
-    distance_km REAL,
-    password TEXT NOT NULL,
-    password_hash TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    password_changed_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS commands (
-    id TEXT PRIMARY KEY,
-    type TEXT NOT NULL,
-    target TEXT NOT NULL,
-    meeting_id TEXT,
-    payload TEXT NOT NULL,
-    sent_at TEXT NOT NULL,
-    results TEXT
-);
-CREATE TABLE IF NOT EXISTS seen (site TEXT PRIMARY KEY, at TEXT NOT NULL)
-"""
-
 
 @dataclass(frozen=True)
 class Site:
@@ -99,10 +76,8 @@ class Store:
         self.db.row_factory = sqlite3.Row
         if fresh:
             self.path.chmod(0o600)
+        ensure_schema(self.db)
         with self.transaction():
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    self.db.execute(statement)
             if self.get_meta("seeded") is None:
                 for name, distance in KECAMATAN.items():
                     self._insert(name.lower(), f"Kecamatan {name}", "kecamatan", distance)
@@ -222,12 +197,14 @@ class Store:
         with self.transaction():
             self.db.execute("UPDATE commands SET results = ? WHERE id = ?", (json.dumps(results), command_id))
 
-    def mark_seen(self, seen: dict[str, str]) -> None:
+    def mark_seen(self, seen: dict[str, float]) -> None:
+        """site -> epoch seconds it was seen online; the table `collect` also writes to."""
         with self.transaction():
-            self.db.executemany("INSERT OR REPLACE INTO seen (site, at) VALUES (?, ?)", list(seen.items()))
+            record_seen(self.db, seen.items())
 
-    def last_seen(self) -> dict[str, str]:
-        return {row["site"]: row["at"] for row in self.db.execute("SELECT site, at FROM seen")}
+    def last_seen(self) -> dict[str, float]:
+        """site -> epoch seconds it was last seen online, by `status`, `watch` or `collect`."""
+        return {row["site"]: row["at"] for row in self.db.execute("SELECT site, at FROM last_seen")}
 
     def meeting_target(self, meeting_id: str) -> str | None:
         """Which sites the latest `meeting.start` of this meeting went to (`group:x` or `sites:a,b`)."""

@@ -235,7 +235,11 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
             return
         try:
             command = check_command(event.payload, self.settings.policy, self.clock.wall(), self._replay.__contains__)
-            step = self._check(command.type, command.body)
+            try:
+                step = self._check(command.type, command.body)
+            except CommandRejected as refusal:
+                refusal.command_id, refusal.command_type = command.id, command.type  # the ack names it
+                raise
         except CommandRejected as refusal:
             self._log("warning", f"command {refusal.command_id or '?'} refused: {refusal}")
             self._ack(refusal.command_id, refusal.command_type, refusal.code, refusal.message)

@@ -1,21 +1,24 @@
-"""The MQTT protocol of the contract: topics, command checks in the contract's order, error codes.
+"""The MQTT protocol of the contract: topics, building commands, checking them in the contract's order.
 
-Pure functions over bytes and values; the caller supplies the time and the replay memory.
+Pure functions over bytes and values; the caller supplies the time, the replay memory and the key.
+The device and the console (and every test and tool that speaks for either) use these, so the
+topic layout and the command envelope are written down once.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from appliance.core.clock import parse_rfc3339
-from appliance.core.signing import verify_command
+from appliance.core.clock import parse_rfc3339, rfc3339
+from appliance.core.signing import sign_command, verify_command
 
 PROTOCOL_VERSION = 1
 DEFAULT_TOPIC_PREFIX = "rapat/v1"
@@ -27,6 +30,10 @@ GROUPS = ("all", "kecamatan", "desa")
 SITE_KINDS = ("kecamatan", "desa", "other")
 MEDIA_SCHEMES = ("rtmp", "rtmps", "rtsp", "rtsps", "srt", "http", "https")
 COMMAND_TYPES = ("meeting.start", "meeting.end", "join", "leave", "selftest", "ping")
+MAX_TITLE_CHARS = 200
+# The last level of a site's own topics, and which of them the device publishes retained.
+DEVICE_TOPICS = ("state", "ack", "event", "telemetry", "uptime", "selftest")
+RETAINED_DEVICE_TOPICS = ("state", "uptime", "selftest")
 
 # Error codes, in the order the checks run (invalid_state is the state machine's).
 TOO_LARGE = "too_large"
@@ -43,20 +50,44 @@ INVALID_STATE = "invalid_state"
 RETAINED_COMMAND = "retained_command"
 
 
+def site_topic(prefix: str, site: str, leaf: str) -> str:
+    """`<prefix>/site/<site>/<leaf>`; a subscriber may pass the wildcards `+` (site) or `#` (leaf)."""
+    return f"{prefix}/site/{site}/{leaf}"
+
+
+def group_command_topic(prefix: str, group: str) -> str:
+    return f"{prefix}/group/{group}/cmd"
+
+
+def parse_topic(topic: str, prefix: str) -> tuple[str, str] | None:
+    """(site, leaf) of a `<prefix>/site/<site>/<leaf>` topic; None for any other topic."""
+    head = f"{prefix}/site/"
+    if not topic.startswith(head):
+        return None
+    site, _, leaf = topic[len(head):].partition("/")
+    return (site, leaf) if site and leaf and "/" not in leaf else None
+
+
+def topic_prefix_problem(prefix: str) -> str | None:
+    bad = [char for char in "#+" if char in prefix]
+    if not prefix or prefix.startswith("/") or prefix.endswith("/") or bad:
+        return f"{prefix!r} must be a topic path without wildcards or leading/trailing '/'"
+    return None
+
+
 class Topics:
     """Every topic one site uses, built once from the prefix, the site id and its kind."""
 
     def __init__(self, prefix: str, site: str, kind: str) -> None:
-        base = f"{prefix}/site/{site}"
-        self.cmd = f"{base}/cmd"
-        self.state = f"{base}/state"
-        self.ack = f"{base}/ack"
-        self.event = f"{base}/event"
-        self.telemetry = f"{base}/telemetry"
-        self.uptime = f"{base}/uptime"
-        self.selftest = f"{base}/selftest"
+        self.cmd = site_topic(prefix, site, "cmd")
+        self.state = site_topic(prefix, site, "state")
+        self.ack = site_topic(prefix, site, "ack")
+        self.event = site_topic(prefix, site, "event")
+        self.telemetry = site_topic(prefix, site, "telemetry")
+        self.uptime = site_topic(prefix, site, "uptime")
+        self.selftest = site_topic(prefix, site, "selftest")
         groups = ["all"] + ([kind] if kind in GROUPS else [])
-        self.group_cmds = [f"{prefix}/group/{group}/cmd" for group in groups]
+        self.group_cmds = [group_command_topic(prefix, group) for group in groups]
 
     @property
     def subscriptions(self) -> list[str]:
@@ -91,6 +122,20 @@ class CommandRejected(Exception):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
+
+
+def build_command(command_type: str, body: dict[str, Any], *, to: list[str], issued_at: float, ttl_s: float,
+                  command_id: str | None = None, signing_key: Ed25519PrivateKey | None = None) -> dict[str, Any]:
+    """The contract's command envelope, valid for `ttl_s` seconds from `issued_at` (epoch seconds).
+
+    Signed when given the console's key. Nothing is checked here, so tests can build the commands
+    `check_command` must refuse; `command_id` defaults to a fresh random `cmd-<hex>`.
+    """
+    command = {
+        "v": PROTOCOL_VERSION, "id": command_id or f"cmd-{secrets.token_hex(6)}", "type": command_type,
+        "issued_at": rfc3339(issued_at), "expires_at": rfc3339(issued_at + ttl_s), "to": list(to), "body": body,
+    }
+    return sign_command(command, signing_key) if signing_key is not None else command
 
 
 def identify(payload: bytes) -> tuple[str | None, str | None]:
@@ -207,8 +252,8 @@ def _check_body(command: Command, reject: Callable[[str, str], CommandRejected])
             raise reject(BAD_SCHEMA, f"body.{key}: expected a non-empty string, got {_describe(body.get(key))}")
     if "meeting_id" in required and not COMMAND_ID.match(body["meeting_id"]):
         raise reject(BAD_SCHEMA, "body.meeting_id: expected 1-64 of [A-Za-z0-9_.:-]")
-    if command.type == "meeting.start" and len(body["title"]) > 200:
-        raise reject(BAD_SCHEMA, "body.title: longer than 200 characters")
+    if command.type == "meeting.start" and len(body["title"]) > MAX_TITLE_CHARS:
+        raise reject(BAD_SCHEMA, f"body.title: longer than {MAX_TITLE_CHARS} characters")
 
 
 def media_urls(command: Command, site_id: str) -> dict[str, str]:
@@ -221,7 +266,8 @@ def media_urls(command: Command, site_id: str) -> dict[str, str]:
     }
 
 
-def url_problem(url: str, allowed_hosts: tuple[str, ...]) -> str | None:
+def url_problem(url: str, allowed_hosts: tuple[str, ...] | None) -> str | None:
+    """Why a device would refuse this media URL; `allowed_hosts=None` checks everything but the host list."""
     try:
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
@@ -232,7 +278,7 @@ def url_problem(url: str, allowed_hosts: tuple[str, ...]) -> str | None:
         return f"scheme {parts.scheme or '(none)'!r} is not one of {', '.join(MEDIA_SCHEMES)}"
     if not host:
         return f"{url!r} names no host"
-    if host not in {allowed.lower() for allowed in allowed_hosts}:
+    if allowed_hosts is not None and host not in {allowed.lower() for allowed in allowed_hosts}:
         return f"host {host!r} is not in security.allowed_media_hosts"
     return None
 

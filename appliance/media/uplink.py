@@ -130,6 +130,13 @@ class FfmpegUplink:
             session.join(STOP_GRACE_S + 2.5)
         self.release()
 
+    @property
+    def encoder_pid(self) -> int | None:
+        """The running encoder's process id (for CPU and memory readings), None between meetings."""
+        with self._lock:
+            child = self._session.child if self._session is not None else None
+        return child.pid if child is not None and child.poll() is None else None
+
     def probe(self, seconds: float) -> tuple[bool, str]:
         """Self-test: run the source for `seconds` into nothing and count the frames it encodes."""
         with self._lock:

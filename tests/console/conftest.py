@@ -8,43 +8,23 @@ import getpass
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
+import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from appliance.console.cli import main
+from appliance.console.store import CONSOLE_USERNAME, Store
+from appliance_dev.broker import Mosquitto
 from appliance_dev.localnet import free_port
+from appliance_dev.recorder import MqttRecorder
+from appliance_dev.site_process import DaemonProcess
+from appliance_dev.waiting import stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.03)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
-
-
-def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @dataclass
@@ -62,7 +42,9 @@ class Result:
 class Console:
     home: Path
     port: int = 0
-    processes: list[subprocess.Popen] = field(default_factory=list)
+    broker: Mosquitto | None = None
+    daemons: list[DaemonProcess] = field(default_factory=list)
+    processes: list[subprocess.Popen] = field(default_factory=list)  # other programs, such as `collect`
 
     def run(self, *args: str) -> Result:
         out, err = io.StringIO(), io.StringIO()
@@ -78,65 +60,90 @@ class Console:
         assert result.code == 0, f"{args} exited {result.code}: {result.err}{result.out}"
         return result
 
-    def start_broker(self) -> subprocess.Popen:
-        log = open(self.home / "mosquitto.log", "ab")
-        process = subprocess.Popen(["mosquitto", "-c", str(self.home / "broker" / "mosquitto.conf")],
-                                   stdout=log, stderr=subprocess.STDOUT)
-        self.processes.append(process)
-        wait_for_port(self.port, process)
-        return process
+    def start_broker(self) -> Mosquitto:
+        """The broker as `broker-config` wrote it (TLS, passwords, ACL), run as it is."""
+        self.broker = Mosquitto(self.home / "mosquitto", config=self.home / "broker" / "mosquitto.conf",
+                                port=self.port).start()
+        return self.broker
 
-    def broker_log(self) -> str:
-        path = self.home / "mosquitto.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def start_daemon(self, site: str, tmp: Path) -> subprocess.Popen:
-        """A real `appliance run` with the provisioning file this console wrote for `site`."""
+    def start_daemon(self, site: str, tmp: Path, extra: str = "") -> DaemonProcess:
+        """A real `appliance run` with the provisioning file this console wrote for `site`, and no hardware.
+        `extra` is more TOML for the test's overlay. Not waited for: wait_online() says when it is up."""
         directory = tmp / f"device-{site}"
         self.ok("provision", site, "--out", str(directory / "boot"))
         overlay = directory / "test.toml"
         overlay.write_text(
             f'[broker]\nca_file = "{directory / "boot" / "ca.pem"}"\n'
             '[panel]\nbackend = "mock"\n[camera]\nbackend = "none"\n[display]\nbackend = "none"\n'
-            f'[paths]\nstate_dir = "{directory / "state"}"\ncontrol_socket = "{directory / "control.sock"}"\n'
+            f'[paths]\nstate_dir = "{directory / "state"}"\ncontrol_socket = "{directory / "control.sock"}"\n{extra}'
         )
-        log = open(directory / "daemon.log", "ab")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "run", "--config", str(directory / "boot" / "appliance-site.toml"),
-             "--config", str(overlay)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        self.processes.append(process)
-        return process
+        daemon = DaemonProcess(directory / "boot" / "appliance-site.toml", overlays=[overlay],
+                               log_path=directory / "daemon.log")
+        self.daemons.append(daemon)
+        return daemon.start(wait=False)
+
+    def client(self, *topics: str, username: str | None = None, password: str | None = None,
+               ca_file: Path | None = None, client_id: str | None = None, refused_ok: bool = False) -> MqttRecorder:
+        """An MQTT v5 client of the generated broker, over TLS to `localhost` (the server certificate's name)."""
+        return MqttRecorder(self.port, *topics, host="localhost", username=username, password=password,
+                            tls_ca=str(ca_file or self.home / "ca" / "ca.pem"), client_id=client_id,
+                            refused_ok=refused_ok)
+
+    def console_client(self, *topics: str) -> MqttRecorder:
+        """Logged in as the console, as a plain client (not a collector: it joins no share group)."""
+        store = Store(self.home / "console.db")
+        try:
+            password = store.get_meta("console_credentials")["password"]
+        finally:
+            store.close()
+        return self.client(*topics, username=CONSOLE_USERNAME, password=password)
+
+    def site_client(self, provision_dir: Path, password: str | None = None, refused_ok: bool = False) -> MqttRecorder:
+        """Logged in exactly as the provisioning file in `provision_dir` says (CA taken from beside it)."""
+        config = tomllib.loads((provision_dir / "appliance-site.toml").read_text())
+        broker = config["broker"]
+        return self.client(username=broker["username"], password=broker["password"] if password is None else password,
+                           ca_file=provision_dir / "ca.pem", client_id=f"appliance-{config['site']['id']}",
+                           refused_ok=refused_ok)
+
+    def status_rows(self) -> dict[str, dict]:
+        return {row["site"]: row for row in self.ok("status", "--json").json}
+
+    def wait_status_rows(self, done: Callable[[dict[str, dict]], bool], timeout: float,
+                         describe: Callable[[dict[str, dict]], str]) -> dict[str, dict]:
+        rows: dict[str, dict] = {}
+
+        def matching() -> dict[str, dict] | None:
+            rows.clear()
+            rows.update(self.status_rows())
+            return dict(rows) if done(rows) else None
+
+        return wait_until(matching, timeout, what=lambda: describe(rows), interval=0.1)
 
     def wait_online(self, sites: list[str], timeout: float = 15.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            rows = {row["site"]: row for row in self.ok("status", "--json").json}
-            if all(rows[site]["online"] for site in sites):
-                return rows
-            if time.monotonic() > deadline:
-                raise AssertionError(f"sites not online after {timeout} s: {[s for s in sites if not rows[s]['online']]}")
-            time.sleep(0.2)
-
+        return self.wait_status_rows(lambda rows: all(rows[site]["online"] for site in sites), timeout,
+                                     lambda rows: f"sites online; not: {[s for s in sites if not rows[s]['online']]}")
 
     def wait_states(self, expected: dict[str, str], timeout: float = 5.0) -> dict:
         """Status rows once every site's retained state is as expected (a site that reconnects
         republishes its state, so the broker's view converges rather than being instant)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            rows = {row["site"]: row for row in self.ok("status", "--json").json}
-            if all(rows[site]["state"] == state for site, state in expected.items()):
-                return rows
-            if time.monotonic() > deadline:
-                raise AssertionError(f"states after {timeout} s: { {site: rows[site]['state'] for site in expected} }")
-            time.sleep(0.1)
+        return self.wait_status_rows(lambda rows: all(rows[site]["state"] == state for site, state in expected.items()),
+                                     timeout, lambda rows: f"{expected}; states: { {s: rows[s]['state'] for s in expected} }")
+
+    def stop_all(self) -> None:
+        for process in reversed(self.processes):
+            stop_process(process)
+        for daemon in self.daemons:
+            daemon.stop()
+        if self.broker:
+            self.broker.stop()
 
 
 @pytest.fixture
 def console(tmp_path: Path):
     harness = Console(tmp_path / "home")
     yield harness
-    for process in reversed(harness.processes):
-        stop(process)
+    harness.stop_all()
 
 
 @pytest.fixture

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import signal
-import time
 from pathlib import Path
 
 from appliance.config import load
 from appliance.console.passwords import check_password
-from tests.console.conftest import Console, stop
-from tests.console.mqtt_helpers import Client, site_client
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, group_command_topic, site_topic
+from tests.console.conftest import Console
 
 NOT_AUTHORIZED = 135
+PREFIX = DEFAULT_TOPIC_PREFIX
 
 
 def provision(console: Console, site: str, tmp_path: Path) -> Path:
@@ -24,11 +23,11 @@ def provision(console: Console, site: str, tmp_path: Path) -> Path:
 def test_generated_config_serves_tls_to_the_console_and_a_provisioned_site(fleet_broker: Console, tmp_path: Path) -> None:
     console = fleet_broker
     assert len(console.ok("status", "--json").json) == 25
-    site = site_client(provision(console, "kalibaru", tmp_path), console.port)
+    site = console.site_client(provision(console, "kalibaru", tmp_path))
     try:
         assert site.connack.value == 0
-        assert site.publish("rapat/v1/site/kalibaru/state", json.dumps({"v": 1, "site": "kalibaru", "online": True,
-                                                                        "state": "idle"}), retain=True) < 128
+        state = {"v": 1, "site": "kalibaru", "online": True, "state": "idle"}
+        assert site.publish(site_topic(PREFIX, "kalibaru", "state"), json.dumps(state), retain=True) < 128
     finally:
         site.close()
     row = next(row for row in console.ok("status", "--json").json if row["site"] == "kalibaru")
@@ -37,8 +36,8 @@ def test_generated_config_serves_tls_to_the_console_and_a_provisioned_site(fleet
 
 def test_wrong_or_missing_credentials_are_refused(fleet_broker: Console, tmp_path: Path) -> None:
     prov = provision(fleet_broker, "kalibaru", tmp_path)
-    wrong = site_client(prov, fleet_broker.port, password="not-the-password")
-    anonymous = Client(fleet_broker.port, prov / "ca.pem", None, None)
+    wrong = fleet_broker.site_client(prov, password="not-the-password", refused_ok=True)
+    anonymous = fleet_broker.client(ca_file=prov / "ca.pem", refused_ok=True)
     try:
         assert wrong.connack.is_failure and anonymous.connack.is_failure
     finally:
@@ -48,27 +47,28 @@ def test_wrong_or_missing_credentials_are_refused(fleet_broker: Console, tmp_pat
 
 def test_a_site_cannot_touch_other_sites_or_commands(fleet_broker: Console, tmp_path: Path) -> None:
     console = fleet_broker
-    a = site_client(provision(console, "kalibaru", tmp_path), console.port)
-    b = site_client(provision(console, "muncar", tmp_path), console.port)
+    a = console.site_client(provision(console, "kalibaru", tmp_path))
+    b = console.site_client(provision(console, "muncar", tmp_path))
     try:
         # Publishing to B's topics, to any cmd topic, or outside the tree: refused with a v5 reason code.
-        for topic in ("rapat/v1/site/muncar/state", "rapat/v1/site/muncar/ack", "rapat/v1/site/muncar/cmd",
-                      "rapat/v1/site/kalibaru/cmd", "rapat/v1/group/all/cmd", "rapat/v1/group/kecamatan/cmd",
-                      "rapat/v1/elsewhere"):
+        for topic in (site_topic(PREFIX, "muncar", "state"), site_topic(PREFIX, "muncar", "ack"),
+                      site_topic(PREFIX, "muncar", "cmd"), site_topic(PREFIX, "kalibaru", "cmd"),
+                      group_command_topic(PREFIX, "all"), group_command_topic(PREFIX, "kecamatan"), f"{PREFIX}/elsewhere"):
             assert a.publish(topic, b"{}") == NOT_AUTHORIZED, topic
         for kind in ("state", "ack", "event", "telemetry", "uptime", "selftest"):
-            assert a.publish(f"rapat/v1/site/kalibaru/{kind}", b"{}") < 128, kind  # 0 or 16 "no subscribers"
+            assert a.publish(site_topic(PREFIX, "kalibaru", kind), b"{}") < 128, kind  # 0 or 16 "no subscribers"
 
         # Subscribing to B's topics is granted by mosquitto but delivers nothing...
-        a.subscribe("rapat/v1/site/muncar/#")
-        a.subscribe("rapat/v1/group/kecamatan/cmd")
-        assert b.publish("rapat/v1/site/muncar/state", b'{"v":1}', retain=True) < 128
-        assert b.publish("rapat/v1/site/muncar/ack", b'{"v":1}') < 128
+        a.subscribe(site_topic(PREFIX, "muncar", "#"))
+        a.subscribe(group_command_topic(PREFIX, "kecamatan"))
+        assert b.publish(site_topic(PREFIX, "muncar", "state"), b'{"v":1}', retain=True) < 128
+        assert b.publish(site_topic(PREFIX, "muncar", "ack"), b'{"v":1}') < 128
         console.run("ping", "--sites", "muncar", "--timeout", "0.3")
         # ...while the same subscription to its own group's commands does deliver (so the silence above means something).
         console.run("ping", "--group", "kecamatan", "--timeout", "0.3")
-        received = a.drain(0.5)
-        assert [topic for topic, _ in received] == ["rapat/v1/group/kecamatan/cmd"]
+        # The broker keeps the order: anything of B's would have come before this.
+        a.wait_for(lambda topic, _: topic == group_command_topic(PREFIX, "kecamatan"))
+        assert [message.topic for message in a.messages] == [group_command_topic(PREFIX, "kecamatan")]
     finally:
         a.close()
         b.close()
@@ -77,17 +77,16 @@ def test_a_site_cannot_touch_other_sites_or_commands(fleet_broker: Console, tmp_
 def test_desa_and_kecamatan_read_only_their_own_group(fleet_broker: Console, tmp_path: Path) -> None:
     console = fleet_broker
     console.ok("sites", "add", "tamansari", "--name", "Desa Tamansari", "--kind", "desa")
-    process = console.processes[0]
-    process.send_signal(signal.SIGHUP)  # the config was regenerated by `sites add`; reload it
-    time.sleep(0.3)
-    desa = site_client(provision(console, "tamansari", tmp_path), console.port)
+    console.broker.reload()  # the config was regenerated by `sites add`
+    desa = console.site_client(provision(console, "tamansari", tmp_path))
     try:
         assert desa.connack.value == 0
-        assert desa.subscribe("rapat/v1/group/kecamatan/cmd") in (0, 1)
-        assert desa.subscribe("rapat/v1/group/desa/cmd") in (0, 1)
+        assert desa.subscribe(group_command_topic(PREFIX, "kecamatan")) in (0, 1)
+        assert desa.subscribe(group_command_topic(PREFIX, "desa")) in (0, 1)
         console.run("ping", "--group", "kecamatan", "--timeout", "0.3")
         console.run("ping", "--group", "desa", "--timeout", "0.3")
-        assert [topic for topic, _ in desa.drain(0.5)] == ["rapat/v1/group/desa/cmd"]
+        desa.wait_for(lambda topic, _: topic == group_command_topic(PREFIX, "desa"))  # sent after kecamatan's
+        assert [message.topic for message in desa.messages] == [group_command_topic(PREFIX, "desa")]
     finally:
         desa.close()
 
@@ -100,10 +99,9 @@ def test_rotate_password_updates_the_broker_config(fleet_broker: Console, tmp_pa
     result = console.ok("sites", "rotate-password", "kalibaru")
     assert "updated" in result.out
     assert passwd.read_text() != before
-    console.processes[0].send_signal(signal.SIGHUP)
-    time.sleep(0.3)
-    stale = site_client(old, console.port)
-    fresh = site_client(provision(console, "kalibaru", tmp_path / "new"), console.port)
+    console.broker.reload()
+    stale = console.site_client(old, refused_ok=True)
+    fresh = console.site_client(provision(console, "kalibaru", tmp_path / "new"))
     try:
         assert stale.connack.is_failure
         assert fresh.connack.value == 0
@@ -117,7 +115,7 @@ def test_rotate_password_updates_the_broker_config(fleet_broker: Console, tmp_pa
 
 def test_unreachable_broker_is_reported_and_nothing_is_recorded(fleet_broker: Console) -> None:
     console = fleet_broker
-    stop(console.processes[0])
+    console.broker.stop()
     status = console.run("status")
     assert status.code == 1 and "cannot reach the broker at mqtts://localhost:" in status.err
     start = console.run("meeting", "start", "--title", "T", "--program-url", "rtmp://127.0.0.1/live/p",

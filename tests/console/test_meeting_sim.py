@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -23,14 +21,13 @@ def fleet(fleet_broker: Console, tmp_path: Path):
     sheet = tmp_path / "desa.csv"
     sheet.write_text("id,name,kind\n" + "".join(f"desa-{n:02d},Desa {n},desa\n" for n in range(20)))
     console.ok("sites", "import", str(sheet))
-    console.processes[0].send_signal(signal.SIGHUP)  # reread the passwd and acl the import rewrote
+    console.broker.reload()  # reread the passwd and acl the import rewrote
     ctx = Context(Home(console.home))
     credentials = ctx.store.credentials()
     public_key = ctx.store.get_meta("console_public_key")
     sites = [SimSite(SiteSpec(site.id, site.kind, credentials[site.id][0]), "localhost", console.port,
                      str(ctx.home.ca_cert), public_key, ("127.0.0.1",)) for site in ctx.store.sites()]
     ctx.close()
-    time.sleep(0.3)
     with SimFleet(sites):
         yield console
 

@@ -34,9 +34,11 @@ import pytest
 from appliance.console import records
 from appliance.console.store import Store
 from appliance.core.clock import rfc3339
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, site_topic
 from tests.console.conftest import ROOT, Console
 
 TZ = ZoneInfo("Asia/Jakarta")
+PREFIX = DEFAULT_TOPIC_PREFIX
 AS_OF = "2026-10-09T17:00:00+07:00"
 WORKDAYS = [date(2026, 9, 28) + timedelta(days=n) for n in range(12) if (date(2026, 9, 28) + timedelta(days=n)).weekday() < 5]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -56,18 +58,19 @@ def office_telemetry(db, site: str, days: list[date], skip: tuple[date, int, int
             if skip and day == skip[0] and skip[1] <= n < skip[2]:
                 continue
             at = local(day, 7) + n * 300 + 30
-            feed(db, f"rapat/v1/site/{site}/telemetry", {"v": 1, "site": site, "at": rfc3339(at), "state": "idle"})
+            feed(db, site_topic(PREFIX, site, "telemetry"), {"v": 1, "site": site, "at": rfc3339(at), "state": "idle"})
 
 
 def selftest(db, site: str, at: float, ok: bool) -> None:  # noqa: ANN001
     checks = {"panel": {"ok": None, "detail": ""}, "audio": {"ok": ok, "detail": ""}}
-    feed(db, f"rapat/v1/site/{site}/selftest", {"v": 1, "site": site, "at": rfc3339(at), "ok": ok, "checks": checks})
+    feed(db, site_topic(PREFIX, site, "selftest"), {"v": 1, "site": site, "at": rfc3339(at), "ok": ok, "checks": checks})
 
 
 def meetings(db, site: str, count: int) -> None:  # noqa: ANN001
-    feed(db, f"rapat/v1/site/{site}/uptime", {"v": 1, "site": site, "tz": "Asia/Jakarta", "at": rfc3339(local(WORKDAYS[-1], 16)),
-                                             "days": [{"date": "2026-10-06", "up_s": 30000, "connected_s": 30000,
-                                                       "in_meeting_s": 3600, "meetings_joined": count, "boots": 1}]})
+    feed(db, site_topic(PREFIX, site, "uptime"),
+         {"v": 1, "site": site, "tz": "Asia/Jakarta", "at": rfc3339(local(WORKDAYS[-1], 16)),
+          "days": [{"date": "2026-10-06", "up_s": 30000, "connected_s": 30000,
+                    "in_meeting_s": 3600, "meetings_joined": count, "boots": 1}]})
 
 
 @pytest.fixture

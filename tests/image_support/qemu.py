@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
+
+from appliance_dev.waiting import wait_until
 
 PI_ONLY_ARGUMENTS = re.compile(r"^(console=|quiet$|splash$|plymouth\.)")
 
@@ -38,15 +39,17 @@ def start(image: Path, kernel: Path, initrd: Path, cmdline: str, log: Path) -> s
 
 
 def wait_for(log: Path, pattern: str, process: subprocess.Popen, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """The console log once `pattern` is in it."""
+    def console_when_matched() -> str | None:
         text = log.read_text(errors="replace")
         if re.search(pattern, text):
             return text
         if process.poll() is not None:
             raise AssertionError(f"qemu exited ({process.returncode}) before {pattern!r}:\n{text[-4000:]}")
-        time.sleep(2)
-    raise AssertionError(f"no {pattern!r} within {timeout:.0f}s:\n{log.read_text(errors='replace')[-4000:]}")
+        return None
+
+    return wait_until(console_when_matched, timeout, interval=2,
+                      what=lambda: f"{pattern!r} in the console:\n{log.read_text(errors='replace')[-4000:]}")
 
 
 def stop(process: subprocess.Popen) -> None:

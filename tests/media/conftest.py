@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from appliance.config import load
-from appliance_dev.central_media import RtmpServer, SrtProgram
+from appliance_dev.central_media import RtmpServer, SrtProgram, probe
 
 # Small pictures keep 2 cores free enough for encoder, server and decoder at once.
 WIDTH, HEIGHT, FPS = 320, 180, 15
@@ -54,6 +54,14 @@ class Recorder:
 
     def wait_status(self, kind: str, status: str, timeout: float, after: float = 0.0) -> Any:
         return self.wait_for(lambda e: getattr(e, "kind", None) == kind and e.status == status, timeout, after)
+
+
+def assert_h264_and_aac(url: str) -> None:
+    """What a camera uplink must deliver: H.264 at the configured size, with an AAC track."""
+    seen = probe(url)
+    assert seen["video"].get("codec_name") == "h264", seen
+    assert (seen["video"].get("width"), seen["video"].get("height")) == (WIDTH, HEIGHT)
+    assert seen["audio"].get("codec_name") == "aac", seen
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 from appliance.core.io import HealthReport
 from appliance.media import screens
 from appliance.media.display import VlcDisplay, media_options
+from appliance_dev.waiting import wait_until
 from tests.media.conftest import HEIGHT, KNOWN_RGB, WIDTH
 
 INFO = {"site_name": "Kecamatan Kalibaru", "title": "Musrenbang", "notice": None, "broker_connected": True,
@@ -19,15 +20,6 @@ INFO = {"site_name": "Kecamatan Kalibaru", "title": "Musrenbang", "notice": None
 
 def close_to(rgb, expected, tolerance=24):
     return all(abs(a - b) <= tolerance for a, b in zip(rgb, expected, strict=False))
-
-
-def wait_until(condition, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 @pytest.fixture
@@ -44,8 +36,7 @@ def test_program_frames_reach_the_display(display, recorder, srt_program):
     display.start_program(srt_program.url)
     recorder.wait_status("program", "playing", 10)
     counted = display.sink.frames
-    time.sleep(1.5)
-    assert display.sink.frames - counted >= 10  # new pictures keep arriving, not redraws of one
+    wait_until(lambda: display.sink.frames - counted >= 10, 1.5, what="ten new pictures, not redraws of one")
     picture = display.sink.picture()
     assert picture.size == (WIDTH, HEIGHT)
     assert close_to(picture.getpixel((WIDTH * 3 // 4, HEIGHT * 3 // 4)), KNOWN_RGB), picture.getpixel((240, 135))
@@ -64,18 +55,18 @@ def test_program_lost_shows_reconnecting_and_recovers_without_a_command(display,
     srt_program.stop()
     retry = recorder.wait_status("program", "retrying", 6, after=lost)
     assert "no new frame" in retry.detail or "player" in retry.detail
-    assert wait_until(lambda: display.shown_screen == "program_reconnecting", 2)
-    assert wait_until(lambda: close_to(display.sink.picture().getpixel((5, HEIGHT // 2)),
+    wait_until(lambda: display.shown_screen == "program_reconnecting", 2)
+    wait_until(lambda: close_to(display.sink.picture().getpixel((5, HEIGHT // 2)),
                                        screens.BACKGROUNDS["program_reconnecting"]), 3)
     # Retries probe the source on a hidden player: the message stays on the glass meanwhile.
     for _ in range(10):
-        time.sleep(0.25)
+        time.sleep(0.25)  # deliberate: the screen must stay for a while, which only time shows
         assert close_to(display.sink.picture().getpixel((5, HEIGHT // 2)), screens.BACKGROUNDS["program_reconnecting"])
     assert display.probing or display.status == "retrying"
     back = time.monotonic()
     srt_program.start()
     recorder.wait_status("program", "playing", 30, after=back)
-    assert wait_until(lambda: close_to(display.sink.picture().getpixel((WIDTH * 3 // 4, HEIGHT * 3 // 4)), KNOWN_RGB), 3)
+    wait_until(lambda: close_to(display.sink.picture().getpixel((WIDTH * 3 // 4, HEIGHT * 3 // 4)), KNOWN_RGB), 3)
 
 
 def test_stop_returns_to_the_screen(display, recorder, srt_program):
@@ -85,22 +76,22 @@ def test_stop_returns_to_the_screen(display, recorder, srt_program):
     stopped = time.monotonic()
     display.stop_program()
     recorder.wait_status("program", "idle", 2, after=stopped)
-    assert wait_until(lambda: display.shown_screen == "leaving", 2)
-    assert wait_until(lambda: close_to(display.sink.picture().getpixel((5, HEIGHT // 2)), screens.BACKGROUNDS["leaving"]), 3)
+    wait_until(lambda: display.shown_screen == "leaving", 2)
+    wait_until(lambda: close_to(display.sink.picture().getpixel((5, HEIGHT // 2)), screens.BACKGROUNDS["leaving"]), 3)
 
 
 def test_screens_reach_the_glass(display):
     for name in ("meeting_available", "broker_unreachable", "idle"):
         display.show_screen(name, INFO)
-        assert wait_until(lambda name=name: display.shown_screen == name and close_to(
-            display.sink.picture().getpixel((5, HEIGHT // 2)), screens.BACKGROUNDS[name]), 5), name
+        wait_until(lambda name=name: display.shown_screen == name and close_to(
+            display.sink.picture().getpixel((5, HEIGHT // 2)), screens.BACKGROUNDS[name]), 5, what=name)
 
 
 def test_unreachable_program_is_retried_then_reported(display, recorder):
     display.start_program("srt://127.0.0.1:9")  # nothing listens there
     retry = recorder.wait_status("program", "retrying", 10)
     assert "no picture" in retry.detail
-    assert wait_until(lambda: display.shown_screen == "program_reconnecting", 2)
+    wait_until(lambda: display.shown_screen == "program_reconnecting", 2)
 
 
 def test_srt_query_becomes_vlc_options():

@@ -9,7 +9,6 @@ import glob
 import os
 import shutil
 import subprocess
-import time
 
 import pytest
 from PIL import Image
@@ -18,6 +17,7 @@ from appliance.core.io import HealthReport
 from appliance.media import proc, screens
 from appliance.media.display import VlcDisplay
 from appliance_dev.central_media import SrtProgram
+from appliance_dev.waiting import wait_until
 from tests.media.conftest import KNOWN_RGB
 
 HAS_X11_OUTPUT = bool(glob.glob("/usr/lib/*/vlc/plugins/video_output/libxcb_x11_plugin.so"))
@@ -67,19 +67,19 @@ def test_screens_and_program_in_an_x_window(x_display, make_config, recorder, sr
         health = recorder.wait_for(lambda e: isinstance(e, HealthReport) and e.component == "display", 10)
         assert health.value == "ok" and "x11" in health.detail
         display.show_screen("meeting_available", {"site_name": "Kalibaru", "title": "Musrenbang", "uplink": "idle"})
-        deadline = time.monotonic() + 8
-        while not near(grab(x_display, str(tmp_path / "s.png")).getpixel((4, SIZE[1] // 2)),
-                       screens.BACKGROUNDS["meeting_available"]):
-            assert time.monotonic() < deadline, "the meeting_available screen never reached the window"
-            time.sleep(0.3)
+        wait_until(lambda: near(grab(x_display, str(tmp_path / "s.png")).getpixel((4, SIZE[1] // 2)),
+                                screens.BACKGROUNDS["meeting_available"]), 8, interval=0.3,
+                   what="the meeting_available screen in the window")
         display.start_program(srt_program.url)
         display.show_screen("in_meeting", {"site_name": "Kalibaru", "uplink": "live"})
         recorder.wait_status("program", "playing", 10)
-        deadline = time.monotonic() + 8
         corner = (SIZE[0] * 3 // 4, SIZE[1] * 3 // 4)
-        while not near((picture := grab(x_display, str(tmp_path / "p.png"))).getpixel(corner), KNOWN_RGB):
-            assert time.monotonic() < deadline, "the program never reached the window"
-            time.sleep(0.3)
+
+        def program_in_window() -> Image.Image | None:
+            shot = grab(x_display, str(tmp_path / "p.png"))
+            return shot if near(shot.getpixel(corner), KNOWN_RGB) else None
+
+        picture = wait_until(program_in_window, 8, interval=0.3, what="the program in the window")
         badge = picture.crop((SIZE[0] // 2, 0, SIZE[0], SIZE[1] // 5))
         assert any(r > 150 and g < 60 and b < 60 for _, (r, g, b) in badge.getcolors(maxcolors=1 << 20))
     finally:

@@ -13,8 +13,9 @@ import time
 from appliance.core.io import HealthReport
 from appliance.media.testsrc import TestsrcUplink
 from appliance_dev.central_media import probe
-from appliance_dev.localnet import free_port
-from tests.media.conftest import HEIGHT, WIDTH
+from appliance_dev.localnet import free_port, wait_for_udp_port
+from appliance_dev.waiting import wait_until
+from tests.media.conftest import HEIGHT, WIDTH, assert_h264_and_aac
 
 
 def _uplink(make_config, recorder, **camera):
@@ -28,10 +29,7 @@ def test_join_pushes_h264_and_aac_of_the_configured_size_over_rtmp(make_config, 
     try:
         uplink.start(rtmp_server.url("kalibaru"))
         recorder.wait_status("uplink", "live", 10)
-        seen = probe(rtmp_server.url("kalibaru"))
-        assert seen["video"].get("codec_name") == "h264", seen
-        assert (seen["video"].get("width"), seen["video"].get("height")) == (WIDTH, HEIGHT)
-        assert seen["audio"].get("codec_name") == "aac", seen
+        assert_h264_and_aac(rtmp_server.url("kalibaru"))
         assert recorder.statuses("uplink")[:2] == ["starting", "live"]
         health = [event for _, event in recorder.events if isinstance(event, HealthReport)]
         assert health and health[0].component == "camera" and health[0].value == "ok"
@@ -47,7 +45,7 @@ def test_srt_ingest_carries_the_same_stream(make_config, recorder):
     # The centre's side: ffprobe listening for the site's SRT call.
     listener = threading.Thread(target=lambda: seen.update(probe(url, timeout_s=15, listen=True)))
     listener.start()
-    time.sleep(0.5)
+    wait_for_udp_port(port)
     uplink = _uplink(make_config, recorder)
     try:
         uplink.start(url)
@@ -99,9 +97,7 @@ def test_leave_ends_the_stream_at_the_server_within_2_s(make_config, recorder, r
         assert rtmp_server.publishing("kalibaru")
         stopped = time.monotonic()
         uplink.stop()
-        while rtmp_server.publishing("kalibaru") and time.monotonic() - stopped < 2.0:
-            time.sleep(0.05)
-        assert not rtmp_server.publishing("kalibaru")
+        wait_until(lambda: not rtmp_server.publishing("kalibaru"), 2.0, what="the stream to end at the server")
         recorder.wait_status("uplink", "idle", 2.0, after=stopped)
     finally:
         uplink.close()
@@ -139,10 +135,7 @@ def test_the_pusher_dies_with_a_killed_daemon(make_config, rtmp_server, tmp_path
         assert _alive(pusher)
         daemon.kill()
         daemon.wait(5)
-        deadline = time.monotonic() + 3
-        while _alive(pusher) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(pusher)
+        wait_until(lambda: not _alive(pusher), 3, what="ffmpeg to die with its parent")
     finally:
         daemon.kill()
         if workdir:

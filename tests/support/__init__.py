@@ -1,1 +1,3 @@
-"""Real parts for tests: a Mosquitto broker, daemon processes and an MQTT observer, all on 127.0.0.1."""
+"""Test-only parts: the console's signing key and meeting bodies (site.py), a throw-away CA (pki.py).
+
+The broker, daemon process and MQTT recorder are in appliance_dev, shared with the demo and benchmarks."""
