@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tomllib
 from typing import Any
 
 from appliance import __version__
-from appliance.config import SCHEMA, ConfigError, config_files, file_problems, load
+from appliance.config import REQUIRED, SCHEMA, SIMULATE_BACKENDS, Config, ConfigError, config_files, file_problems, load
 
 EXIT_OK, EXIT_REFUSED, EXIT_CONFIG, EXIT_NO_DAEMON = 0, 1, 2, 3
 
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--simulate", action="store_true",
                      help="mock panel, test-pattern camera, headless display (unless the config names backends)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--wait-for-config", action="store_true",
+                     help="with no valid configuration, show 'not provisioned' on the screen and LED and wait for "
+                          "one instead of exiting 2 (always so under systemd, where NOTIFY_SOCKET is set)")
     check = commands.add_parser("check-config", help="validate configuration files without starting anything")
     check.add_argument("files", nargs="+", metavar="FILE")
     status = command("status", "show the running daemon's state")
@@ -46,28 +50,26 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "run":
-        return _run(args)
+        return _run(args, sys.argv[1:] if argv is None else argv)
     if args.command == "check-config":
         return _check_config(args.files)
     return _local(args)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from appliance.adapters.systemd import setup_logging  # noqa: PLC0415
 
-    paths, _ = config_files(args.config)
-    try:
-        config = load(paths, simulate=args.simulate)
-    except ConfigError as exc:
-        _print_problems(exc.problems)
-        return EXIT_CONFIG
-    problems = file_problems(config)
-    if problems:
+    config, problems = _checked(args.config, args.simulate)
+    if config is None:
         _print_problems(problems)
-        return EXIT_CONFIG
+        # Under systemd an exit would only be restarted into a reboot loop with a dark screen (issue 15).
+        if not (args.wait_for_config or os.environ.get("NOTIFY_SOCKET")):
+            return EXIT_CONFIG
     import logging  # noqa: PLC0415
 
     setup_logging(getattr(logging, args.log_level.upper()))
+    if config is None:
+        return _not_provisioned(args, argv, problems)
     from appliance.daemon import Daemon  # noqa: PLC0415 - keeps `appliance status` light
 
     try:
@@ -76,6 +78,76 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger("appliance").error("cannot start: %s", exc)
         print(f"appliance: cannot start: {exc}", file=sys.stderr)
         return EXIT_REFUSED
+
+
+def _checked(explicit: list[str] | None, simulate: bool) -> tuple[Config | None, list[str]]:
+    """The configuration `appliance run` would use, or None and every problem with it."""
+    paths, _ = config_files(explicit)
+    try:
+        config = load(paths, simulate=simulate)
+    except ConfigError as exc:
+        return None, exc.problems
+    problems = file_problems(config)
+    return (None, problems) if problems else (config, [])
+
+
+def _not_provisioned(args: argparse.Namespace, argv: list[str], problems: list[str]) -> int:
+    """Show "not provisioned" and wait; once the files are valid, become the daemon (same PID for systemd)."""
+    import logging  # noqa: PLC0415
+
+    from appliance.daemon import NotProvisioned  # noqa: PLC0415
+
+    paths, _ = config_files(args.config)
+    try:
+        valid = NotProvisioned(fallback_config(paths, args.simulate), problems,
+                               lambda: _checked(args.config, args.simulate)).run()
+    except OSError as exc:
+        logging.getLogger("appliance").error("cannot start: %s", exc)
+        print(f"appliance: cannot start: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if valid is None:
+        return EXIT_OK  # stopped while waiting
+    # A fresh process for the site, so nothing of the waiting mode lingers (GPIO, libvlc, signal handlers).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "appliance", *argv])
+    return EXIT_REFUSED  # not reached
+
+
+FALLBACK_SECTIONS = ("site", "panel", "display", "paths", "time")
+
+
+def fallback_config(paths: list[str], simulate: bool = False) -> Config:
+    """What the not-provisioned screen needs from files that are not valid as a whole: each key of
+    [site], [panel], [display], [paths] and [time] that is valid on its own (normally the image's
+    /etc/appliance/appliance.toml), the defaults for everything else."""
+    values: dict[str, dict[str, object]] = {
+        section: {key: spec.default for key, spec in keys.items() if spec.default is not REQUIRED}
+        for section, keys in SCHEMA.items()}
+    values["site"]["id"] = ""
+    named: set[tuple[str, str]] = set()
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                document = tomllib.load(handle)
+        except (OSError, tomllib.TOMLDecodeError):
+            continue
+        for section in FALLBACK_SECTIONS:
+            table = document.get(section)
+            if not isinstance(table, dict):
+                continue
+            for key, value in table.items():
+                spec = SCHEMA[section].get(key)
+                if spec is None or not isinstance(value, spec.kind) or (isinstance(value, bool) and spec.kind is not bool):
+                    continue
+                if spec.check is None or spec.check(value) is None:
+                    values[section][key] = value
+                    named.add((section, key))
+    if simulate:
+        for (section, key), value in SIMULATE_BACKENDS.items():
+            if (section, key) not in named:
+                values[section][key] = value
+    return Config(values, {}, list(paths))
 
 
 def _check_config(files: list[str]) -> int:
@@ -138,7 +210,8 @@ def _local(args: argparse.Namespace) -> int:
     if args.command == "status":
         _print_status(reply["status"], args.json)
     elif args.command == "version":
-        print(f"installed: {__version__}\nrunning: {reply['version']} (site {reply['site']})")
+        site = f"site {reply['site']}" if reply.get("site") else "not provisioned"
+        print(f"installed: {__version__}\nrunning: {reply['version']} ({site})")
     elif args.command == "selftest":
         return _print_selftest(reply, args.json)
     else:
@@ -149,6 +222,14 @@ def _local(args: argparse.Namespace) -> int:
 def _print_status(status: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(status, indent=2, ensure_ascii=False))
+        return
+    if status.get("state") == "not_provisioned":
+        rows = [("state", f"not_provisioned since {status['since']}"), ("screen", status["screen"]),
+                ("led", status["led"]), ("version", status["version"]),
+                *(("problem", problem) for problem in status.get("problems", []))]
+        width = max(len(key) for key, _ in rows)
+        for key, value in rows:
+            print(f"{key.ljust(width)}  {value}")
         return
     meeting = status.get("meeting") or {}
     rows = [

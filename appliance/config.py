@@ -15,6 +15,18 @@ from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, SITE_ID, SITE_KINDS, t
 from appliance.core.signing import public_key_from_base64
 
 DEFAULT_FILES = ("/etc/appliance/appliance.toml", "/var/lib/appliance/site.toml")
+# The per-site file comes from the SD card's boot partition, which anyone holding the card can edit:
+# it may set only these keys (None: the whole section); the rest, and any plain mqtt:// broker, only
+# the image's file may set (docs/security.md). There is no [wifi] section yet; if one is added, it is
+# allowed here.
+SITE_FILE = DEFAULT_FILES[1]
+SITE_FILE_KEYS: dict[str, frozenset[str] | None] = {
+    "site": None,
+    "broker": frozenset({"url", "username", "password", "password_file", "ca_file", "client_cert_file",
+                         "client_key_file"}),
+    "security": frozenset({"allowed_media_hosts"}),
+    "wifi": None,
+}
 REQUIRED = object()
 Check = Callable[[Any], str | None]
 
@@ -185,6 +197,8 @@ def load(paths: list[str], simulate: bool = False) -> Config:
         except tomllib.TOMLDecodeError as exc:
             problems.append(f"{path}: not valid TOML ({exc})")
             continue
+        if os.path.abspath(path) == SITE_FILE:
+            problems.extend(site_file_problems(path, document, merged))
         for section, table in document.items():
             if section not in SCHEMA:
                 problems.append(f"{path}: [{section}]: unknown section (known: {', '.join(SCHEMA)})")
@@ -249,6 +263,25 @@ def _cross_checks(config: Config) -> list[str]:
     if tls_files and str(broker.get("url", "")).startswith("mqtt://"):
         problems.append(f"{config.where('broker', tls_files[0])}: broker.{tls_files[0]}: "
                         "TLS files need an mqtts:// broker.url")
+    return problems
+
+
+def site_file_problems(path: str, document: dict[str, Any], image: dict[str, dict[str, Any]]) -> list[str]:
+    """What a site file (boot partition, or the installed copy) may not set: keys outside SITE_FILE_KEYS
+    unless they only repeat `image` (the values read before it, else the defaults), and mqtt://."""
+    problems = []
+    for section, table in document.items():
+        if section not in SCHEMA or not isinstance(table, dict) or SITE_FILE_KEYS.get(section, frozenset()) is None:
+            continue  # unknown sections and non-tables are load()'s problems; None allows the section
+        for key, value in table.items():
+            if key in SCHEMA[section] and key not in SITE_FILE_KEYS.get(section, frozenset()) \
+                    and value != image.get(section, {}).get(key, SCHEMA[section][key].default):
+                problems.append(f"{path}: {section}.{key}: may be set only in the image's {DEFAULT_FILES[0]}, "
+                                "not in the site file")
+    url = document.get("broker", {}).get("url") if isinstance(document.get("broker"), dict) else None
+    if isinstance(url, str) and url.strip().lower().startswith("mqtt://"):
+        problems.append(f"{path}: broker.url: plain mqtt:// (no TLS) is refused in the site file; use mqtts:// "
+                        f"(only the image's {DEFAULT_FILES[0]} may name a plain mqtt:// broker, for a lab)")
     return problems
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -33,8 +32,9 @@ from appliance.adapters.storage import ReplayStore
 from appliance.adapters.systemd import Notifier
 from appliance.config import Config
 from appliance.core import io
-from appliance.core.clock import Clock, SystemClock
+from appliance.core.clock import Clock, SystemClock, rfc3339
 from appliance.core.machine import ApplianceCore, CoreSettings
+from appliance.core.presentation import NOT_PROVISIONED, NOT_PROVISIONED_LED
 from appliance.core.protocol import CommandPolicy
 from appliance.core.signing import public_key_from_base64
 from appliance.core.uptime import UptimeLedger
@@ -108,24 +108,23 @@ class Daemon:
         settings = settings or settings_from(config)
         state_dir = config["paths"]["state_dir"]
         self.replay_store = ReplayStore(state_dir)
-        self.ledger_store = LedgerStore(state_dir)
-        try:
-            self.ledger_store.open()
-            days, ledger_state = self.ledger_store.load()
-        except sqlite3.Error as exc:
-            raise OSError(f"cannot open the uptime ledger {self.ledger_store.path}: {exc}") from exc
-        self.core = ApplianceCore(settings, self.clock, self.replay_store.load(self.clock.wall()),
+        # A full or failing disk never stops start-up: the ledger then lives in memory (health.disk).
+        self.ledger_store = LedgerStore(state_dir, post=post)
+        self.ledger_store.open()
+        days, ledger_state = self.ledger_store.load()
+        self.core = ApplianceCore(settings, self.clock, self.replay_store.load(),
                                   uptime=UptimeLedger(settings.timezone, days, ledger_state))
         self.notifier = Notifier()
         self.panel = (panel or _panel_from_config)(config, post)
         self.camera = self._backend(camera or create_camera, "camera")
         self.display = self._backend(display or create_display, "display")
-        self.probes = (probes or (lambda cfg, post: Probes(cfg, self.camera, post)))(config, post)
+        self.probes = (probes or Probes)(config, post)
         self.mqtt = mqtt(config, post) if mqtt else _mqtt_from_config(config, post, self.core.topics)
         self.control = ControlServer(config["paths"]["control_socket"], post)
         self._clock_synced: bool | None = None
         self._selftest_requests: list[ControlRequest] = []
         self._thread: threading.Thread | None = None
+        self._loop_error: BaseException | None = None  # why a background loop died (strict mode)
         self.debug_hooks = os.environ.get("APPLIANCE_DEBUG_HOOKS") == "1"
         self.effect_handlers: dict[type, Callable[[Any], None]] = {
             io.Publish: lambda e: self.mqtt.publish(e.topic, e.payload, e.retain, e.receipt),
@@ -135,10 +134,11 @@ class Daemon:
             io.StopUplink: lambda e: self.camera and self.camera.stop(),
             io.StartProgram: lambda e: self.display and self.display.start_program(e.url),
             io.StopProgram: lambda e: self.display and self.display.stop_program(),
-            io.RememberCommand: lambda e: self.replay_store.remember(e.command_id, e.expires_at),
+            io.RememberCommand: self._remember_command,
             io.NotifyStatus: lambda e: self.notifier.status(e.text),
             io.SaveUptime: lambda e: self.ledger_store.save(list(e.days), e.state, e.pending, list(e.keep)),
-            io.RunProbes: lambda e: self.probes.run(e.names, e.camera_health),
+            io.RunProbes: lambda e: self.probes.run(e.names),
+            io.ProbeCamera: self._probe_camera,
             io.SelftestDone: self._selftest_done,
             io.Log: lambda e: log.log(logging.getLevelName(e.level.upper()), e.message),
         }
@@ -171,19 +171,32 @@ class Daemon:
     def start(self) -> Daemon:
         """Open everything and run the loop on a background thread; returns once the site is up."""
         self._open()
-        self._thread = threading.Thread(target=self.loop.run, name="appliance-loop", daemon=True)
+        self._thread = threading.Thread(target=self._run_loop, name="appliance-loop", daemon=True)
         self._thread.start()
         self.call(lambda: None)  # the core's start has been handled
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop a daemon that `start()` started: the loop ends, then every adapter is closed."""
+        """Stop a daemon that `start()` started: the loop ends, then every adapter is closed. Raises
+        what killed the loop, if something did (APPLIANCE_STRICT=1 and a missing handler)."""
         if self._thread is None:
             return
         self.loop.stop()
         self._thread.join(timeout)
         self._thread = None
         self._shutdown()
+        self._raise_loop_error()
+
+    def _run_loop(self) -> None:
+        try:
+            self.loop.run()
+        except BaseException as exc:  # kept for the caller's thread: call(), request() and stop() raise it
+            self._loop_error = exc
+            log.exception("the event loop stopped")
+
+    def _raise_loop_error(self) -> None:
+        if self._loop_error is not None:
+            raise RuntimeError("the daemon's event loop died") from self._loop_error
 
     def __enter__(self) -> Daemon:
         return self.start()
@@ -208,8 +221,11 @@ class Daemon:
             done.set()
 
         self.loop.post(on_loop)
-        if not done.wait(timeout):
-            raise TimeoutError(f"the event loop did not answer within {timeout:g} s")
+        while not done.wait(min(timeout, 0.05)):
+            self._raise_loop_error()
+            timeout -= 0.05
+            if timeout <= 0:
+                raise TimeoutError("the event loop did not answer in time")
         if "error" in outcome:
             raise outcome["error"]
         return outcome.get("value")
@@ -218,7 +234,9 @@ class Daemon:
         """What the control socket answers to `body` (e.g. {"cmd": "press"}), without the socket."""
         pending = ControlRequest(body)
         self.loop.post(pending)
-        return pending.wait(timeout)
+        reply = pending.wait(timeout)
+        self._raise_loop_error()
+        return reply
 
     def status(self) -> dict[str, Any]:
         return self.call(self.core.status)
@@ -269,14 +287,33 @@ class Daemon:
             self._execute(self.core.handle(item))
 
     def _execute(self, effects: list[Any]) -> None:
+        answers = []  # events some effects are answered with at once (CommandStored), not via the queue
         for effect in effects:
             handler = self.effect_handlers.get(type(effect))
             if handler is None:
                 raise io.Unhandled(f"the daemon has no handler for effect {type(effect).__name__}")
             try:
-                handler(effect)
+                answer = handler(effect)
             except Exception:  # noqa: BLE001 - one failing adapter must not stop the loop
                 log.exception("effect %s failed", type(effect).__name__)
+                continue
+            if isinstance(answer, io.EVENTS):
+                answers.append(answer)
+        for answer in answers:
+            self._execute(self.core.handle(answer))
+
+    def _remember_command(self, effect: io.RememberCommand) -> io.CommandStored:
+        try:
+            self.replay_store.remember(effect.command_id, effect.expires_at, effect.forget)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not durable": the core refuses the command
+            return io.CommandStored(effect.command_id, False, f"{type(exc).__name__}: {exc}")
+        return io.CommandStored(effect.command_id, True)
+
+    def _probe_camera(self, effect: io.ProbeCamera) -> None:
+        if self.camera is None:  # the core knows it is missing, but answer anyway: the run must end
+            self.loop.post(io.SelftestCheckDone("camera", {"ok": False, "detail": "no camera backend"}))
+        else:
+            self.camera.run_probe(effect.seconds)
 
     def _selftest_done(self, effect: io.SelftestDone) -> None:
         waiting, self._selftest_requests = self._selftest_requests, []
@@ -333,3 +370,130 @@ class Daemon:
 
         # Answer once the release has been handled, so the caller sees the state it caused.
         self.loop.call_later(seconds + 0.05, lambda: self.loop.post(answer))
+
+
+# --- Not provisioned: no valid configuration, so no site to run --------------------------------------
+NOT_PROVISIONED_RECHECK_S = 5.0
+ConfigCheck = Callable[[], tuple[Config | None, list[str]]]
+
+
+class NotProvisioned:
+    """What `appliance run` does under systemd when the configuration is missing or invalid (a new
+    card, a site file never accepted): instead of exiting 2, for the unit to restart it five times and
+    reboot, forever, with a dark screen (issue 15, finding 3), it shows the person at the site what to
+    do and waits.
+
+    The not-provisioned screen with the first problems (the boot partition's rejected site file first,
+    from provision-error.txt, then the configuration's own), the LED double-blinking, READY=1 and a
+    STATUS= for systemd, watchdog pings, and `appliance status` on the control socket. Every
+    `recheck_s` it asks `check` again; `run()` returns the configuration once it is valid (the caller
+    then starts the real daemon), or None when stopped by SIGTERM/SIGINT.
+
+    `fallback` is the image's own panel, display, paths and time settings, each key only if valid (the
+    CLI builds it): the screen and the LED work wherever the image's defaults allow. No core runs here:
+    there is no site, so the screen and the LED below are all there is to decide.
+    """
+
+    def __init__(self, fallback: Config, problems: list[str], check: ConfigCheck, *,
+                 recheck_s: float = NOT_PROVISIONED_RECHECK_S, panel: Factory | None = None,
+                 display: Factory | None = None) -> None:
+        self.fallback = fallback
+        self.check = check
+        self.recheck_s = recheck_s
+        self.loop = EventLoop(self._dispatch)
+        self.notifier = Notifier()
+        self.since = time.time()
+        self.problems: list[str] = []
+        self.valid: Config | None = None
+        self.panel = (panel or _panel_from_config)(fallback, self.loop.post)
+        try:
+            self.display = (display or create_display)(fallback, self.loop.post)
+        except BackendUnavailable as exc:
+            log.error("display: %s", exc)
+            self.display = None
+        self.control = ControlServer(fallback["paths"]["control_socket"], self.loop.post)
+        self._update(problems)
+
+    def run(self) -> Config | None:
+        self.control.open()
+        handlers = {signum: signal.signal(signum, lambda *_: self.loop.stop()) for signum in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.panel.open()
+            self.panel.show(NOT_PROVISIONED_LED)
+            if self.display is not None:
+                self.display.open()
+                self._show()
+            self.loop.call_every(self.recheck_s, self._recheck)
+            if self.notifier.watchdog_interval_s:
+                self.loop.call_every(self.notifier.watchdog_interval_s, self.notifier.watchdog)
+            self.notifier.ready()
+            self.notifier.status(self._status_line())
+            log.error("not provisioned; showing it on the screen and the LED, and checking the configuration "
+                      "again every %g s", self.recheck_s)
+            self.loop.run()
+        finally:
+            if self.valid is None:
+                self.notifier.stopping()  # with a valid configuration the same process goes on as the site
+            if self.display is not None:
+                self.display.close()
+            self.panel.close()
+            self.control.close()
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+        return self.valid
+
+    def status(self) -> dict[str, Any]:
+        return {"site": None, "state": NOT_PROVISIONED, "since": rfc3339(self.since), "screen": NOT_PROVISIONED,
+                "led": NOT_PROVISIONED_LED.name, "version": __version__, "broker_connected": False,
+                "problems": list(self.problems)}
+
+    def _problems_with(self, problems: list[str]) -> list[str]:
+        rejected = read_provision_error(self.fallback["paths"]["state_dir"])
+        return [*rejected[1:], *problems]  # rejected[0] only says that the site file was rejected
+
+    def _update(self, problems: list[str]) -> bool:
+        combined = self._problems_with(problems)
+        if combined == self.problems:
+            return False
+        self.problems = combined
+        return True
+
+    def _status_line(self) -> str:
+        first = self.problems[0] if self.problems else "no configuration"
+        return f"not provisioned: {first}"[:200]
+
+    def _show(self) -> None:
+        if self.display is not None:
+            site = self.fallback["site"]
+            self.display.show_screen(NOT_PROVISIONED, {"problems": list(self.problems),
+                                                       "site_name": site["name"] or site["id"]})
+
+    def _recheck(self) -> None:
+        config, problems = self.check()
+        if config is not None:
+            log.info("the configuration is valid now; starting the site")
+            self.valid = config
+            self.loop.stop()
+            return
+        if self._update(problems):
+            for problem in self.problems:
+                log.error("%s", problem)
+            self._show()
+            self.notifier.status(self._status_line())
+
+    def _dispatch(self, item: Any) -> None:
+        if isinstance(item, ControlRequest):
+            self._control(item)
+        elif isinstance(item, io.HealthReport) and item.value in ("missing", "error"):
+            log.error("%s is %s: %s", item.component, item.value, item.detail)
+        # Everything else (button edges, the display's program status) changes nothing: there is no site.
+
+    def _control(self, request: ControlRequest) -> None:
+        command = request.body["cmd"]
+        if command == "status":
+            request.reply({"ok": True, "status": self.status()})
+        elif command == "version":
+            request.reply({"ok": True, "version": __version__, "site": None})
+        else:
+            request.reply({"ok": False, "error": f"{self._status_line()} (fix the configuration; "
+                                                 "check it with appliance check-config)"})

@@ -72,17 +72,7 @@ class EventLoop:
                 self._running = False
                 break
             if item is not None:
-                try:
-                    if callable(item):
-                        item()
-                    else:
-                        self._dispatch(item)
-                except Unhandled:
-                    if self.strict:
-                        raise  # a programming error: in tests it must fail loudly, not scroll past in a log
-                    log.exception("no handler for %r; the loop goes on", type(item).__name__)
-                except Exception:  # noqa: BLE001 - one bad event must not take the site offline
-                    log.exception("handling %r failed; the loop goes on", type(item).__name__)
+                self._guarded(item if callable(item) else lambda item=item: self._dispatch(item), item)
             self._run_due()
 
     def _timeout(self) -> float | None:
@@ -94,14 +84,25 @@ class EventLoop:
             return None
         return max(0.0, min(deadlines) - self._monotonic())
 
+    def _guarded(self, work: Callable[[], None], what: object) -> None:
+        """Events and timers alike: a failure is logged and the loop goes on (the site stays up)."""
+        try:
+            work()
+        except Unhandled:
+            if self.strict:
+                raise  # a programming error: in tests it must fail loudly, not scroll past in a log
+            log.exception("no handler for %r; the loop goes on", type(what).__name__)
+        except Exception:  # noqa: BLE001 - one bad event must not take the site offline
+            log.exception("handling %r failed; the loop goes on", type(what).__name__)
+
     def _run_due(self) -> None:
         now = self._monotonic()
         while self._timers and self._timers[0][0] <= now:
             _, _, callback = heapq.heappop(self._timers)
-            callback()
+            self._guarded(callback, callback)
         core_deadline = self._deadline_source()
         if core_deadline is not None and core_deadline <= self._monotonic():
-            self._on_deadline()
+            self._guarded(self._on_deadline, "deadline")
 
 
 _STOP = object()

@@ -2,15 +2,23 @@
 
 `python -m appliance.provision [--boot-file PATH] [--target PATH] [--set-hostname]`
 
-A valid site file is installed atomically as the target (mode 0600: it may hold the broker
-password), owned by the daemon's user, and the original is renamed to `<name>.applied` so the next
-boot does not apply it again. An invalid one changes nothing: the previous configuration stays,
-the file stays where it is for the technician to fix, and the reasons go to stderr (the unit sends
-that to the journal and the HDMI console) and to `provision-error.txt` next to the target, where
-the daemon's display can show them. A `ca.pem` beside the site file (appliance-console writes one)
-is installed next to the target first, so a site file whose `broker.ca_file` points there is valid.
-Every run also sets the hostname to `rapat-<site id>` from the installed file, because a read-only
-root forgets /etc/hostname at each boot.
+The boot partition is FAT: anyone holding the SD card can edit it. So a site file may set only
+`site.*`, the broker's address (mqtts:// only) and credentials, its CA and client certificate, and
+`security.allowed_media_hosts` (appliance.config.SITE_FILE_KEYS); everything else, above all
+`security.*` and `paths.*`, comes only from the image's /etc/appliance/appliance.toml, and a site
+file that tries to change it is rejected. A `ca.pem` beside it (appliance-console writes one) must
+be a CA certificate; it is installed next to the target first (0644), so a site file whose
+`broker.ca_file` points there is valid. See docs/security.md.
+
+A valid site file is installed atomically as the target, owned by root with the daemon's group
+and mode 0640 (it holds the broker password; the daemon may read it, not change it), and the
+original is renamed to `<name>.applied` with the broker password removed, so the next boot does
+not apply it again and the card no longer carries the secret. An invalid one changes nothing: the
+previous configuration stays, the file stays where it is for the technician to fix, and the reasons
+go to stderr (the unit sends that to the journal and the HDMI console) and to `provision-error.txt`
+next to the target, where the daemon's display can show them. Every run also sets the hostname to
+`rapat-<site id>` from the installed file, because a read-only root forgets /etc/hostname at each
+boot.
 
 Exit codes: 0 applied or nothing to apply, 2 invalid site file, 1 could not write.
 """
@@ -18,12 +26,18 @@ Exit codes: 0 applied or nothing to apply, 2 invalid site file, 1 could not writ
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import pwd
+import re
 import socket
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
+from typing import Any
+
+from cryptography import x509
 
 from appliance import config as appliance_config
 
@@ -34,37 +48,110 @@ ERROR_NAME = "provision-error.txt"
 CA_NAME = "ca.pem"
 HOSTNAME_PREFIX = "rapat-"
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+SITE_FILE_MODE = 0o640
+HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$",
+                       re.IGNORECASE)
+PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----", re.DOTALL)
+PASSWORD_LINE = re.compile(r"^\s*(broker\s*\.\s*)?password\s*=")
+PASSWORD_REMOVED = "# password removed from the boot partition after provisioning (the device keeps it)"
+CONTENT_REMOVED = ("# This site file was applied. Its contents were removed from the boot partition because\n"
+                   "# they held the broker password; the device keeps them in /var/lib/appliance/site.toml.\n")
 
 
 def log(message: str) -> None:
     print(f"appliance-provision: {message}", file=sys.stderr, flush=True)
 
 
-def validate(boot_file: Path, base_file: Path,
-             arriving: tuple[Path, ...] = ()) -> tuple[appliance_config.Config | None, list[str]]:
-    """Check the site file the way the daemon will load it: on top of the image's defaults.
+def _toml(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None  # appliance_config.load says why
 
-    `arriving` are files this run installs next to it (the CA), so they need not exist yet.
-    """
+
+def ca_problem(path: Path) -> str | None:
+    """Why `path` is not a CA file: it must hold PEM certificates, each a CA (BasicConstraints ca=True)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    try:
+        # One by one: x509.load_pem_x509_certificates is newer than the cryptography 38 we accept.
+        certificates = [x509.load_pem_x509_certificate(block) for block in PEM_CERTIFICATE.findall(data)]
+    except ValueError:
+        certificates = []
+    if not certificates:
+        return "is not a PEM certificate (expected the fleet's CA certificate from the centre)"
+    for certificate in certificates:
+        try:
+            constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            constraints = None
+        if constraints is None or not constraints.ca:
+            return (f"holds a certificate that is not a CA certificate ({certificate.subject.rfc4514_string()}); "
+                    "expected the fleet's CA, not a server certificate")
+    return None
+
+
+def boot_file_problems(boot_file: Path, document: dict[str, Any], base_file: Path,
+                       boot_ca: Path | None, installed_ca: Path) -> list[str]:
+    """What the boot partition may not do, on top of the daemon's own checks (docs/security.md)."""
+    image = (_toml(base_file) or {}) if base_file.exists() else {}
+    problems = appliance_config.site_file_problems(str(boot_file), document, image)
+    security = document.get("security")
+    hosts = security.get("allowed_media_hosts") if isinstance(security, dict) else None
+    for host in hosts if isinstance(hosts, list) else ():
+        if isinstance(host, str) and host and not _plain_host(host):
+            problems.append(f"{boot_file}: security.allowed_media_hosts: {host!r} is not a plain host name "
+                            "(no scheme, port, path or wildcard)")
+    if boot_ca is not None and (problem := ca_problem(boot_ca)):
+        problems.append(f"{boot_ca}: {problem}")
+    broker = document.get("broker")
+    ca_file = broker.get("ca_file") if isinstance(broker, dict) else None
+    if isinstance(ca_file, str) and ca_file and Path(ca_file).exists() \
+            and not (boot_ca is not None and Path(ca_file) == installed_ca) and (problem := ca_problem(Path(ca_file))):
+        problems.append(f"{boot_file}: broker.ca_file: {ca_file} {problem}")
+    return problems
+
+
+def _plain_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return bool(HOST_NAME.match(host))
+    return True
+
+
+def validate(boot_file: Path, base_file: Path, boot_ca: Path | None = None,
+             installed_ca: Path | None = None) -> tuple[appliance_config.Config | None, list[str]]:
+    """Check the site file the way the daemon will load it (on top of the image's defaults), and
+    what the boot partition may set. `boot_ca`, if given, arrives as `installed_ca` in this run, so
+    that file need not exist yet."""
+    document = _toml(boot_file)
+    problems = [] if document is None else boot_file_problems(
+        boot_file, document, base_file, boot_ca, installed_ca or boot_file.with_name(CA_NAME))
     paths = [str(base_file)] if base_file.exists() else []
     paths.append(str(boot_file))
     try:
         loaded = appliance_config.load(paths)
     except appliance_config.ConfigError as exc:
-        return None, exc.problems
-    problems = [problem for problem in appliance_config.file_problems(loaded)
-                if not any(f" {path} " in problem for path in arriving)]
+        return None, problems + exc.problems
+    arriving = (installed_ca,) if boot_ca is not None else ()
+    problems += [problem for problem in appliance_config.file_problems(loaded)
+                 if not any(f" {path} " in problem for path in arriving)]
     return (None, problems) if problems else (loaded, [])
 
 
 def _owner(user: str | None) -> tuple[int, int] | None:
-    if not user:
+    """root and the daemon user's group, when run as root and that user exists."""
+    if not user or os.geteuid() != 0:
         return None
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
         return None
-    return entry.pw_uid, entry.pw_gid
+    return 0, entry.pw_gid
 
 
 def atomic_write(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> None:
@@ -97,12 +184,54 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def secure_installed(target: Path, owner: tuple[int, int] | None) -> None:
+    """An installed file from an older version (owned by the daemon's user, 0600) becomes root's."""
+    if owner is None or not target.exists():
+        return
+    info = target.stat()
+    if (info.st_uid, info.st_gid) != owner:
+        os.chown(target, *owner)
+    if info.st_mode & 0o7777 != SITE_FILE_MODE:
+        os.chmod(target, SITE_FILE_MODE)
+
+
+def redact(text: str) -> str:
+    """The site file without its broker password (line by line; the whole text if that is not enough)."""
+    redacted = "\n".join(PASSWORD_REMOVED if PASSWORD_LINE.match(line) else line for line in text.split("\n"))
+    try:
+        broker = tomllib.loads(redacted).get("broker")
+    except tomllib.TOMLDecodeError:
+        return CONTENT_REMOVED
+    return CONTENT_REMOVED if isinstance(broker, dict) and "password" in broker else redacted
+
+
+def scrub_applied(applied: Path) -> bool:
+    """Remove the broker password from an applied site file, in place: FAT overwrites the same
+    clusters, so the secret does not stay in free space (the card's flash may still keep old copies).
+    Not via a temporary file: FAT refuses chmod, and the file must never hold an applicable copy
+    without the password under the boot file's own name."""
+    data = applied.read_bytes()
+    text = data.decode("utf-8", errors="surrogateescape")
+    redacted = redact(text)
+    if redacted == text:
+        return False
+    new = redacted.encode("utf-8", errors="surrogateescape")
+    with open(applied, "r+b") as handle:
+        handle.write(new + b"\n" * max(0, len(data) - len(new)))
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.truncate(len(new))
+        os.fsync(handle.fileno())
+    return True
+
+
 def install(boot_file: Path, target: Path, owner: tuple[int, int] | None) -> Path:
-    atomic_write(target, boot_file.read_bytes(), 0o600, owner)
+    atomic_write(target, boot_file.read_bytes(), SITE_FILE_MODE, owner)
     applied = boot_file.with_name(boot_file.name + ".applied")
     os.replace(boot_file, applied)
     # FAT has no journal; make the rename durable before the technician pulls the power.
     _fsync_dir(boot_file.parent)
+    scrub_applied(applied)
     return applied
 
 
@@ -145,8 +274,15 @@ def provision(boot_file: Path, target: Path, base_file: Path, etc: Path, set_hos
     owner = _owner(user)
     status = EXIT_OK
     boot_ca, installed_ca = boot_file.with_name(CA_NAME), target.parent / CA_NAME
+    leftover = boot_file.with_name(boot_file.name + ".applied")
+    try:
+        if leftover.exists() and scrub_applied(leftover):
+            log(f"removed the broker password from {leftover}")
+    except OSError as exc:
+        log(f"could not remove the broker password from {leftover}: {exc}")
+    secure_installed(target, owner)
     if boot_file.exists():
-        _, problems = validate(boot_file, base_file, (installed_ca,) if boot_ca.exists() else ())
+        _, problems = validate(boot_file, base_file, boot_ca if boot_ca.exists() else None, installed_ca)
         if problems:
             error_file = write_error(target, [f"site file rejected, previous configuration kept: {boot_file}"]
                                      + problems, owner)
@@ -156,11 +292,11 @@ def provision(boot_file: Path, target: Path, base_file: Path, etc: Path, set_hos
             status = EXIT_INVALID
         else:
             if boot_ca.exists():
-                # The console's CA travels beside the site file; it is public, so 0644.
-                atomic_write(installed_ca, boot_ca.read_bytes(), 0o644, owner)
+                # The console's CA travels beside the site file; it is public, so 0644, and root's.
+                atomic_write(installed_ca, boot_ca.read_bytes(), 0o644, None)
             applied = install(boot_file, target, owner)
             (target.parent / ERROR_NAME).unlink(missing_ok=True)
-            log(f"installed {boot_file} as {target}; original renamed to {applied.name}")
+            log(f"installed {boot_file} as {target}; original renamed to {applied.name}, without the password")
     else:
         log(f"no new site file at {boot_file}")
     site_id = installed_site_id(target, base_file)
@@ -177,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=Path, default=Path(TARGET), help="where the daemon reads the site file")
     parser.add_argument("--base", type=Path, default=Path(BASE_FILE), help="image-wide defaults it is layered on")
     parser.add_argument("--etc", type=Path, default=Path("/etc"), help="directory with hostname and hosts")
-    parser.add_argument("--user", default="appliance", help="owner of the installed file (if that user exists)")
+    parser.add_argument("--user", default="appliance",
+                        help="the daemon's user: its group may read the installed file (run as root, user exists)")
     parser.add_argument("--set-hostname", action="store_true", help="also set the running system's hostname")
     args = parser.parse_args(argv)
     try:

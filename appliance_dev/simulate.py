@@ -21,11 +21,37 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from appliance.console.fleet import no_delay
+from appliance.console.store import site_username
 from appliance.core.clock import SystemClock
-from appliance.core.io import BrokerConnected, MessageReceived, Publish
+from appliance.core.io import (
+    BrokerConnected,
+    CommandStored,
+    Log,
+    MessageReceived,
+    NotifyStatus,
+    ProbeCamera,
+    Publish,
+    RememberCommand,
+    RunProbes,
+    SaveUptime,
+    SelftestCheckDone,
+    SelftestDone,
+    SetLed,
+    ShowScreen,
+    StartProgram,
+    StartUplink,
+    StopProgram,
+    StopUplink,
+    Unhandled,
+)
 from appliance.core.machine import ApplianceCore, CoreSettings
 from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, CommandPolicy, Topics
 from appliance.core.signing import public_key_from_base64
+
+# What a site without panel, screen, media, disk or systemd simply does not do.
+IGNORED_EFFECTS = (SetLed, ShowScreen, StartUplink, StopUplink, StartProgram, StopProgram, NotifyStatus, SaveUptime,
+                   SelftestDone, Log)
+NO_HARDWARE = {"ok": None, "detail": "simulated site: no hardware"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +71,7 @@ class SimSite:
         self.core = ApplianceCore(CoreSettings(spec.id, spec.kind, policy, version="sim"), SystemClock())
         self.ready = False
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"appliance-{spec.id}", protocol=mqtt.MQTTv5)
-        client.username_pw_set(spec.id, spec.password)
+        client.username_pw_set(site_username(spec.id), spec.password)  # as `provision` writes it
         client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
         client.will_set(self.topics.state, json.dumps({"v": 1, "site": spec.id, "online": False, "state": "offline"}),
                         qos=1, retain=True)
@@ -59,22 +85,42 @@ class SimSite:
     def connect(self) -> None:
         self.client.connect(self.host, self.port, keepalive=60)
 
-    def _run(self, effects: list) -> None:
+    def perform(self, effects: list) -> list:
+        """Carry out the core's effects as a site with no hardware would; returns the publishes'
+        MQTTMessageInfo. Every effect type is named here: a new one fails loudly (io.Unhandled)."""
+        infos, answers = [], []
         for effect in effects:
             if isinstance(effect, Publish):
-                self.client.publish(effect.topic, json.dumps(effect.payload), qos=1, retain=effect.retain)
+                infos.append(self.client.publish(effect.topic, json.dumps(effect.payload), qos=1, retain=effect.retain))
+            elif isinstance(effect, RememberCommand):
+                answers.append(CommandStored(effect.command_id, True))  # no disk: "stored" at once
+            elif isinstance(effect, RunProbes):
+                answers += [SelftestCheckDone(name, NO_HARDWARE) for name in effect.names]
+            elif isinstance(effect, ProbeCamera):
+                answers.append(SelftestCheckDone("camera", NO_HARDWARE))
+            elif not isinstance(effect, IGNORED_EFFECTS):
+                raise Unhandled(f"a simulated site has no handler for effect {type(effect).__name__}")
+        for answer in answers:
+            infos += self.perform(self.core.handle(answer))
+        return infos
+
+    def tick(self) -> None:
+        """Fire the core's deadlines (button hold, join timeout, self-test waits), as the loop would."""
+        deadline = self.core.next_deadline()
+        if deadline is not None and deadline <= self.core.clock.monotonic():
+            self.perform(self.core.tick())
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         if reason_code.is_failure:
             return
         client.subscribe([(topic, 1) for topic in self.topics.subscriptions])
-        self._run(self.core.start() + self.core.handle(BrokerConnected()))
+        self.perform(self.core.start() + self.core.handle(BrokerConnected()))
 
     def _on_message(self, client, userdata, message) -> None:  # noqa: ANN001
         if message.payload.startswith(b"ECHO"):
             client.publish(self.topics.ack, b'{"echo":' + message.payload[4:] + b"}", qos=1)
             return
-        self._run(self.core.handle(MessageReceived(message.topic, message.payload, bool(message.retain))))
+        self.perform(self.core.handle(MessageReceived(message.topic, message.payload, bool(message.retain))))
 
 
 class SimFleet:
@@ -119,6 +165,7 @@ class SimFleet:
             if time.monotonic() >= next_misc:
                 next_misc = time.monotonic() + 1.0
                 for site in self.sites:
+                    site.tick()
                     site.client.loop_misc()
                     if site.client.want_write():
                         site.client.loop_write()

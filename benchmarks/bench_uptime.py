@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import os
 import sqlite3
 import subprocess
@@ -133,11 +132,9 @@ class TelemetryFleet(SimFleet):
                 for index, site in enumerate(self.sites):
                     if now >= due[index]:
                         due[index] += self.interval
-                        for effect in site.core.handle(io.TelemetryDue({"load1": 0.1, "throttled": None})):
-                            if isinstance(effect, io.Publish):
-                                info = site.client.publish(effect.topic, json.dumps(effect.payload), qos=1)
-                                self.unacked.add((site.spec.id, info.mid))
-                                self.sent += 1
+                        for info in site.perform(site.core.handle(io.TelemetryDue({"load1": 0.1, "throttled": None}))):
+                            self.unacked.add((site.spec.id, info.mid))
+                            self.sent += 1
                         touched.add(site)
             for site in touched:
                 if site.client.want_write():

@@ -214,7 +214,7 @@ def install_system(root: Path, repo: Path, defaults: Path | None, read_only: boo
     for kind in ("sysusers.d", "tmpfiles.d"):
         for conf in (units / kind).glob("*.conf"):
             _install(conf, root / "usr/lib" / kind / conf.name, 0o644)
-    for doc in ("technician.md", "image.md"):
+    for doc in ("technician.md", "image.md", "security.md"):
         if (repo / "docs" / doc).exists():
             _install(repo / "docs" / doc, root / "usr/share/doc/rapat-appliance" / doc, 0o644)
     # A bare file name is looked up in the image's sysusers.d/tmpfiles.d; user names resolve there too.

@@ -38,8 +38,22 @@ def make_core(*, camera: bool = False, display: bool = False, clock: FakeClock |
 def command(core: ApplianceCore, command_type: str, body: dict[str, Any] | None = None, **kwargs: Any) -> tuple[dict, list]:
     """Send a signed command at the core's own time; return its ack and all effects."""
     signed = KEY.command(command_type, body, issued_at=core.clock.wall(), **kwargs)
-    effects = core.handle(io.MessageReceived(core.topics.cmd, json.dumps(signed).encode()))
+    effects = receive(core, json.dumps(signed).encode())
     return ack_of(effects), effects
+
+
+def receive(core: ApplianceCore, payload: bytes, stored: bool = True) -> list:
+    """A message on the command topic, with the replay id saved (or, stored=False, failing to be
+    saved) as the daemon answers RememberCommand: at once, before anything else."""
+    return answer_storage(core, core.handle(io.MessageReceived(core.topics.cmd, payload)), stored)
+
+
+def answer_storage(core: ApplianceCore, effects: list, stored: bool = True) -> list:
+    for effect in list(effects):
+        if isinstance(effect, io.RememberCommand):
+            detail = "" if stored else "OSError: [Errno 28] No space left on device"
+            effects += answer_storage(core, core.handle(io.CommandStored(effect.command_id, stored, detail)), stored)
+    return effects
 
 
 def announce(core: ApplianceCore, meeting_id: str = "m1", auto_join: bool = False) -> dict:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import threading
 from pathlib import Path
 
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+from appliance.adapters import control
 from appliance.adapters.panel import Panel
 from appliance.adapters.storage import ReplayStore, write_atomic
 from appliance.adapters.systemd import Notifier
@@ -58,27 +61,45 @@ def test_atomic_write_leaves_old_or_new(tmp_path: Path) -> None:
     assert [p.name for p in target.parent.iterdir()] == ["file.json"]  # no temporary left behind
 
 
-def test_replay_store_survives_torn_lines_and_compacts(tmp_path: Path) -> None:
-    now = [1000.0]
-    store = ReplayStore(str(tmp_path), clock=lambda: now[0])
-    assert store.load(now[0]) == {}
+def test_replay_store_survives_torn_lines_and_compacts_what_the_core_forgot(tmp_path: Path) -> None:
+    store = ReplayStore(str(tmp_path))
+    assert store.load() == {}
     store.remember("a", 1500.0)
     store.remember("b", 1100.0)
     store.close()
     with open(store.path, "ab") as handle:
-        handle.write(b"c 15")  # a power cut mid-line; loads as "c" expiring at 15, i.e. already gone
-    reopened = ReplayStore(str(tmp_path), clock=lambda: now[0])
-    assert reopened.load(now[0]) == {"a": 1500.0, "b": 1100.0}
-    now[0] = 1200.0
+        handle.write(b"c 15")  # a power cut mid-line
+    reopened = ReplayStore(str(tmp_path))
+    assert reopened.load() == {"a": 1500.0, "b": 1100.0, "c": 15.0}  # the core decides what has expired
     for index in range(600):
-        reopened.remember(f"x{index}", 1201.0 + index)
-    now[0] = 1250.0
+        reopened.remember(f"x{index}", 1201.0 + index, forget=(f"x{index - 1}",) if index else ("b", "c"))
     reopened.remember("last", 5000.0)
     reopened.close()
     lines = store.path.read_text().splitlines()
-    assert len(lines) < 650  # compacted at least once: expired ids were dropped
-    final = ReplayStore(str(tmp_path)).load(1250.0)
-    assert final["a"] == 1500.0 and final["last"] == 5000.0 and "b" not in final and "x10" not in final
+    assert len(lines) < 600  # compacted at least once: forgotten ids were dropped
+    final = ReplayStore(str(tmp_path)).load()
+    # What the core forgot before the last compaction is gone; what it forgot since is on lines the
+    # next compaction drops (loading it again is harmless: the core forgets it again).
+    assert final["a"] == 1500.0 and final["x599"] == 1800.0 and final["last"] == 5000.0
+    assert "b" not in final and "c" not in final and "x10" not in final
+
+
+def test_replay_store_that_cannot_write_takes_nothing_and_rewrites_next_time(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    store = ReplayStore(str(tmp_path))
+    store.load()
+    store.remember("a", 1500.0)
+    real_fdatasync = os.fdatasync
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fdatasync", disk_full)
+    with pytest.raises(OSError):
+        store.remember("b", 1600.0)
+    monkeypatch.setattr(os, "fdatasync", real_fdatasync)
+    store.remember("c", 1700.0)
+    store.close()
+    assert ReplayStore(str(tmp_path)).load() == {"a": 1500.0, "c": 1700.0}  # "b" was refused, so it is not kept
 
 
 def test_panel_button_edges_and_led_pattern_on_mock_pins() -> None:
@@ -158,3 +179,48 @@ def test_event_loop_survives_a_failing_event_and_runs_timers() -> None:
     loop.call_later(0.1, loop.stop)
     loop.run()
     assert handled == ["next", "timer"]
+
+
+def _ask(path: str, line: bytes) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(5)
+        client.connect(path)
+        client.sendall(line)
+        return json.loads(client.makefile("rb").readline())
+
+
+def test_control_server_busy_when_every_slot_waits_and_late_replies_are_dropped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(control, "MAX_CLIENTS", 2)
+    monkeypatch.setattr(control, "REPLY_TIMEOUT_S", 2.0)
+    held: list[control.ControlRequest] = []  # the "loop" holds requests unanswered until `answer_now`
+    answer_now: list[bool] = []
+
+    def post(request: control.ControlRequest) -> None:
+        if answer_now:
+            request.reply({"ok": True, "cmd": request.body["cmd"]})
+        else:
+            held.append(request)
+
+    server = control.ControlServer(str(tmp_path / "control.sock"), post)
+    server.open()
+    try:
+        waiting = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
+        for client in waiting:
+            client.connect(server.path)
+            client.sendall(b'{"cmd": "status"}\n')
+        wait_until(lambda: len(held) == 2, 2, what="both requests posted")
+        assert _ask(server.path, b'{"cmd": "status"}\n') == {"ok": False, "error": "busy"}
+        for client in waiting:  # the loop's reply is overdue: answered all the same
+            client.settimeout(5)
+            assert json.loads(client.makefile("rb").readline())["error"] == "the daemon did not answer in time"
+            client.close()
+        for request in held:  # too late, from another thread, twice: ignored, nothing breaks
+            late = threading.Thread(target=lambda request=request: [request.reply({"ok": True}) for _ in range(2)])
+            late.start()
+            late.join()
+        answer_now.append(True)
+        assert _ask(server.path, b'{"cmd": "version"}\n') == {"ok": True, "cmd": "version"}
+    finally:
+        server.close()
+    assert not os.path.exists(server.path)

@@ -63,6 +63,21 @@ CASES = {  # case name: (expected code, payload maker)
         "meeting.start", {**meeting_body(), "ingest_url": "file:///etc/passwd"})),
     "invalid_state": ("invalid_state", lambda key: key.command("join")),
 }
+# Media URLs that passed Python's forgiving parse while ffmpeg and VLC get the raw text (issue 15):
+# ffmpeg wrote " rtmp://..." to a local file, and a NUL crashed the uplink.
+HOSTILE_URLS = {
+    "leading_space": ("ingest_url", " rtmp://127.0.0.1/live/{site}"),
+    "nul": ("ingest_url", "rtmp://127.0.0.1/live/{site}\x00"),
+    "tab": ("ingest_url", "rtmp://127.0.0.1/li\tve/{site}"),
+    "newline": ("program_url", "srt://127.0.0.1:9000\n"),
+    "control": ("program_url", "\x1bsrt://127.0.0.1:9000"),
+    "non_ascii": ("ingest_url", "rtmp://127.0.0.1/live/{site}\u00e9"),
+    "srt_listener": ("ingest_url", "srt://127.0.0.1:9000?mode=listener"),
+    "srt_listener_program": ("program_url", "srt://127.0.0.1:9000?streamid=read:p&mode=listener"),
+    "rtmp_listen": ("ingest_url", "rtmp://127.0.0.1/live/{site}?listen=1"),
+    "rtsp_push": ("ingest_url", "rtsp://127.0.0.1/live/{site}"),
+    "http_push": ("ingest_url", "http://127.0.0.1/live/{site}"),
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -82,6 +97,62 @@ def test_error_code_is_acked_and_daemon_keeps_serving(running: tuple, console_ke
     send(observer, ping)
     good = observer.ack_for(ping["id"], SITE)
     assert good["ok"] is True and good["type"] == "ping"
+    assert daemon.alive()
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_URLS))
+def test_hostile_media_url_is_refused_naming_the_field(running: tuple, console_key: ConsoleKey, name: str) -> None:
+    _, daemon, observer = running
+    field, url = HOSTILE_URLS[name]
+    command = console_key.command("meeting.start", {**meeting_body(auto_join=True), field: url})
+    ack = observer.ack_for(command["id"], SITE, after=send(observer, command))
+    assert ack["error"]["code"] == "url_not_allowed"
+    assert ack["error"]["message"].startswith(f"body.{field}: "), ack
+    assert daemon.status()["state"] == "idle" and daemon.alive()
+
+
+def one_ack_each(broker: Mosquitto, console_key: ConsoleKey, payloads: list[bytes]) -> list[dict]:
+    """Send `payloads`, then a ping; once the ping is answered, each payload must have had one ack, no more.
+
+    Its own broker and recorder, on the ack topic only: the module's recorder (on `rapat/v1/#`) also
+    receives commands, and one nested 990 deep is too deep for its JSON decoder on paho's thread."""
+    observer = MqttRecorder(broker.port, TOPICS.ack)
+    try:
+        for payload in payloads:
+            observer.publish_nowait(TOPICS.cmd, payload)
+        ping = console_key.command("ping", to=[SITE])
+        observer.publish(TOPICS.cmd, json.dumps(ping))
+        observer.ack_for(ping["id"], SITE)
+        acks = [p for _, p, _ in observer.messages if p.get("id") != ping["id"]]
+    finally:
+        observer.close()
+    assert len(acks) == len(payloads), acks
+    return acks
+
+
+def test_990_deep_array_in_an_unknown_key_gets_one_ack(start_site, broker: Mosquitto, console_key: ConsoleKey) -> None:
+    """At 990 levels it raised RecursionError while re-encoding the command for the signature check, so
+    no ack at all. Where parsing stops and re-encoding fails depends on the daemon's own stack depth:
+    every depth around it is sent, each must be answered `bad_json`."""
+    daemon = start_site(SITE)
+    commands = {depth: console_key.command("ping", to=[SITE]) for depth in range(940, 1001, 2)}
+    payloads = [(json.dumps(command)[:-1] + ', "extra": ' + "[" * depth + "]" * depth + "}").encode()
+                for depth, command in commands.items()]
+    acks = one_ack_each(broker, console_key, payloads)
+    assert {ack["error"]["code"] for ack in acks} == {"bad_json"}, acks
+    named = {ack["id"] for ack in acks} - {None}  # too deep to parse at all: the ack cannot name it
+    assert named <= {command["id"] for command in commands.values()}
+    assert daemon.alive()
+
+
+def test_lone_surrogate_type_gets_one_ack(start_site, broker: Mosquitto, console_key: ConsoleKey) -> None:
+    """`"type": "\\ud800"` made the ack impossible to encode as UTF-8: no ack at all."""
+    daemon = start_site(SITE)
+    command = console_key.command("ping", to=[SITE])
+    payload = json.dumps({**command, "type": "\ud800"}).encode()  # the JSON escape, as a console could send it
+    [ack] = one_ack_each(broker, console_key, [payload])
+    assert ack["id"] == command["id"] and ack["type"] is None, ack
+    assert ack["ok"] is False and ack["error"]["code"] == "unknown_type", ack
     assert daemon.alive()
 
 

@@ -174,18 +174,6 @@ def test_reconnect_republishes_state_and_counts() -> None:
     assert telemetry["mqtt_reconnects"] == 1 and telemetry["load1"] == 0.1 and telemetry["state"] == IDLE
 
 
-def test_replay_memory_survives_and_expires() -> None:
-    core, clock = make_core()
-    ack, effects = command(core, "ping", command_id="once", ttl_s=60)
-    remembered = [e for e in effects if isinstance(e, io.RememberCommand)][0]
-    saved = {remembered.command_id: remembered.expires_at}
-    restarted, _ = make_core(clock=clock, replay=saved)
-    assert command(restarted, "ping", command_id="once", ttl_s=60)[0]["error"]["code"] == "replayed"
-    clock.advance(120)
-    fresh, _ = make_core(clock=clock, replay=saved)
-    assert "once" not in fresh.replay_memory()
-
-
 def test_led_pattern_shapes() -> None:
     assert led.SLOW_BLINK.period_s == pytest.approx(1.0)  # 1 Hz
     assert led.BLIP.period_s == pytest.approx(3.0)

@@ -36,14 +36,15 @@ def test_unattended_run_measures_the_broker_round_trip_and_publishes_a_retained_
     assert ack["ok"] is True
     started = [p for p in published(effects, "/event") if p["type"] == "selftest.started"]
     assert started and started[0]["interactive"] is False
-    receipts = [e.receipt for e in of_type(effects, io.Publish) if e.topic.endswith("/event")]
-    assert st.BROKER_RECEIPT in receipts
-    assert of_type(effects, io.RunProbes)[0].names == ("clock", "power", "disk", "audio")  # camera disabled
+    receipt = core.selftest.receipt
+    assert receipt in [e.receipt for e in of_type(effects, io.Publish) if e.topic.endswith("/event")]
+    assert of_type(effects, io.RunProbes)[0].names == ("clock", "power", "disk", "audio")
+    assert not of_type(effects, io.ProbeCamera)  # camera disabled
     card = of_type(effects, io.ShowScreen)[-1]
     assert card.screen == "selftest" and card.info["card"] is True  # the display check's test card
     assert core.status()["selftest"] == {"interactive": False, "waiting_press": False}
     clock.advance(0.012)
-    assert not published(core.handle(io.PublishAcked(st.BROKER_RECEIPT)), "/selftest")
+    assert not published(core.handle(io.PublishAcked(receipt)), "/selftest")
     effects = answer_probes(core, effects)
     result = published(effects, "/selftest")
     assert len(result) == 1 and of_type(effects, io.Publish)[-1].retain is True
@@ -89,8 +90,13 @@ def test_every_wait_has_a_deadline_a_missing_press_and_a_silent_broker_fail() ->
     effects = core.tick()
     report = published(effects, "/selftest")[0]
     assert report["checks"]["panel"] == st.result(False, "no press within 30 s")
-    late = core.handle(io.PublishAcked(st.BROKER_RECEIPT))  # an answer after the timeout changes nothing
+    late = core.handle(io.PublishAcked(f"{st.BROKER_RECEIPT}.1"))  # an answer after the timeout changes nothing
     assert not published(late, "/selftest")
+    core.local("selftest")  # the next run: the first run's late PUBACK must not pass its broker check
+    core.handle(io.PublishAcked(f"{st.BROKER_RECEIPT}.1"))
+    assert "broker" not in core.selftest.checks
+    core.handle(io.PublishAcked(core.selftest.receipt))
+    assert core.selftest.checks["broker"]["ok"] is True
 
 
 def test_offline_the_broker_check_fails_at_once_and_names_why() -> None:
@@ -104,7 +110,7 @@ def test_offline_the_broker_check_fails_at_once_and_names_why() -> None:
 def test_a_broker_that_refuses_the_test_message_fails_the_broker_check() -> None:
     core, _ = make_core()
     core.local("selftest")
-    core.handle(io.PublishDenied(core.topics.event, "Not authorized", st.BROKER_RECEIPT))
+    core.handle(io.PublishDenied(core.topics.event, "Not authorized", core.selftest.receipt))
     assert core.selftest.checks["broker"]["ok"] is False and "Not authorized" in core.selftest.checks["broker"]["detail"]
 
 
@@ -115,12 +121,65 @@ def test_one_run_at_a_time_and_none_during_a_meeting() -> None:
     assert not second.ok and "already running" in second.message
     ack, _ = command(core, "selftest")
     assert ack["error"]["code"] == "invalid_state" and "already running" in ack["error"]["message"]
+    in_meeting, _ = make_core()
+    announce(in_meeting)
+    command(in_meeting, "join")
+    ack, effects = command(in_meeting, "selftest")
+    assert ack["error"]["code"] == "invalid_state" and "not during a meeting" in ack["error"]["message"]
+    assert not of_type(effects, io.RunProbes)
+
+
+def test_a_meeting_ends_a_running_selftest_and_keeps_the_screen_and_the_button() -> None:
+    core, clock = make_core()
+    announce(core)
+    core.local("selftest", interactive=True)
+    assert core.status()["led"] == "test"
+    ack, effects = command(core, "join")
+    assert ack["ok"] and core.state == "in_meeting"
+    report = published(effects, "/selftest")[0]
+    assert report["checks"]["panel"] == st.result(None, "not finished: the site joined a meeting")
+    assert core.selftest is None and of_type(effects, io.SelftestDone)
+    assert core.status()["screen"] == "in_meeting" and core.status()["led"] == "on"
+    effects = core.handle(io.ButtonDown())
+    clock.advance(3.5)
+    effects += core.tick()
+    assert "button.hold" in events(effects)  # a hold leaves the meeting again, it is not eaten by a test
+
+
+def test_a_probe_that_never_answers_fails_and_the_run_still_ends() -> None:
+    core, clock = make_core(camera=True)
+    effects = core.local("selftest").effects
+    assert of_type(effects, io.ProbeCamera)[0].seconds == st.CAMERA_PROBE_S
+    core.handle(io.PublishAcked(core.selftest.receipt))
+    clock.advance(st.PROBES_TIMEOUT_S)
+    report = published(core.tick(), "/selftest")[0]
+    assert report["checks"]["camera"] == st.result(False, "the probe gave no answer within 30 s")
+    assert report["checks"]["disk"]["ok"] is False and core.selftest is None
+
+
+def test_a_camera_known_to_be_missing_fails_without_a_probe() -> None:
+    core, _ = make_core(camera=True)
+    core.handle(io.HealthReport("camera", "missing", "no /dev/video0"))
+    effects = core.local("selftest").effects
+    assert not of_type(effects, io.ProbeCamera)
+    assert core.selftest.checks["camera"] == st.result(False, "camera is missing")
+
+
+def test_a_press_begun_before_the_test_does_not_pass_the_panel_check() -> None:
+    core, clock = make_core()
+    core.handle(io.ButtonDown())
+    core.local("selftest", interactive=True)
+    core.handle(io.ButtonUp())
+    assert "panel" not in core.selftest.checks
+    core.handle(io.ButtonDown())
+    core.handle(io.ButtonUp())
+    assert core.selftest.checks["panel"]["ok"] is True
 
 
 def test_a_meeting_announced_while_the_result_shows_takes_the_screen() -> None:
     core, clock = make_core()
     answer_probes(core, core.local("selftest").effects)
-    core.handle(io.PublishAcked(st.BROKER_RECEIPT))
+    core.handle(io.PublishAcked(core.selftest.receipt))
     assert core.status()["screen"] == "selftest"
     announce(core)
     assert core.state == MEETING_AVAILABLE and core.status()["screen"] == MEETING_AVAILABLE

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,28 @@ def test_the_daemon_handles_every_effect_the_core_can_give(config) -> None:  # n
     daemon.ledger_store.close()
 
 
+def test_an_unknown_event_in_a_started_daemon_fails_the_caller_loudly(config) -> None:  # noqa: ANN001
+    @dataclass(frozen=True)
+    class Teleported:
+        pass
+
+    daemon = Daemon.without_broker(config).start()
+    assert daemon.loop.strict  # the test suite runs with APPLIANCE_STRICT=1
+    daemon.post(Teleported())
+    with pytest.raises(RuntimeError, match="event loop died") as raised:
+        daemon.call(lambda: None, timeout=5)
+    assert isinstance(raised.value.__cause__, io.Unhandled)
+    with pytest.raises(RuntimeError):
+        daemon.stop()
+
+
+def test_the_ledger_saves_from_the_loop_thread_of_a_started_daemon(config) -> None:  # noqa: ANN001
+    with Daemon.without_broker(config) as daemon:
+        daemon.call(lambda: daemon.post(io.CheckpointDue()))
+        days = daemon.call(lambda: daemon.ledger_store.load()[0])
+    assert days and days[0].boots == 1
+
+
 def test_a_missing_handler_fails_loudly_when_strict_and_is_logged_otherwise(caplog) -> None:  # noqa: ANN001
     def dispatch(item: object) -> None:
         raise io.Unhandled(f"no handler for {item!r}")
@@ -80,6 +103,7 @@ def test_a_missing_handler_fails_loudly_when_strict_and_is_logged_otherwise(capl
 
     lenient = EventLoop(dispatch, strict=False)
     lenient.post("mystery")
+    lenient.call_later(0.0, lambda: dispatch("a timer"))  # timers are guarded like events
     lenient.call_later(0.01, lenient.stop)
     started = time.monotonic()
     with caplog.at_level(logging.ERROR):

@@ -18,10 +18,12 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, site_topic
+from appliance_dev.localnet import free_port
 from tests.image_support import inspect, qemu, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -348,7 +350,11 @@ needs_arm64 = pytest.mark.skipif(bool(_slow_missing), reason=f"missing {', '.joi
                                                              "(Debian packages debootstrap qemu-user-static)")
 APT_FOR_TESTS = "python3-systemd"  # from Debian; python3-picamera2 exists only in the Raspberry Pi archive
 GOOD_SITE = '[site]\nid = "kalibaru"\nkind = "kecamatan"\n[broker]\nurl = "mqtts://broker.example:8883"\n' \
-            'password = "s3cret"\n[security]\nallow_unsigned = true\n'
+            'password = "s3cret"\n'
+# A lab image: what a site file may not set (a plain mqtt:// broker, unsigned commands, no hardware)
+# comes from the image's own defaults, as it would for a bench-top test image.
+LAB_DEFAULTS = '[broker]\nurl = "mqtt://10.0.2.2:{port}"\n[security]\nallow_unsigned = true\n' \
+               '[panel]\nbackend = "mock"\n[camera]\nbackend = "none"\n[display]\nbackend = "none"\n'
 BAD_SITE = GOOD_SITE.replace('id = "kalibaru"', 'id = "Kali Baru!"')
 
 
@@ -360,10 +366,14 @@ def real_images(tmp_path_factory, snapshot) -> dict[str, Path]:
     subprocess.run(["xz", "-T0", "-0", str(image)], check=True)  # the official image comes as .img.xz
     base = work / "base.img.xz"
     sha = synthetic.sha256(base)
-    outs = {}
+    broker_port = free_port()  # the booted image's broker, chosen now because it is baked into the defaults
+    defaults = work / "lab-defaults.toml"
+    defaults.write_text(LAB_DEFAULTS.format(port=broker_port))
+    outs: dict[str, Any] = {"broker_port": broker_port}
     for kind in ("a", "b"):
         out = tmp_path_factory.mktemp(f"real-out-{kind}")
-        result = build(base, sha, out, "--read-only-root", "--apt-packages", APT_FOR_TESTS, tool=snapshot)
+        result = build(base, sha, out, "--read-only-root", "--apt-packages", APT_FOR_TESTS, "--defaults", str(defaults),
+                       tool=snapshot)
         assert result.returncode == 0, result.stderr[-3000:]
         outs[kind] = out
     return outs
@@ -423,8 +433,9 @@ def test_provisioning_flow_in_the_arm64_chroot(real_images, tmp_path: Path) -> N
         assert good.returncode == 0, good.stderr
         assert installed.read_text() == GOOD_SITE
         info = installed.stat()
-        assert (info.st_mode & 0o777, info.st_uid, info.st_gid) == (0o600, uid, gid)
-        assert (root / "boot/firmware/appliance-site.toml.applied").read_text() == GOOD_SITE
+        assert (info.st_mode & 0o777, info.st_uid, info.st_gid) == (0o640, 0, gid)  # the daemon reads, root writes
+        applied = (root / "boot/firmware/appliance-site.toml.applied").read_text()
+        assert "s3cret" not in applied and 'id = "kalibaru"' in applied
         assert not site_file.exists()
         assert (root / "etc/hostname").read_text() == "rapat-kalibaru\n"
         assert "127.0.1.1\trapat-kalibaru" in (root / "etc/hosts").read_text()
@@ -474,7 +485,7 @@ def test_booted_image_reaches_ready_and_connects_to_the_broker(real_images, tmp_
     from appliance_dev.broker import Mosquitto
 
     out = real_images["a"]
-    broker = Mosquitto(tmp_path / "broker").start()
+    broker = Mosquitto(tmp_path / "broker", port=real_images["broker_port"]).start()
     try:
         with inspect.opened(out / f"{NAME}.img.xz", tmp_path) as image:
             kernel = next(image.root.glob("boot/vmlinuz-*"))
@@ -485,9 +496,9 @@ def test_booted_image_reaches_ready_and_connects_to_the_broker(real_images, tmp_
         disk = image.image
         site = tmp_path / "appliance-site.toml"
         # 10.0.2.2 is the build machine as seen from qemu's user network.
-        site.write_text(f'[site]\nid = "qemu-site"\nkind = "desa"\n[broker]\nurl = "mqtt://10.0.2.2:{broker.port}"\n'
-                        '[security]\nallow_unsigned = true\n[panel]\nbackend = "mock"\n[camera]\nbackend = "none"\n'
-                        '[display]\nbackend = "none"\n')
+        # The site file names only the site: the lab image's defaults name the broker (10.0.2.2 is the
+        # build machine as seen from qemu's user network) and the rest a site file may not set.
+        site.write_text('[site]\nid = "qemu-site"\nkind = "desa"\n')
         subprocess.run(["mcopy", "-i", f"{disk}@@{image.partitions[0]['start'] * 512}", str(site), "::/"], check=True)
         state_topic = site_topic(DEFAULT_TOPIC_PREFIX, "qemu-site", "state")
         state = subprocess.Popen(["mosquitto_sub", "-p", str(broker.port), "-t", state_topic,

@@ -79,15 +79,33 @@ def test_verify_catches_a_broken_unit(verify_root: Path) -> None:
 
 
 @needs_systemd_analyze
-def test_daemon_security_score_holds_threshold() -> None:
+@pytest.mark.parametrize("unit", [unit.name for unit in SERVICES])
+def test_security_score_holds_threshold(unit: str) -> None:
     # --threshold takes the score times ten (0-100); the command fails above it.
     result = subprocess.run(["systemd-analyze", "security", "--offline=true",
                              f"--threshold={int(SECURITY_THRESHOLD * 10)}",
-                             str(UNITS / "appliance.service")], capture_output=True, text=True)
-    score = re.search(r"Overall exposure level for appliance.service: ([0-9.]+)", result.stdout)
+                             str(UNITS / unit)], capture_output=True, text=True)
+    score = re.search(rf"Overall exposure level for {re.escape(unit)}: ([0-9.]+)", result.stdout)
     assert score, result.stdout + result.stderr
     assert float(score.group(1)) <= SECURITY_THRESHOLD
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("unit", [unit.name for unit in SERVICES])
+def test_units_keep_their_mounts_private(unit: str) -> None:
+    assert unit_values(UNITS / unit, "Service", "PrivateMounts") == ["yes"]
+
+
+def test_provision_unit_keeps_what_provisioning_needs() -> None:
+    """Root with three capabilities: chown (root:appliance site file), writing into the daemon's 0750
+    state directory, sethostname(); the boot partition, /etc and the state directory writable."""
+    unit = UNITS / "appliance-provision.service"
+    assert unit_values(unit, "Service", "User") == []
+    assert unit_values(unit, "Service", "CapabilityBoundingSet") == ["CAP_CHOWN CAP_DAC_OVERRIDE CAP_SYS_ADMIN"]
+    assert unit_values(unit, "Service", "ProtectHostname") == []  # it sets the hostname
+    assert "sethostname" in unit_values(unit, "Service", "SystemCallFilter")[0].split()
+    assert unit_values(unit, "Service", "ReadWritePaths") == ["/etc /var/lib/appliance /boot/firmware"]
+    assert unit_values(unit, "Service", "PrivateDevices") == ["yes"]  # it touches no hardware
 
 
 def test_daemon_unit_keeps_hardware_access() -> None:

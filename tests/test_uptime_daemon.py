@@ -42,7 +42,8 @@ def test_telemetry_has_the_contract_fields_and_no_invented_values(start_site, ob
     start_site(SITE, extra="[telemetry]\ninterval_s = 5\n")
     _, telemetry = observer.wait_for(lambda t, p: t.endswith(f"/{SITE}/telemetry"), timeout=10)
     assert set(telemetry) == {"v", "site", "at", "uptime_s", "system_uptime_s", "boot_id", "mqtt_reconnects", "state",
-                              "cpu_temp_c", "load1", "mem_available_mb", "disk_free_mb", "throttled"}
+                              "disk", "cpu_temp_c", "load1", "mem_available_mb", "disk_free_mb", "throttled"}
+    assert telemetry["disk"] == "ok"  # the state directory takes the ledger's saves (see test_uptime_disk.py)
     # Whatever this machine exposes, exactly that: null where it says nothing.
     assert telemetry["throttled"] == sysinfo.throttled()
     assert (telemetry["cpu_temp_c"] is None) == (sysinfo.cpu_temp_c() is None)

@@ -19,6 +19,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from appliance.core.backoff import Backoff
 from appliance.core.io import BrokerConnected, BrokerDisconnected, MessageReceived, PublishAcked, PublishDenied
@@ -29,10 +30,24 @@ log = logging.getLogger(__name__)
 # Commands sent while a site reboots are still delivered (they carry their own expiry).
 SESSION_EXPIRY_S = 3600
 MAX_QUEUED_MESSAGES = 1000
+# MQTT v5 Maximum Packet Size, sent in CONNECT: the broker must not deliver a bigger packet to us (mosquitto
+# drops it for this client; the sender gets no ack from the site). Commands are at most 16 KiB, so anything
+# up to this size still arrives and is answered `too_large`; without it an 8 MiB publish was read whole
+# into memory (peak RSS +16 to +28 MB). The same value as the console broker's `max_packet_size`.
+MAX_PACKET_BYTES = 64 * 1024
+# Retain As Published: the broker keeps the retain flag of a command published retained while we are
+# subscribed (by default it clears it), so the core can refuse it as `retained_command`.
+COMMAND_SUBSCRIPTION = SubscribeOptions(qos=1, retainAsPublished=True)
 
 
 def encode(payload: dict[str, Any]) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """Compact UTF-8 JSON. A string UTF-8 cannot carry (a lone surrogate, e.g. from a hostile command's
+    `\\ud800`) is sent as a JSON escape instead: the message, typically an ack, must still go out."""
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(payload, separators=(",", ":")).encode("ascii")
 
 
 def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
@@ -133,6 +148,7 @@ class MqttLink:
     def _run(self) -> None:
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        properties.MaximumPacketSize = MAX_PACKET_BYTES
         while not self._stop.is_set():
             try:
                 self.client.connect(self.host, self.port, self.keepalive, clean_start=False, properties=properties)
@@ -155,7 +171,7 @@ class MqttLink:
             self._post(BrokerDisconnected(f"{self.url} refused the session: {reason}"))
             return
         self._backoff.reset()
-        client.subscribe([(topic, 1) for topic in self.topics.subscriptions])
+        client.subscribe([(topic, COMMAND_SUBSCRIPTION) for topic in self.topics.subscriptions])
         self._post(BrokerConnected())
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any) -> None:

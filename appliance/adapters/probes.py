@@ -95,23 +95,6 @@ def check_audio(device: str, run: Callable[..., Any] = subprocess.run) -> Result
     return result(True, f"{AUDIO_CAPTURE_S} s capture from {device}, peak {peak}")
 
 
-def check_camera(backend: str, camera: Any, health: str) -> Result:
-    if backend == "none":
-        return result(None, "disabled (camera.backend = none)")
-    if camera is None:
-        return result(False, f"camera backend {backend} unavailable ({health})")
-    probe = getattr(camera, "probe", None)
-    if callable(probe):  # a backend that can start its encoder briefly and count frames
-        ok, detail = probe(5.0)
-        return result(bool(ok), str(detail))
-    problem = camera.check() if callable(getattr(camera, "check", None)) else None
-    if problem:
-        return result(False, problem)
-    if health != "ok":
-        return result(False, f"camera health is {health}")
-    return result(True, f"{backend} present; frames not checked (this backend has no probe)")
-
-
 def timed(fn: Callable[[], Result]) -> Result:
     started = time.monotonic()
     try:
@@ -123,22 +106,19 @@ def timed(fn: Callable[[], Result]) -> Result:
 
 
 class Probes:
-    """Runs the probes a self-test asks for; `camera` is the camera backend (None when it has none)."""
+    """Runs the probes a self-test asks for (the camera probes itself: see FfmpegUplink.run_probe)."""
 
-    def __init__(self, config: Any, camera: Any, post: Callable[[Any], None]) -> None:
+    def __init__(self, config: Any, post: Callable[[Any], None]) -> None:
         self.state_dir = config["paths"]["state_dir"]
-        self.camera_backend = config["camera"]["backend"]
         self.audio_device = config["camera"]["audio_device"]
-        self.camera = camera
         self._post = post
 
-    def run(self, names: tuple[str, ...], camera_health: str) -> None:
+    def run(self, names: tuple[str, ...]) -> None:
         """Loop thread: start the worker and return at once."""
         probes: dict[str, Callable[[], Result]] = {
             "clock": lambda: check_clock(sysinfo.clock_synced()),
             "power": lambda: check_power(sysinfo.throttled()),
             "disk": lambda: check_disk(self.state_dir, sysinfo.disk_free_mb(self.state_dir)),
-            "camera": lambda: check_camera(self.camera_backend, self.camera, camera_health),
             "audio": lambda: check_audio(self.audio_device),
         }
         unknown = set(names) - set(probes)

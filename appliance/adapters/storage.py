@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -46,14 +44,16 @@ class ReplayStore:
     expired lines. A line torn by a power cut is skipped on load.
     """
 
-    def __init__(self, state_dir: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, state_dir: str) -> None:
         self.path = Path(state_dir) / "accepted-commands.log"
-        self._clock = clock
+        self._torn = False
         self._live: dict[str, float] = {}
         self._lines = 0
         self._handle: BinaryIO | None = None
 
-    def load(self, now: float) -> dict[str, float]:
+    def load(self) -> dict[str, float]:
+        """Every remembered id with its expiry: the core decides which have expired (it trusts the
+        wall clock only when it is synchronised), so nothing is dropped here."""
         self._live, self._lines = {}, 0
         try:
             text = self.path.read_text(encoding="utf-8", errors="replace")
@@ -70,31 +70,39 @@ class ReplayStore:
                 expires_at = float(expiry)
             except ValueError:
                 continue
-            if command_id and expires_at > now:
+            if command_id:
                 self._live[command_id] = expires_at
         return dict(self._live)
 
-    def remember(self, command_id: str, expires_at: float) -> None:
+    def remember(self, command_id: str, expires_at: float, forget: tuple[str, ...] = ()) -> None:
+        """Put `command_id` on disk (raise OSError if it cannot be) and drop the ids the core forgot."""
+        for old in forget:
+            self._live.pop(old, None)
         self._live[command_id] = expires_at
-        if self._lines > 2 * len(self._live) + 256:
-            now = self._clock()
-            self._live = {key: value for key, value in self._live.items() if value > now}
-            if self._lines > 2 * len(self._live) + 256:
+        try:
+            if self._torn or self._lines > 2 * len(self._live) + 256:
                 self._compact()
                 return
-        if self._handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.path, "ab")
-        self._handle.write(f"{command_id} {expires_at:.3f}\n".encode())
-        self._handle.flush()
-        os.fdatasync(self._handle.fileno())
-        self._lines += 1
+            if self._handle is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._handle = open(self.path, "ab", buffering=0)  # noqa: SIM115 - kept open between commands
+            self._handle.write(f"{command_id} {expires_at:.3f}\n".encode())
+            os.fdatasync(self._handle.fileno())
+            self._lines += 1
+        except BaseException:
+            # Not durable, so not taken: the core refuses the command. A half-written line may now
+            # end the file, so the next save rewrites the whole journal instead of appending to it.
+            del self._live[command_id]
+            self._torn = True
+            self.close()
+            raise
 
     def _compact(self) -> None:
         self.close()
         body = "".join(f"{key} {value:.3f}\n" for key, value in self._live.items())
         write_atomic(self.path, body.encode("utf-8"))
         self._lines = len(self._live)
+        self._torn = False
 
     def close(self) -> None:
         if self._handle is not None:

@@ -56,8 +56,17 @@ def check_hosts(hosts: list[str], option: str = "--media-host") -> list[str]:
     return sorted(dict.fromkeys(host.lower() for host in hosts))
 
 
+def check_port(port: int, option: str) -> int:
+    if not 1 <= port <= 65535:
+        raise BadInput(f"{option} {port} must be between 1 and 65535")
+    return port
+
+
 def cmd_init(ctx: Context, args: argparse.Namespace) -> int:
     host, port = parse_broker_url(args.broker_url)
+    console_port = check_port(port + 1 if args.console_port is None else args.console_port, "--console-port")
+    if console_port == port:
+        raise BadInput(f"--console-port {console_port} is the sites' port: the console needs a listener of its own")
     media_hosts = check_hosts(args.media_host or [])
     prefix = args.topic_prefix
     if problem := topic_prefix_problem(prefix):
@@ -78,17 +87,20 @@ def cmd_init(ctx: Context, args: argparse.Namespace) -> int:
     password = new_password()
     with store.transaction():
         store.set_meta("broker_url", f"mqtts://{host}:{port}")
+        store.set_meta("console_url", f"mqtts://{host}:{console_port}")
         store.set_meta("console_public_key", public_key)
         store.set_meta("console_credentials", {"password": password, "hash": hash_password(password)})
         store.set_meta("media_hosts", media_hosts)
         store.set_meta("topic_prefix", prefix)
         store.set_meta("initialised_at", rfc3339(time.time()))
-    result = {"home": str(home.root), "broker_url": f"mqtts://{host}:{port}", "console_public_key": public_key,
+    result = {"home": str(home.root), "broker_url": f"mqtts://{host}:{port}",
+              "console_url": f"mqtts://{host}:{console_port}", "console_public_key": public_key,
               "ca": str(home.ca_cert), "media_hosts": media_hosts, "topic_prefix": prefix}
     if ctx.json:
         print_json(result)
     else:
-        print(f"Initialised {home.root}\n  broker:      {result['broker_url']}\n  public key:  {public_key}\n"
+        print(f"Initialised {home.root}\n  broker:      {result['broker_url']} (sites), "
+              f"{result['console_url']} (this console)\n  public key:  {public_key}\n"
               f"  CA:          {home.ca_cert}\n  topics:      {prefix}/...\n"
               f"  media hosts: {', '.join(media_hosts) or '(none yet: give provision --media-host)'}\n"
               "Next: appliance-console broker-config --out DIR, then provision SITE --out DIR.")
@@ -167,13 +179,15 @@ def refresh_broker_config(ctx: Context) -> str | None:
     saved = ctx.store.get_meta("broker_config")
     if not saved or not Path(saved["out"]).is_dir():
         return None
+    # Settings saved before the console had a listener of its own: give it the console URL's port.
+    saved.setdefault("console_port", urlsplit(ctx.console_url()).port)
     _write_broker(ctx, broker.BrokerSettings(**saved))
     return saved["out"]
 
 
 def _write_broker(ctx: Context, settings: broker.BrokerSettings) -> list[Path]:
     home = ctx.home
-    hashes = {user: hashed for user, (_, hashed) in ctx.store.credentials().items()}
+    hashes = {user: hashed for user, (_, hashed) in ctx.store.credentials().items()}  # site id or _console
     return broker.write(settings, ctx.store.sites(), hashes, home.ca_cert.read_bytes(),
                         home.server_cert.read_bytes(), home.server_key.read_bytes())
 
@@ -183,25 +197,30 @@ def cmd_broker_config(ctx: Context, args: argparse.Namespace) -> int:
     out = Path(args.out).absolute()
     if out.exists() and not out.is_dir():
         raise BadInput(f"--out {args.out}: exists and is not a directory")
-    if args.port is not None and not 1 <= args.port <= 65535:
-        raise BadInput(f"--port {args.port} must be between 1 and 65535")
+    port = check_port(args.port, "--port") if args.port is not None else urlsplit(url).port or 8883
+    console_port = (check_port(args.console_port, "--console-port") if args.console_port is not None
+                    else urlsplit(ctx.console_url()).port)
+    if console_port == port:
+        raise BadInput(f"--console-port {console_port} is the sites' port: the console needs a listener of its own")
     if args.run_as and not re.match(r"^[a-z_][a-z0-9_-]*$", args.run_as):
         raise BadInput(f"--run-as {args.run_as!r} is not a user name")
     settings = broker.BrokerSettings(
-        out=str(out), install_dir=args.install_dir or str(out), port=args.port or urlsplit(url).port or 8883,
-        bind=args.bind or "", run_as=args.run_as or "", prefix=ctx.topic_prefix,
+        out=str(out), install_dir=args.install_dir or str(out), port=port,
+        bind=args.bind or "", run_as=args.run_as or "", prefix=ctx.topic_prefix, console_port=console_port,
     )
     files = _write_broker(ctx, settings)
     with ctx.store.transaction():
         ctx.store.set_meta("broker_config", settings.as_dict())
     if ctx.json:
-        print_json({"out": str(out), "files": [str(path) for path in files], "port": settings.port})
+        print_json({"out": str(out), "files": [str(path) for path in files], "port": settings.port,
+                    "console_port": settings.console_port})
     else:
         print(f"wrote {', '.join(path.name for path in files)} to {out}\n"
+              f"listeners: {settings.port} for the sites, {settings.console_port} for this console\n"
               f"start the broker with: mosquitto -c {settings.install_dir}/mosquitto.conf")
         if not settings.run_as:
             print("note: mosquitto drops to user 'mosquitto' before reading passwd and the keys: "
-                  "chown root:mosquitto passwd server-key.pem (or give --run-as USER)")
+                  "chown root:mosquitto passwd console-passwd server-key.pem (or give --run-as USER)")
     return 0
 
 
@@ -219,7 +238,9 @@ def cmd_provision(ctx: Context, args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise BadInput(f"--out {args.out}: exists and is not a directory")
     ca_pem = ctx.home.ca_cert.read_bytes()
-    public_key = store.get_meta("console_public_key")
+    # The key that signs the commands, read from console-key.pem: after a key change (docs/console.md,
+    # "Rotating and revoking") new cards carry the new key, not the one recorded at init.
+    public_key = public_key_to_base64(ctx.signing_key().public_key())
     # Render and check every file before writing any.
     rendered = [(site, provision.render(site, url, store.site_password(site.id), public_key, media_hosts,
                                         args.ca_path, ctx.topic_prefix)) for site in sites]

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = sub(commands, "init", "create the console's signing key, private CA, broker certificate and credentials")
     init.add_argument("--broker-url", required=True, metavar="URL", help="mqtts://HOST[:PORT] as the sites will reach it")
+    init.add_argument("--console-port", type=int, metavar="PORT",
+                      help="the broker's listener for this console only, on the same host (default: the URL's port + 1)")
     init.add_argument("--media-host", action="append", metavar="HOST",
                       help="a host the sites may stream from/to (repeatable); goes into provisioning files")
     init.add_argument("--topic-prefix", default=DEFAULT_TOPIC_PREFIX, metavar="PREFIX",
@@ -73,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--out", required=True, metavar="DIR")
     broker.add_argument("--install-dir", metavar="DIR", help="where the broker will read the files (default: --out)")
     broker.add_argument("--bind", metavar="ADDRESS", help="listen on this address only (default: every interface)")
-    broker.add_argument("--port", type=int, help="listen port (default: the broker URL's port)")
+    broker.add_argument("--port", type=int, help="the sites' listen port (default: the broker URL's port)")
+    broker.add_argument("--console-port", type=int, metavar="PORT",
+                        help="the console's listen port (default: the port given to init, the URL's port + 1)")
     broker.add_argument("--run-as", metavar="USER", help="mosquitto's `user` (default: mosquitto)")
     broker.set_defaults(handler=admin.cmd_broker_config)
 

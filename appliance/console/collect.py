@@ -177,7 +177,7 @@ class Collector:
 
 
 def cmd_collect(ctx: Context, args: argparse.Namespace) -> int:
-    url = ctx.require_init()
+    url = ctx.console_url()
     name = args.name
     if not name or not all(char.isalnum() or char in "-_" for char in name) or len(name) > 32:
         raise BadInput(f"--name {name!r} must be 1-32 letters, digits, '-' or '_'")

@@ -18,6 +18,7 @@ from appliance.core.protocol import (
     COMMAND_ID,
     DEFAULT_TOPIC_PREFIX,
     GROUPS,
+    MEDIA_SCHEMES,
     SITE_ID,
     build_command,
     group_command_topic,
@@ -50,9 +51,9 @@ def meeting_id_from(title: str) -> str:
     return f"{slug}-{time.strftime('%Y%m%d-%H%M', time.gmtime())}"
 
 
-def check_media_url(option: str, url: str, known_hosts: list[str]) -> None:
+def check_media_url(option: str, url: str, known_hosts: list[str], schemes: tuple[str, ...] = MEDIA_SCHEMES) -> None:
     """Refuse what the devices would answer with url_not_allowed; with no media hosts known, any host."""
-    problem = url_problem(url, allowed_hosts=None)
+    problem = url_problem(url, allowed_hosts=None, schemes=schemes)
     if problem:
         raise BadInput(f"{option}: {problem}")
     if known_hosts and url_problem(url, tuple(known_hosts)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from appliance.console.errors import Refused
 from appliance.console.fleet import Fleet
@@ -36,6 +37,16 @@ class Context:
             raise Refused(f"{self.home.root} is not initialised yet: run `appliance-console init --broker-url mqtts://HOST:8883`")
         return url
 
+    def console_url(self) -> str:
+        """Where the console itself logs in: the broker's console listener (`init --console-port`; a home
+        made before there was one: the broker URL's port + 1, as `broker-config` writes it)."""
+        url = self.require_init()
+        saved = self.store.get_meta("console_url")
+        if saved:
+            return saved
+        parts = urlsplit(url)
+        return f"mqtts://{parts.hostname}:{(parts.port or 8883) + 1}"
+
     def signing_key(self) -> Any:
         self.require_init()
         try:
@@ -49,7 +60,7 @@ class Context:
         return self.store.get_meta("topic_prefix") or DEFAULT_TOPIC_PREFIX
 
     def fleet(self, timeout: float = 5.0) -> Fleet:
-        url = self.require_init()
+        url = self.console_url()
         credentials = self.store.get_meta("console_credentials")
         return Fleet(url, CONSOLE_USERNAME, credentials["password"], str(self.home.ca_cert), self.topic_prefix,
                      timeout=timeout)

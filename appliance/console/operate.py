@@ -13,9 +13,9 @@ from appliance.console import commands
 from appliance.console.context import Context
 from appliance.console.errors import BadInput
 from appliance.console.fleet import Tracker, decode, parse_topic, send_and_collect
-from appliance.console.output import Live, health_summary, print_json, table
+from appliance.console.output import Live, health_summary, print_json, printable, table
 from appliance.core.clock import rfc3339
-from appliance.core.protocol import COMMAND_ID, MAX_TITLE_CHARS, site_topic
+from appliance.core.protocol import COMMAND_ID, MAX_TITLE_CHARS, URL_SCHEMES, site_topic
 
 ACK_COLUMNS = [("site", "SITE"), ("result", "RESULT"), ("state", "STATE"), ("latency_ms", "MS"), ("detail", "DETAIL")]
 STATUS_COLUMNS = [("site", "SITE"), ("kind", "KIND"), ("online", "ONLINE"), ("state", "STATE"),
@@ -79,8 +79,9 @@ def cmd_meeting_start(ctx: Context, args: argparse.Namespace) -> int:
     if not title or len(title) > MAX_TITLE_CHARS:
         raise BadInput(f"--title must be 1-{MAX_TITLE_CHARS} characters")
     known_hosts = ctx.store.get_meta("media_hosts") or []
-    commands.check_media_url("--program-url", args.program_url, known_hosts)
-    commands.check_media_url("--ingest-url", args.ingest_url.replace("{site}", "site"), known_hosts)
+    commands.check_media_url("--program-url", args.program_url, known_hosts, URL_SCHEMES["program_url"])
+    commands.check_media_url("--ingest-url", args.ingest_url.replace("{site}", "site"), known_hosts,
+                             URL_SCHEMES["ingest_url"])
     meeting_id = args.meeting_id or commands.meeting_id_from(title)
     if not COMMAND_ID.match(meeting_id):
         raise BadInput(f"--meeting-id {meeting_id!r}: expected 1-64 of [A-Za-z0-9_.:-]")
@@ -235,8 +236,8 @@ def _emit_change(ctx: Context, board: StatusBoard, live: Live, site: str | None,
             live.show(board.text())
         else:
             row = board.row(site)
-            print(f"{time.strftime('%H:%M:%S')} {site}: {'online' if row['online'] else 'offline'} {row['state']}"
-                  f"{' ' + row['meeting'] if row['meeting'] else ''}", flush=True)
+            print(printable(f"{time.strftime('%H:%M:%S')} {site}: {'online' if row['online'] else 'offline'} "
+                            f"{row['state']}{' ' + str(row['meeting']) if row['meeting'] else ''}"), flush=True)
         return
     parsed = parse_topic(topic, board.prefix)
     event = decode(payload)
@@ -244,7 +245,7 @@ def _emit_change(ctx: Context, board: StatusBoard, live: Live, site: str | None,
         if ctx.json:
             print_json_line({"event": event})
         else:
-            print(f"{time.strftime('%H:%M:%S')} {parsed[0]}: event {event.get('type')}", flush=True)
+            print(printable(f"{time.strftime('%H:%M:%S')} {parsed[0]}: event {event.get('type')}"), flush=True)
 
 
 def print_json_line(document: Any) -> None:

@@ -6,6 +6,8 @@ import json
 import sys
 from typing import Any, TextIO
 
+from appliance.console.store import is_control
+
 PROBLEM_HEALTH = ("missing", "error", "failed", "retrying")
 
 
@@ -15,6 +17,14 @@ def print_json(document: Any, stream: TextIO | None = None) -> None:
     stream.flush()
 
 
+def printable(text: str) -> str:
+    """`text` with every control character shown as its escape (`\\x1b`, `\\u202e`), never acted on:
+    site names are checked on the way in, but states, meetings and events come from the devices."""
+    if not any(is_control(char) for char in text):
+        return text
+    return "".join(char.encode("unicode_escape").decode("ascii") if is_control(char) else char for char in text)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -22,7 +32,7 @@ def _cell(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:g}"
-    return str(value)
+    return printable(str(value))
 
 
 def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:

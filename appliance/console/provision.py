@@ -15,7 +15,7 @@ from pathlib import Path
 from appliance.config import ConfigError, load
 from appliance.console.errors import Refused
 from appliance.console.home import atomic_write_many
-from appliance.console.store import Site
+from appliance.console.store import Site, site_username
 from appliance.core.clock import rfc3339
 from appliance.core.protocol import DEFAULT_TOPIC_PREFIX
 
@@ -45,7 +45,7 @@ kind = {_s(site.kind)}
 
 [broker]
 url = {_s(broker_url)}
-username = {_s(site.id)}
+username = {_s(site_username(site.id))}
 password = {_s(password)}
 ca_file = {_s(ca_path)}
 topic_prefix = {_s(prefix)}

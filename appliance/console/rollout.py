@@ -295,6 +295,19 @@ def text_report(report: dict[str, Any]) -> str:
     return out.getvalue()
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (`=HYPERLINK(...)` in a site name
+# would become a link, or worse): OWASP's list for CSV injection.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text cell that a spreadsheet would read as a formula gets a leading `'`, so it shows as text.
+    Numbers are left as they are (none here is negative)."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def csv_report(report: dict[str, Any]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
@@ -302,11 +315,11 @@ def csv_report(report: dict[str, Any]) -> str:
                      "office_uptime_pct", "meetings_joined", "distance_km"])
     for row in report["sites"]:
         selftest = row["selftest"] or {}
-        writer.writerow([row["id"], row["name"], row["kind"], "yes" if row["ready"] else "no",
+        writer.writerow(map(spreadsheet_safe, [row["id"], row["name"], row["kind"], "yes" if row["ready"] else "no",
                          "; ".join(r["text"] for r in row["reasons"]), row["last_seen"] or "",
                          "" if not selftest else ("yes" if selftest["ok"] else "no"),
                          "" if row["office_uptime_pct"] is None else row["office_uptime_pct"],
-                         row["meetings_joined"], "" if row["distance_km"] is None else row["distance_km"]])
+                         row["meetings_joined"], "" if row["distance_km"] is None else row["distance_km"]]))
     return out.getvalue()
 
 

@@ -6,6 +6,7 @@ import json
 import secrets
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,26 @@ from appliance.core.clock import rfc3339
 from appliance.core.protocol import SITE_ID, SITE_KINDS
 
 CONSOLE_USERNAME = "_console"  # can never be a site id: site ids start with [a-z0-9]
+
+
+def site_username(site_id: str) -> str:
+    """A site's broker login: its contract client id `appliance-<site>`. The generated broker forces the
+    client id to the username (`use_username_as_clientid`), so no login can take another's client id."""
+    return f"appliance-{site_id}"
+
+
+# Characters that make a terminal or a viewer act rather than show: C0/C1 controls and DEL (escape
+# sequences, carriage returns), line/paragraph separators and the bidirectional overrides and isolates.
+_INVISIBLE_FORMATS = frozenset("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def is_control(char: str) -> bool:
+    return unicodedata.category(char) == "Cc" or char in _INVISIBLE_FORMATS
+
+
+def control_characters(text: str) -> list[str]:
+    """`U+XXXX at position N` for each control character in `text` (positions count from 1)."""
+    return [f"U+{ord(char):04X} at position {index}" for index, char in enumerate(text, 1) if is_control(char)]
 
 # The 25 kecamatan of Banyuwangi; road distance to the regency office where it is known.
 KECAMATAN: dict[str, float | None] = {
@@ -53,6 +74,9 @@ def check_site(site_id: str, name: str, kind: str, distance: str | float | None)
         problems.append("name is empty")
     elif len(name) > 100:
         problems.append("name is longer than 100 characters")
+    elif found := control_characters(name.strip()):
+        problems.append(f"name contains control characters ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}); "
+                        "names are shown on terminals and in reports, where these would act, not show")
     if kind not in SITE_KINDS:
         problems.append(f"kind {kind!r} must be one of {', '.join(SITE_KINDS)}")
     value = None

@@ -88,6 +88,15 @@ class CheckpointDue:
 
 
 @dataclass(frozen=True)
+class CommandStored:
+    """The answer to RememberCommand: the id is on disk (ok), or could not be written (detail)."""
+
+    command_id: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class SelftestCheckDone:
     """A self-test probe's outcome: {"ok": True|False|None, "detail": str, ...}."""
 
@@ -138,10 +147,13 @@ class StopProgram:
 
 @dataclass(frozen=True)
 class RememberCommand:
-    """An accepted command id that must survive a restart until it expires (replay protection)."""
+    """A command id that must survive a restart until it expires (replay protection), and the ids
+    that have expired since. Answered at once, before anything else, with CommandStored: the core
+    acts on the command only once its id is on disk."""
 
     command_id: str
     expires_at: float
+    forget: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -154,7 +166,14 @@ class RunProbes:
     """Run these self-test probes off the loop; each answers with a SelftestCheckDone event."""
 
     names: tuple[str, ...]
-    camera_health: str
+
+
+@dataclass(frozen=True)
+class ProbeCamera:
+    """The camera's self-test: encode for `seconds` into nothing, off the loop; answered with
+    SelftestCheckDone("camera", ...) by the camera backend itself."""
+
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -186,17 +205,18 @@ class Log:
 # checked against these, so a new type cannot be dropped silently.
 EVENTS = (
     BrokerConnected, BrokerDisconnected, MessageReceived, PublishDenied, PublishAcked, ButtonDown, ButtonUp,
-    MediaStatus, HealthReport, TelemetryDue, CheckpointDue, ProvisionRejected, SelftestCheckDone,
+    MediaStatus, HealthReport, TelemetryDue, CheckpointDue, ProvisionRejected, SelftestCheckDone, CommandStored,
 )
 EFFECTS = (
     Publish, SetLed, ShowScreen, StartUplink, StopUplink, StartProgram, StopProgram,
-    RememberCommand, NotifyStatus, RunProbes, SelftestDone, SaveUptime, Log,
+    RememberCommand, NotifyStatus, RunProbes, ProbeCamera, SelftestDone, SaveUptime, Log,
 )
 Event = (
     BrokerConnected | BrokerDisconnected | MessageReceived | PublishDenied | PublishAcked | ButtonDown | ButtonUp
     | MediaStatus | HealthReport | TelemetryDue | CheckpointDue | ProvisionRejected | SelftestCheckDone
+    | CommandStored
 )
 Effect = (
     Publish | SetLed | ShowScreen | StartUplink | StopUplink | StartProgram | StopProgram
-    | RememberCommand | NotifyStatus | RunProbes | SelftestDone | SaveUptime | Log
+    | RememberCommand | NotifyStatus | RunProbes | ProbeCamera | SelftestDone | SaveUptime | Log
 )

@@ -9,7 +9,6 @@ The self-test runs here too (see `selftest.py`): only its hardware probes are ou
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,7 @@ from appliance.core.protocol import (
     DEFAULT_TOPIC_PREFIX,
     INVALID_STATE,
     RETAINED_COMMAND,
+    STORAGE_FAILED,
     Command,
     CommandPolicy,
     CommandRejected,
@@ -29,6 +29,7 @@ from appliance.core.protocol import (
     check_command,
     identify,
 )
+from appliance.core.replay import ReplayMemory
 from appliance.core.selftest_flow import SelftestFlow
 from appliance.core.transitions import IDLE, IN_MEETING, JOINING, LEAVING, MEETING_AVAILABLE, Step
 from appliance.core.uptime import UptimeLedger
@@ -100,10 +101,11 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
             "uplink": "idle",
             "program": "idle",
             "clock": "unsynced",
+            "disk": "ok",  # the state directory (the uptime ledger): "error" while saves cannot reach it
         }
-        self._replay = {key: value for key, value in (replay_memory or {}).items() if value > clock.wall()}
-        self._expiries = [(expiry, key) for key, expiry in self._replay.items()]
-        heapq.heapify(self._expiries)
+        self._replay = ReplayMemory(replay_memory, clock.wall(), clock.monotonic())
+        # Commands whose id is being written to disk: acted on (or refused) once CommandStored says so.
+        self._awaiting_store: dict[str, tuple[Command, CommandRejected | None]] = {}
         self._button_down_at: float | None = None
         self._hold_fired = False
         self._state_deadline: float | None = None
@@ -113,6 +115,7 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
         self._reported: set[str] = set()
         self._notice: tuple[str, float] | None = None
         self.selftest: st.SelftestRun | None = None
+        self._selftest_runs = 0
         self._selftest_result: tuple[bool, list[str], float] | None = None  # ok, lines, shown until
         self._effects: list[io.Effect] = []
         self._shown: tuple[Any, ...] | None = None
@@ -154,7 +157,7 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
 
     def replay_memory(self) -> dict[str, float]:
         """The accepted command ids still remembered against replay, with their expiry times."""
-        return dict(self._replay)
+        return self._replay.snapshot()
 
     def next_deadline(self) -> float | None:
         deadlines = [self._state_deadline]
@@ -224,7 +227,7 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
         self.publish_denied = f"{event.topic}: {event.reason}"
         self.health["broker"] = "error"
         self._log("error", f"broker refused a publish to {event.topic}: {event.reason}")
-        if event.receipt == st.BROKER_RECEIPT and self.selftest:
+        if self.selftest and event.receipt == self.selftest.receipt:
             self.selftest.record("broker", st.result(False, f"the broker refused the test message: {event.reason}"))
             self._selftest_progress()
 
@@ -235,22 +238,60 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
             return
         try:
             command = check_command(event.payload, self.settings.policy, self.clock.wall(), self._replay.__contains__)
-            try:
-                step = self._check(command.type, command.body)
-            except CommandRejected as refusal:
-                refusal.command_id, refusal.command_type = command.id, command.type  # the ack names it
-                raise
-        except CommandRejected as refusal:
-            self._log("warning", f"command {refusal.command_id or '?'} refused: {refusal}")
-            self._ack(refusal.command_id, refusal.command_type, refusal.code, refusal.message)
+        except CommandRejected as refused:
+            if refused.command is not None:  # signed and valid but for its URLs: taken all the same
+                self._store(refused.command, refused)
+            else:
+                self._refuse(refused)
             return
-        self._remember(command)
+        refusal = None
+        try:
+            self._check(command.type, command.body)
+        except CommandRejected as refused:
+            # Signed and for this site, only refused for the state: its id is taken all the same, so
+            # the same command cannot come back later when the state would allow it.
+            refusal = refused
+        self._store(command, refusal)
+
+    def _store(self, command: Command, refusal: CommandRejected | None) -> None:
+        """Write first, then act: the command waits for CommandStored (see `_on_command_stored`)."""
+        wall, monotonic = self.clock.wall(), self.clock.monotonic()
+        self._replay.add(command.id, command.expires_at, wall, monotonic)
+        self._awaiting_store[command.id] = (command, refusal)
+        forget = self._replay.forget_expired(wall, monotonic, self.health["clock"] == "synced")
+        self._emit(io.RememberCommand(command.id, command.expires_at, tuple(forget)))
+
+    def _on_command_stored(self, event: io.CommandStored) -> None:
+        pending = self._awaiting_store.pop(event.command_id, None)
+        if pending is None:
+            return
+        command, refusal = pending
+        if not event.ok:
+            self._log("error", f"cannot save command id {command.id} for replay protection: {event.detail}")
+        if refusal is None and not event.ok:
+            self._replay.discard(command.id)  # not carried out, so it may be sent again
+            refusal = CommandRejected(STORAGE_FAILED, "the command id could not be saved for replay protection "
+                                      f"({event.detail}); nothing was done: free space on the SD card, then send it again")
+        if refusal is None:
+            try:  # the state is checked again: it may have changed while the id was being written
+                step = self._check(command.type, command.body)
+            except CommandRejected as refused:
+                refusal = refused
+        if refusal is not None:
+            refusal.command_id, refusal.command_type = command.id, command.type  # the ack names it
+            self._refuse(refusal)
+            return
         self._log("info", f"command {command.id} ({command.type}) accepted")
         self._take(step, {"body": command.body, "reason": command.type})
         self._ack(command.id, command.type)
 
+    def _refuse(self, refusal: CommandRejected) -> None:
+        self._log("warning", f"command {refusal.command_id or '?'} refused: {refusal}")
+        self._ack(refusal.command_id, refusal.command_type, refusal.code, refusal.message)
+
     def _on_button_down(self, event: io.ButtonDown) -> None:
         if self.selftest and self.selftest.waiting_press:
+            self.selftest.press_began = True
             return  # the press belongs to the self-test's panel check, not to the meeting
         if self._button_down_at is None:
             self._button_down_at = self.clock.monotonic()
@@ -259,6 +300,8 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
     def _on_button_up(self, event: io.ButtonUp) -> None:
         run = self.selftest
         if run and run.waiting_press:
+            if not run.press_began:
+                return  # the release of a press that began before the test: not the test's press
             elapsed = self.clock.monotonic() - run.started
             run.record("panel", st.result(True, f"button pressed after {elapsed:.1f} s; LED test pattern shown"))
             self._selftest_progress()
@@ -366,6 +409,7 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
 
     def _begin_join(self, context: dict[str, Any]) -> None:
         assert self.meeting is not None
+        self._abandon_selftest("the site joined a meeting")
         if self.settings.camera_enabled:
             self._emit(io.StartUplink(self.meeting.ingest_url))
         if self.settings.display_enabled:
@@ -429,16 +473,6 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
         return f"uplink {self.health['uplink']}, program {self.health['program']}"
 
     # --- replay memory and answers --------------------------------------------------------------
-    def _remember(self, command: Command) -> None:
-        now = self.clock.wall()
-        while self._expiries and self._expiries[0][0] <= now:
-            expiry, command_id = heapq.heappop(self._expiries)
-            if self._replay.get(command_id) == expiry:
-                del self._replay[command_id]
-        self._replay[command.id] = command.expires_at
-        heapq.heappush(self._expiries, (command.expires_at, command.id))
-        self._emit(io.RememberCommand(command.id, command.expires_at))
-
     def _ack(self, command_id: str | None, command_type: str | None, code: str | None = None, message: str = "") -> None:
         payload: dict[str, Any] = {
             "v": 1, "site": self.settings.site_id, "id": command_id, "type": command_type,
@@ -484,6 +518,7 @@ EVENT_HANDLERS: dict[type, Callable[[ApplianceCore, Any], None]] = {
     io.HealthReport: ApplianceCore._on_health_report,
     io.ProvisionRejected: ApplianceCore._on_provision_rejected,
     io.SelftestCheckDone: SelftestFlow._on_selftest_check_done,
+    io.CommandStored: ApplianceCore._on_command_stored,
     io.TelemetryDue: UptimeFlow._on_telemetry_due,
     io.CheckpointDue: UptimeFlow._on_checkpoint_due,
 }

@@ -12,6 +12,10 @@ from appliance.core import led
 from appliance.core.transitions import IDLE, IN_MEETING, JOINING, LEAVING, MEETING_AVAILABLE
 
 PROGRAM_LOST = ("retrying", "buffering", "failed")
+# A device with no valid configuration runs no core (there is no site yet): the daemon's not-provisioned
+# mode shows this screen with the LED double-blinking ("something is broken"), until the files are valid.
+NOT_PROVISIONED = "not_provisioned"
+NOT_PROVISIONED_LED = led.DOUBLE_BLINK
 
 
 def led_pattern(state: str, broker_connected: bool, broken: bool, panel_test: bool = False) -> led.LedPattern:

@@ -7,13 +7,14 @@ topic layout and the command envelope are written down once.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -28,7 +29,15 @@ COMMAND_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 SITE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 GROUPS = ("all", "kecamatan", "desa")
 SITE_KINDS = ("kecamatan", "desa", "other")
-MEDIA_SCHEMES = ("rtmp", "rtmps", "rtsp", "rtsps", "srt", "http", "https")
+# What the display may pull (program_url) and what the camera may push to (ingest_url): see docs/protocol.md.
+PROGRAM_SCHEMES = ("rtmp", "rtmps", "rtsp", "rtsps", "srt", "http", "https")
+INGEST_SCHEMES = ("rtmp", "rtmps", "srt")
+MEDIA_SCHEMES = PROGRAM_SCHEMES  # any media URL at all
+URL_SCHEMES = {"program_url": PROGRAM_SCHEMES, "ingest_url": INGEST_SCHEMES}
+MAX_URL_CHARS = 2048
+# A parsed command may nest this deep (the contract's own commands: 3 levels). Deeper is `bad_json`:
+# re-encoding it for the signature check would run out of recursion.
+MAX_JSON_DEPTH = 32
 COMMAND_TYPES = ("meeting.start", "meeting.end", "join", "leave", "selftest", "ping")
 MAX_TITLE_CHARS = 200
 # The last level of a site's own topics, and which of them the device publishes retained.
@@ -48,6 +57,8 @@ REPLAYED = "replayed"
 URL_NOT_ALLOWED = "url_not_allowed"
 INVALID_STATE = "invalid_state"
 RETAINED_COMMAND = "retained_command"
+# The id of an accepted command could not be saved for replay protection: nothing was done.
+STORAGE_FAILED = "storage_failed"
 
 
 def site_topic(prefix: str, site: str, leaf: str) -> str:
@@ -119,6 +130,9 @@ class CommandRejected(Exception):
     message: str
     command_id: str | None = None
     command_type: str | None = None
+    # Set when the command was signed, for this site, in date and not replayed (refused later than
+    # that): its id is remembered anyway, so the same command cannot be tried again.
+    command: Command | None = None
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -152,8 +166,31 @@ def identify(payload: bytes) -> tuple[str | None, str | None]:
     command_type = document.get("type")
     return (
         command_id if isinstance(command_id, str) and COMMAND_ID.match(command_id) else None,
-        command_type if isinstance(command_type, str) and len(command_type) <= 64 else None,
+        command_type if isinstance(command_type, str) and len(command_type) <= 64 and _encodable(command_type) else None,
     )
+
+
+def _encodable(text: str) -> bool:
+    """False for a string JSON can carry but UTF-8 cannot (a lone surrogate such as `"\\ud800"`)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _nests_deeper_than(document: Any, limit: int) -> bool:
+    """Whether lists/objects inside `document` go more than `limit` levels deep (no recursion)."""
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def check_command(
@@ -162,7 +199,11 @@ def check_command(
     now: float,
     already_accepted: Callable[[str], bool],
 ) -> Command:
-    """Run every check of the contract up to `url_not_allowed`; raise CommandRejected on the first failure."""
+    """Run every check of the contract up to `url_not_allowed`; raise CommandRejected on the first failure.
+
+    The command returned carries, in its body, the media URLs as the device must use them: `{site}`
+    replaced and rebuilt by `clean_url` (so `Meeting`, StartUplink and StartProgram never see the raw text).
+    """
     command_id, command_type = identify(payload)
 
     def reject(code: str, message: str) -> CommandRejected:
@@ -178,6 +219,8 @@ def check_command(
         raise reject(BAD_JSON, "payload nests too deeply") from None
     except ValueError as exc:
         raise reject(BAD_JSON, f"payload is not JSON ({exc})") from None
+    if _nests_deeper_than(document, MAX_JSON_DEPTH):
+        raise reject(BAD_JSON, f"payload nests deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(document, dict):
         raise reject(BAD_JSON, f"payload is a JSON {type(document).__name__}, not an object")
     version = document.get("v")
@@ -204,11 +247,16 @@ def check_command(
         raise reject(EXPIRED, f"validity span exceeds max_command_age_s={policy.max_command_age_s:g}")
     if already_accepted(command.id):
         raise reject(REPLAYED, f"command id {command.id!r} was already accepted")
+    cleaned = {}
     for key, url in media_urls(command, policy.site_id).items():
-        problem = url_problem(url, policy.allowed_media_hosts)
-        if problem:
-            raise reject(URL_NOT_ALLOWED, f"body.{key}: {problem}")
-    return command
+        try:
+            cleaned[key] = clean_url(url, policy.allowed_media_hosts, URL_SCHEMES[key])
+        except ValueError as exc:
+            refusal = reject(URL_NOT_ALLOWED, f"body.{key}: {exc}")
+            refusal.command = command
+            raise refusal from None
+    # What the device acts on is the URL rebuilt from its checked parts, never the raw text.
+    return replace(command, body={**command.body, **cleaned}) if cleaned else command
 
 
 def _check_envelope(document: dict[str, Any], reject: Callable[[str, str], CommandRejected]) -> Command:
@@ -266,21 +314,138 @@ def media_urls(command: Command, site_id: str) -> dict[str, str]:
     }
 
 
-def url_problem(url: str, allowed_hosts: tuple[str, ...] | None) -> str | None:
-    """Why a device would refuse this media URL; `allowed_hosts=None` checks everything but the host list."""
+def url_problem(url: str, allowed_hosts: tuple[str, ...] | None, schemes: tuple[str, ...] = MEDIA_SCHEMES) -> str | None:
+    """Why a device would refuse this media URL (see `clean_url`), or None."""
+    try:
+        clean_url(url, allowed_hosts, schemes)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+# RFC 3986 allows these characters in a URL (plus "%" starting an escape); everything else must be
+# percent-encoded. Spaces, tabs, newlines, NUL, other control and non-ASCII characters never pass:
+# Python's parser drops or strips some of them, but ffmpeg and VLC would get the raw text (ffmpeg took
+# " rtmp://..." for a local file name).
+_URL_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/?#[]@!$&'()*+,;=%")
+_CHARACTER_NAMES = {" ": "a space", "\t": "a tab", "\n": "a newline", "\r": "a carriage return", "\0": "NUL"}
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+_HOST_NAME = re.compile(r"^[a-z0-9_]([a-z0-9._-]*[a-z0-9_])?$")
+# Options that would make the device wait for a connection instead of making one: ffmpeg's `listen`
+# (tcp, http, rtmp; and any other option naming it, such as `rtmp_listen`) in any URL, and an SRT
+# `mode` other than caller (listener, rendezvous).
+
+
+def clean_url(url: str, allowed_hosts: tuple[str, ...] | None, schemes: tuple[str, ...] = MEDIA_SCHEMES) -> str:
+    """The media URL rebuilt from its parsed parts, or ValueError saying what is wrong with it.
+
+    This is what the device hands to ffmpeg and VLC: scheme and host lower-cased, `host:` without a
+    port tidied, nothing the parser skipped over. `allowed_hosts=None` checks everything but the host
+    list (the console, which may not know every site's list). The messages never repeat the URL
+    (it may carry a stream key).
+    """
+    if len(url) > MAX_URL_CHARS:
+        raise ValueError(f"longer than {MAX_URL_CHARS} characters")
+    for position, char in enumerate(url):
+        if char not in _URL_CHARACTERS:
+            what = _CHARACTER_NAMES.get(char) or (repr(char) if " " < char < "\x7f" else f"U+{ord(char):04X}")
+            raise ValueError(f"{what} at position {position}: a URL is printable ASCII without spaces "
+                             "(percent-encode anything else)")
+        if char == "%" and not _PERCENT_ESCAPE.match(url, position):
+            raise ValueError(f"'%' at position {position} does not start a %XX escape")
     try:
         parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
+        host = parts.hostname or ""
+        port = parts.port
     except ValueError as exc:
-        return f"{url!r} is not a URL ({exc})"
-    if parts.scheme.lower() not in MEDIA_SCHEMES:
-        return f"scheme {parts.scheme or '(none)'!r} is not one of {', '.join(MEDIA_SCHEMES)}"
+        raise ValueError(f"not a URL ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in schemes:
+        raise ValueError(f"scheme {parts.scheme or '(none)'!r} is not one of {', '.join(schemes)}")
+    if not url[len(scheme):].startswith("://"):
+        raise ValueError(f"does not start with {scheme}://")
+    if "#" in url:
+        raise ValueError("has a fragment ('#'): write '#' inside an option as %23")
     if not host:
-        return f"{url!r} names no host"
+        raise ValueError("names no host")
+    if parts.netloc.count("@") > 1:
+        raise ValueError("has more than one '@' before the host: write '@' in a user name or password as %40")
+    if "[" in parts.netloc.rpartition("@")[2] or ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("the host in [brackets] is not an IPv6 address") from None
+    elif not _HOST_NAME.match(host):
+        raise ValueError(f"host {host!r} is not a host name or address")
+    if port == 0:
+        raise ValueError("port 0 is not a port")
     if allowed_hosts is not None and host not in {allowed.lower() for allowed in allowed_hosts}:
-        return f"host {host!r} is not in security.allowed_media_hosts"
-    return None
+        raise ValueError(f"host {host!r} is not in security.allowed_media_hosts")
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        name = key.lower()
+        if "listen" in name:
+            raise ValueError(f"option {key!r} would make the device wait for a connection; it must connect out")
+        if scheme == "srt" and name == "mode" and value.lower() != "caller":
+            raise ValueError(f"SRT mode={value!r}: the device must call the server (mode=caller, or no mode)")
+    userinfo = parts.netloc.rpartition("@")[0] + "@" if "@" in parts.netloc else ""
+    address = f"[{host}]" if ":" in host else host
+    netloc = f"{userinfo}{address}" + (f":{port}" if port is not None else "")
+    return f"{scheme}://{netloc}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+
+
+REDACTED = "***"
+# Query options shown in logs and events as they are: none of them is a secret. Every other option's
+# value (passphrase, streamid, key, token, ...) is replaced by ***.
+PUBLIC_URL_OPTIONS = frozenset({
+    "mode", "latency", "rcvlatency", "peerlatency", "pkt_size", "payload_size", "transtype", "maxbw", "oheadbw",
+    "timeout", "connect_timeout", "tlpktdrop", "nakreport", "pbkeylen", "tcp", "udp",
+})
+# A scheme, "://" and every character a URL may hold after it (quotes around a URL stay outside,
+# but "'" is a URL character too: it is taken in, and dropped again when it ends the match).
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
+
+
+def redact_url(url: str) -> str:
+    """A media URL as logs and `media.error` events may show it: stream keys and passwords hidden.
+
+    Hidden: the user part (user name and password), the last path segment of an RTMP URL with an application
+    and a stream name (`rtmp://host/live/KEY`: the stream key), the value of every query option not in
+    PUBLIC_URL_OPTIONS (SRT `passphrase=`, `streamid=`, tokens) and any fragment. Never raises.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return f"(a URL that does not parse, {len(url)} characters, hidden)"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
+    path = parts.path
+    if parts.scheme.lower() in ("rtmp", "rtmps"):
+        segments = path.split("/")
+        named = [index for index, segment in enumerate(segments) if segment]
+        if len(named) >= 2 and segments[named[-1]] != REDACTED:
+            segments[named[-1]] = REDACTED
+            path = "/".join(segments)
+    options = []
+    for option in parts.query.split("&") if parts.query else []:
+        key, equals, value = option.partition("=")
+        if equals and value and unquote_plus(key).lower() not in PUBLIC_URL_OPTIONS:
+            value = REDACTED
+        options.append(f"{key}{equals}{value}")
+    text = f"{parts.scheme}://{netloc}{path}" if parts.scheme else f"{netloc}{path}"
+    text += f"?{'&'.join(options)}" if options else ""
+    return text + (f"#{REDACTED}" if parts.fragment else "")
+
+
+def redact_text(text: str) -> str:
+    """`text` (a status detail, a line of ffmpeg's output, a command line) with every URL in it redacted."""
+
+    def redact(match: re.Match[str]) -> str:
+        url = match.group()
+        trailing = len(url) - len(url.rstrip(":,.;)'"))
+        return redact_url(url[:len(url) - trailing]) + url[len(url) - trailing:]
+
+    return _URL_IN_TEXT.sub(redact, text)
 
 
 def _describe(value: Any) -> str:

@@ -13,10 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CHECKS = ("panel", "camera", "display", "audio", "broker", "clock", "disk", "power")
-# Run by the probes adapter on its worker thread; the others are decided by the core itself.
-PROBED = ("clock", "power", "disk", "camera", "audio")
+# Run by the probes adapter on its worker thread (RunProbes); the camera probes itself (ProbeCamera);
+# the others are decided by the core.
+PROBED = ("clock", "power", "disk", "audio")
 PANEL_WAIT_S = 30.0
 BROKER_TIMEOUT_S = 5.0
+CAMERA_PROBE_S = 5.0
+# A probe that has not answered by then (a hung SD card, a dead worker) fails; the run always ends.
+PROBES_TIMEOUT_S = 30.0
 RESULT_SHOWN_S = 20.0
 BROKER_RECEIPT = "selftest.broker"
 Result = dict[str, Any]
@@ -70,9 +74,13 @@ class SelftestRun:
 
     interactive: bool
     started: float
+    # Each run's broker probe has its own receipt, so a late PUBACK of an earlier run cannot pass it.
+    receipt: str = BROKER_RECEIPT
     checks: dict[str, Result] = field(default_factory=dict)
     panel_deadline: float | None = None
+    press_began: bool = False  # only a press that begins during the wait counts
     broker_sent_at: float | None = None
+    probes_deadline: float | None = None
 
     @property
     def waiting_press(self) -> bool:
@@ -91,9 +99,11 @@ class SelftestRun:
             self.panel_deadline = None
         if name == "broker":
             self.broker_sent_at = None
+        if all(check in self.checks for check in (*PROBED, "camera")):
+            self.probes_deadline = None
 
     def deadlines(self) -> list[float]:
-        pending = [self.panel_deadline]
+        pending = [self.panel_deadline, self.probes_deadline]
         if self.broker_sent_at is not None:
             pending.append(self.broker_sent_at + BROKER_TIMEOUT_S)
         return [deadline for deadline in pending if deadline is not None]
@@ -103,6 +113,14 @@ class SelftestRun:
             self.record("panel", result(False, f"no press within {PANEL_WAIT_S:g} s"))
         if self.broker_sent_at is not None and now >= self.broker_sent_at + BROKER_TIMEOUT_S:
             self.record("broker", result(False, f"no answer from the broker within {BROKER_TIMEOUT_S:g} s"))
+        if self.probes_deadline is not None and now >= self.probes_deadline:
+            for name in (*PROBED, "camera"):
+                self.record(name, result(False, f"the probe gave no answer within {PROBES_TIMEOUT_S:g} s"))
+
+    def abandon(self, why: str) -> None:
+        """End the run now: every check still open is reported as not tested, saying why."""
+        for name in CHECKS:
+            self.record(name, result(None, f"not finished: {why}"))
 
     def payload(self, site: str, at: str) -> dict[str, Any]:
         checks = {name: self.checks[name] for name in CHECKS}

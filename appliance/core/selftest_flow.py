@@ -2,7 +2,8 @@
 
 A mixin of ApplianceCore (it uses the core's clock, settings, topics, health and `_emit`), kept
 apart so the state machine reads on its own. The run's bookkeeping is `selftest.SelftestRun`; the
-hardware probes are an adapter that answers the `RunProbes` effect with `SelftestCheckDone` events.
+hardware probes are adapters that answer `RunProbes` (the probes adapter) and `ProbeCamera` (the
+camera) with `SelftestCheckDone` events.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from appliance.core import io
 from appliance.core import selftest as st
 from appliance.core.clock import rfc3339
+from appliance.core.transitions import IN_MEETING, JOINING, LEAVING
 
 if TYPE_CHECKING:
     from appliance.core.machine import ApplianceCore
@@ -21,13 +23,14 @@ class SelftestFlow:
     def _start_selftest(self: ApplianceCore, context: dict[str, Any]) -> None:
         now = self.clock.monotonic()
         interactive = bool(context.get("interactive"))
-        run = self.selftest = st.SelftestRun(interactive, now)
+        self._selftest_runs += 1
+        run = self.selftest = st.SelftestRun(interactive, now, receipt=f"{st.BROKER_RECEIPT}.{self._selftest_runs}")
         self._selftest_result = None
         self._log("info", f"self-test started ({'interactive' if interactive else 'unattended'})")
         if self.broker_connected:
             # The broker's PUBACK for this event is the round trip the broker check measures.
             run.broker_sent_at = now
-            self._event("selftest.started", receipt=st.BROKER_RECEIPT, interactive=interactive)
+            self._event("selftest.started", receipt=run.receipt, interactive=interactive)
         else:
             run.record("broker", st.result(False, f"not connected to the broker ({self.broker_problem})"))
         if not self.settings.display_enabled:
@@ -35,16 +38,27 @@ class SelftestFlow:
         else:
             shown = self.health["display"]
             run.record("display", st.result(shown == "ok", "test card shown" if shown == "ok" else f"display is {shown}"))
-        probes = st.PROBED
+        run.probes_deadline = now + st.PROBES_TIMEOUT_S
         if not self.settings.camera_enabled:
             run.record("camera", st.result(None, "disabled (camera.backend = none)"))
-            probes = tuple(name for name in probes if name != "camera")
-        self._emit(io.RunProbes(probes, self.health["camera"]))
+        elif self._is_broken("camera"):
+            run.record("camera", st.result(False, f"camera is {self.health['camera']}"))
+        else:
+            self._emit(io.ProbeCamera(st.CAMERA_PROBE_S))
+        self._emit(io.RunProbes(st.PROBED))
         if interactive:
             run.panel_deadline = now + st.PANEL_WAIT_S
-            self._button_down_at = None  # a press begun before the test is not the test's press
+            self._button_down_at = None  # a press begun before the test is neither the test's nor a hold
         else:
             run.record("panel", st.result(None, "needs a person: run `appliance selftest --interactive` at the site"))
+
+    def _abandon_selftest(self: ApplianceCore, why: str) -> None:
+        """A meeting outranks a self-test: it ends at once, what is still open reported as not tested."""
+        if self.selftest is not None:
+            self._log("warning", f"self-test ended early: {why}")
+            self.selftest.abandon(why)
+            self._selftest_progress()
+            self._selftest_result = None  # the meeting has the screen
 
     def _selftest_progress(self: ApplianceCore) -> None:
         run = self.selftest
@@ -61,7 +75,7 @@ class SelftestFlow:
 
     def _on_publish_acked(self: ApplianceCore, event: io.PublishAcked) -> None:
         run = self.selftest
-        if event.receipt == st.BROKER_RECEIPT and run and run.broker_sent_at is not None:
+        if run and event.receipt == run.receipt and run.broker_sent_at is not None:
             waited = self.clock.monotonic() - run.broker_sent_at
             run.record("broker", st.result(True, f"round trip {waited * 1000:.0f} ms"))
             self._selftest_progress()
@@ -73,6 +87,8 @@ class SelftestFlow:
 
     def _selftest_screen(self: ApplianceCore, site_name: str) -> dict[str, Any] | None:
         texts = st.texts(self.settings.language)
+        if self.state in (JOINING, IN_MEETING, LEAVING):
+            return None  # a meeting always has the screen
         if self.selftest is not None:
             if not self.selftest.waiting_press:
                 return {"card": True, "site_name": site_name}  # the display check's test card

@@ -30,7 +30,9 @@ def verify_command(command: dict[str, Any], public_key: Ed25519PublicKey) -> boo
     try:
         signature = base64.b64decode(sig, validate=True)
         public_key.verify(signature, canonical_bytes(command))
-    except (binascii.Error, ValueError, InvalidSignature):
+    # ValueError includes UnicodeEncodeError (a lone surrogate, which no console can have signed);
+    # RecursionError: a document too deep to re-encode (check_command refuses those before this).
+    except (binascii.Error, ValueError, InvalidSignature, RecursionError):
         return False
     return True
 

@@ -31,7 +31,7 @@ TRIGGERS = (
 @dataclass(frozen=True)
 class Step:
     """`target` is the next state (the same one for a step that stays); `action` names what the
-    machine does on the way (see ApplianceCore._ACTIONS); `refusal` makes it an invalid_state answer."""
+    machine does on the way (see machine.ACTIONS); `refusal` makes it an invalid_state answer."""
 
     target: str
     action: str = ""

@@ -47,6 +47,7 @@ class UptimeFlow:
             "boot_id": self.settings.boot_id,
             "mqtt_reconnects": self.reconnects,
             "state": self.state,
+            "disk": self.health["disk"],
             **event.sample,
         }
         self._emit(io.Publish(self.topics.telemetry, payload))

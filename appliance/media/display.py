@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 from appliance.adapters.media import BackendUnavailable
 from appliance.core.backoff import Backoff
 from appliance.core.io import HealthReport, MediaStatus
+from appliance.core.protocol import PROGRAM_SCHEMES, clean_url, redact_text, redact_url
 from appliance.media import screens
 from appliance.media.frames import FrameSink
 from appliance.media.proc import scratch_dir
@@ -188,7 +189,13 @@ class VlcDisplay:
                 self._show_current_screen()
         elif command[0] == "start":
             self._stop_probe()
-            self.url = command[1]
+            try:  # VLC gets the URL rebuilt from its checked parts (the core sends only such URLs)
+                self.url = clean_url(command[1], None, PROGRAM_SCHEMES)
+            except ValueError as exc:
+                self.url = None
+                self._set_status("failed", f"cannot play {redact_url(command[1])!r}: {exc}")
+                self._show_current_screen()
+                return
             self.failures = 0
             self.backoff.reset()
             self._set_status("buffering", f"opening {self.url}")
@@ -310,6 +317,9 @@ class VlcDisplay:
             self._show_current_screen()
 
     def _set_status(self, status: str, detail: str) -> None:
+        detail = redact_text(detail)  # it names the program URL: no stream keys or passphrases in logs and events
+        if not detail.isprintable():
+            detail = ascii(detail)[1:-1]
         if status != self.status or status in ("retrying", "failed"):
             log.info("program %s: %s", status, detail)
         self.status = status

@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 SCREENS = ("idle", "meeting_available", "joining", "in_meeting", "leaving", "broker_unreachable",
-           "camera_missing", "program_reconnecting", "selftest", "provision_error")
+           "camera_missing", "program_reconnecting", "selftest", "provision_error", "not_provisioned")
 NOTICES = ("no_meeting", "hold_to_leave", "please_wait", "nothing_to_leave")
 
 TEXTS: dict[str, dict[str, str]] = {
@@ -51,6 +51,11 @@ TEXTS: dict[str, dict[str, str]] = {
         "provision_error": "File situs ditolak",
         "provision_hint": "Pengaturan lama tetap dipakai. Perbaiki appliance-site.toml di kartu SD "
                           "(periksa dengan appliance check-config), lalu nyalakan ulang.",
+        "not_provisioned": "Belum disiapkan",
+        "not_provisioned_hint": "Perangkat ini belum punya pengaturan situs yang sah. Salin appliance-site.toml "
+                                "yang benar ke partisi boot kartu SD (periksa dengan appliance check-config), "
+                                "lalu nyalakan ulang.",
+        "not_provisioned_waiting": "Menunggu pengaturan yang sah; tidak perlu menekan tombol",
     },
     "en": {
         "idle": "No meeting",
@@ -84,6 +89,11 @@ TEXTS: dict[str, dict[str, str]] = {
         "provision_error": "Site file rejected",
         "provision_hint": "The previous settings stay in use. Fix appliance-site.toml on the SD card "
                           "(check it with appliance check-config), then restart.",
+        "not_provisioned": "Not provisioned",
+        "not_provisioned_hint": "This device has no valid site settings yet. Copy a correct appliance-site.toml "
+                                "to the SD card's boot partition (check it with appliance check-config), "
+                                "then restart.",
+        "not_provisioned_waiting": "Waiting for valid settings; no need to press the button",
     },
 }
 
@@ -92,7 +102,7 @@ BACKGROUNDS = {
     "idle": (16, 36, 64), "meeting_available": (10, 90, 50), "joining": (16, 36, 64),
     "in_meeting": (16, 36, 64), "leaving": (16, 36, 64), "broker_unreachable": (120, 20, 20),
     "camera_missing": (130, 80, 0), "program_reconnecting": (130, 80, 0), "selftest": (40, 40, 40),
-    "provision_error": (130, 80, 0),
+    "provision_error": (130, 80, 0), "not_provisioned": (130, 80, 0),
 }
 # A TV test card's bars: any missing colour or wrong order shows a cabling or colour-format fault.
 CARD_BARS = ((235, 235, 235), (235, 235, 16), (16, 235, 235), (16, 235, 16), (235, 16, 235), (235, 16, 16),
@@ -185,6 +195,8 @@ def render(screen: str, info: dict[str, Any], language: str = "id", size: tuple[
 
     if screen == "selftest":
         return _selftest(canvas, info, t, now)
+    if screen == "not_provisioned":
+        return _not_provisioned(canvas, info, t, now)
     # Top bar: which office this is and the time, on every screen.
     canvas.line(info.get("site_name") or "", height // 25, 0.06, bold=True, align="left")
     canvas.line(now.strftime("%H:%M"), height // 25, 0.06, bold=True, align="right")
@@ -249,6 +261,20 @@ def _selftest(canvas: _Canvas, info: dict[str, Any], t: Any, now: dt.datetime) -
         y = canvas.line(words, y + height // 100, size, align="left", wrap=False)
     if info.get("hint"):
         canvas.line(info["hint"], int(height * 0.9), 0.05)
+    return canvas.result
+
+
+def _not_provisioned(canvas: _Canvas, info: dict[str, Any], t: Any, now: dt.datetime) -> Rendered:
+    """No valid configuration, so no site runs: what to do, and the first problems as
+    appliance check-config words them (file names cut to the base name)."""
+    height = canvas.height
+    canvas.line(info.get("site_name") or "", height // 25, 0.06, bold=True, align="left")
+    canvas.line(now.strftime("%H:%M"), height // 25, 0.06, bold=True, align="right")
+    y = canvas.line(t("not_provisioned"), int(height * 0.18), 0.11, bold=True)
+    y = canvas.line(t("not_provisioned_hint"), y + height // 30, 0.055)
+    for problem in (info.get("problems") or [])[:3]:
+        y = canvas.line(problem.rsplit("/", 1)[-1], y + height // 60, 0.045, wrap=False)
+    canvas.line(t("not_provisioned_waiting"), int(height * 0.9), 0.05)
     return canvas.result
 
 

@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from appliance.core.backoff import Backoff
-from appliance.core.io import HealthReport, MediaStatus
+from appliance.core.io import HealthReport, MediaStatus, SelftestCheckDone
+from appliance.core.protocol import INGEST_SCHEMES, clean_url, redact_text, redact_url
 from appliance.media import proc
 
 log = logging.getLogger("appliance.uplink")
@@ -54,18 +54,22 @@ class UplinkSettings:
 
 
 def output_args(url: str) -> list[str]:
-    """Container and protocol options for the ingest URL (the pushing side)."""
-    scheme = urlsplit(url).scheme.lower()
-    if scheme in ("rtmp", "rtmps"):
+    """Container and protocol options for the ingest URL (the pushing side).
+
+    ffmpeg gets the URL rebuilt by `protocol.clean_url`, never the raw text: given " rtmp://..." it
+    wrote a local file, and a NUL cannot even be passed to a process. The core hands over only URLs
+    that passed that check; this one is for every other caller.
+    """
+    try:
+        url = clean_url(url, None, INGEST_SCHEMES)
+    except ValueError as exc:
+        raise PermanentError(f"cannot push to {redact_url(url)!r}: {exc} (use rtmp://, rtmps:// or srt://)") from None
+    if url.startswith(("rtmp://", "rtmps://")):
         return ["-f", "flv", "-flvflags", "no_duration_filesize", url]
-    if scheme == "srt":
-        # 1316 = 7 TS packets: the SRT payload size every server expects.
-        sep = "&" if "?" in url else "?"
-        target = url if "pkt_size=" in url else f"{url}{sep}pkt_size=1316"
-        return ["-f", "mpegts", "-mpegts_flags", "resend_headers", target]
-    if scheme in ("rtsp", "rtsps"):
-        return ["-f", "rtsp", "-rtsp_transport", "tcp", url]
-    raise PermanentError(f"cannot push to {scheme or 'a URL without scheme'}:// (use rtmp://, srt:// or rtsp://)")
+    # srt: 1316 = 7 TS packets, the SRT payload size every server expects.
+    sep = "&" if "?" in url else "?"
+    target = url if "pkt_size=" in url else f"{url}{sep}pkt_size=1316"
+    return ["-f", "mpegts", "-mpegts_flags", "resend_headers", target]
 
 
 def h264_args(settings: UplinkSettings) -> list[str]:
@@ -137,6 +141,21 @@ class FfmpegUplink:
             child = self._session.child if self._session is not None else None
         return child.pid if child is not None and child.poll() is None else None
 
+    def run_probe(self, seconds: float) -> None:
+        """The self-test's camera check, off the loop: posts SelftestCheckDone("camera", ...)."""
+
+        def work() -> None:
+            started = time.monotonic()
+            try:
+                problem = self.check()
+                ok, detail = (False, problem) if problem else self.probe(seconds)
+            except Exception as exc:  # noqa: BLE001 - a crashing probe is a failed check, not a dead self-test
+                ok, detail = False, f"probe crashed: {type(exc).__name__}: {exc}"
+            self._post(SelftestCheckDone("camera", {"ok": bool(ok), "detail": str(detail),
+                                                    "duration_s": round(time.monotonic() - started, 3)}))
+
+        threading.Thread(target=work, name="camera-probe", daemon=True).start()
+
     def probe(self, seconds: float) -> tuple[bool, str]:
         """Self-test: run the source for `seconds` into nothing and count the frames it encodes."""
         with self._lock:
@@ -205,6 +224,7 @@ class _Session(threading.Thread):
         super().__init__(name="uplink", daemon=True)
         self.owner = owner
         self.url = url
+        self.shown_url = redact_url(url)  # whole, not found in a sentence: a hostile URL's NUL would cut it short
         self.stopping = threading.Event()
         self.child: subprocess.Popen | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=6)
@@ -214,6 +234,9 @@ class _Session(threading.Thread):
         # A replaced session (leave then join again at once) must not report over its successor.
         if self.owner._session not in (self, None):
             return
+        detail = redact_text(detail)  # it names the URL, and ffmpeg's errors repeat it: no stream keys
+        if not detail.isprintable():  # a hostile URL's control characters stay out of logs and events
+            detail = ascii(detail)[1:-1]
         self.status = status
         log.info("uplink %s: %s", status, detail)
         self.owner._post(MediaStatus("uplink", status, detail))
@@ -230,7 +253,7 @@ class _Session(threading.Thread):
     def run(self) -> None:
         backoff = Backoff(base_s=1.0, cap_s=30.0)
         failures = 0
-        self.post("starting", f"pushing to {self.url}")
+        self.post("starting", f"pushing to {self.shown_url}")
         try:
             while not self.stopping.is_set():
                 try:
@@ -255,11 +278,11 @@ class _Session(threading.Thread):
 
     def _attempt(self) -> tuple[bool, str]:
         cmd = self.owner.command(self.url)
-        log.debug("uplink: %s", " ".join(cmd))
+        log.debug("uplink: %s", redact_text(" ".join(cmd)))
         try:
             child = proc.spawn(cmd, stdin=self.owner.stdin(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        except OSError as exc:
-            raise PermanentError(f"cannot run ffmpeg: {exc}") from exc
+        except (OSError, ValueError) as exc:  # ValueError: an argument the OS cannot take (an embedded NUL)
+            raise PermanentError(f"cannot run ffmpeg: {redact_text(str(exc))}") from exc
         self.child = child
         drain = threading.Thread(target=self._drain_stderr, args=(child,), daemon=True)
         drain.start()
@@ -304,7 +327,7 @@ class _Session(threading.Thread):
                         last_size, last_change = size, now
                         if not live and size > 0 and frames > 0:
                             live = True
-                            self.post("live", f"sending to {self.url}")
+                            self.post("live", f"sending to {self.shown_url}")
                     if value == "end":
                         return live, self._why("ffmpeg ended the stream")
             if self.stopping.is_set():
@@ -318,7 +341,7 @@ class _Session(threading.Thread):
             line = raw.decode(errors="replace").strip()
             if line:
                 self.stderr_tail.append(line)
-                log.debug("ffmpeg: %s", line)
+                log.debug("ffmpeg: %s", redact_text(line))
 
     def _why(self, what: str) -> str:
         tail = self.stderr_tail[-1] if self.stderr_tail else ""

@@ -41,7 +41,8 @@ class Result:
 @dataclass
 class Console:
     home: Path
-    port: int = 0
+    port: int = 0          # the broker's listener for the sites
+    console_port: int = 0  # and its listener for the console (init --console-port)
     broker: Mosquitto | None = None
     daemons: list[DaemonProcess] = field(default_factory=list)
     processes: list[subprocess.Popen] = field(default_factory=list)  # other programs, such as `collect`
@@ -83,27 +84,34 @@ class Console:
         return daemon.start(wait=False)
 
     def client(self, *topics: str, username: str | None = None, password: str | None = None,
-               ca_file: Path | None = None, client_id: str | None = None, refused_ok: bool = False) -> MqttRecorder:
-        """An MQTT v5 client of the generated broker, over TLS to `localhost` (the server certificate's name)."""
-        return MqttRecorder(self.port, *topics, host="localhost", username=username, password=password,
+               ca_file: Path | None = None, client_id: str | None = None, refused_ok: bool = False,
+               port: int | None = None) -> MqttRecorder:
+        """An MQTT v5 client of the generated broker, over TLS to `localhost` (the server certificate's name),
+        on the sites' listener unless `port` says otherwise."""
+        return MqttRecorder(port or self.port, *topics, host="localhost", username=username, password=password,
                             tls_ca=str(ca_file or self.home / "ca" / "ca.pem"), client_id=client_id,
                             refused_ok=refused_ok)
 
-    def console_client(self, *topics: str) -> MqttRecorder:
-        """Logged in as the console, as a plain client (not a collector: it joins no share group)."""
+    def console_password(self) -> str:
         store = Store(self.home / "console.db")
         try:
-            password = store.get_meta("console_credentials")["password"]
+            return store.get_meta("console_credentials")["password"]
         finally:
             store.close()
-        return self.client(*topics, username=CONSOLE_USERNAME, password=password)
 
-    def site_client(self, provision_dir: Path, password: str | None = None, refused_ok: bool = False) -> MqttRecorder:
-        """Logged in exactly as the provisioning file in `provision_dir` says (CA taken from beside it)."""
+    def console_client(self, *topics: str, client_id: str | None = None) -> MqttRecorder:
+        """Logged in as the console on its own listener, as a plain client (not a collector: it joins no share group)."""
+        return self.client(*topics, username=CONSOLE_USERNAME, password=self.console_password(), client_id=client_id,
+                           port=self.console_port)
+
+    def site_client(self, provision_dir: Path, password: str | None = None, refused_ok: bool = False,
+                    client_id: str | None = None) -> MqttRecorder:
+        """Logged in exactly as the provisioning file in `provision_dir` says (CA taken from beside it), with the
+        contract's client id appliance-<site> unless `client_id` says otherwise."""
         config = tomllib.loads((provision_dir / "appliance-site.toml").read_text())
         broker = config["broker"]
         return self.client(username=broker["username"], password=broker["password"] if password is None else password,
-                           ca_file=provision_dir / "ca.pem", client_id=f"appliance-{config['site']['id']}",
+                           ca_file=provision_dir / "ca.pem", client_id=client_id or f"appliance-{config['site']['id']}",
                            refused_ok=refused_ok)
 
     def status_rows(self) -> dict[str, dict]:
@@ -150,7 +158,9 @@ def console(tmp_path: Path):
 def fleet_broker(console: Console) -> Console:
     """An initialised console whose generated broker configuration is running."""
     console.port = free_port()
-    console.ok("init", "--broker-url", f"mqtts://localhost:{console.port}", "--media-host", "127.0.0.1")
+    console.console_port = next(port for port in iter(free_port, None) if port != console.port)
+    console.ok("init", "--broker-url", f"mqtts://localhost:{console.port}", "--console-port", str(console.console_port),
+               "--media-host", "127.0.0.1")
     # Run as ourselves: mosquitto otherwise drops to user `mosquitto`, who cannot read the key.
     console.ok("broker-config", "--out", str(console.home / "broker"), "--bind", "127.0.0.1",
                "--run-as", getpass.getuser())

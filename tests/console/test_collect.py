@@ -83,7 +83,7 @@ def test_console_down_then_collect_restarted_fills_the_gap(fleet_broker: Console
 
 def _collector(console: Console, name: str) -> Collector:
     store = Store(console.home / "console.db")
-    url, password = store.get_meta("broker_url"), store.get_meta("console_credentials")["password"]
+    url, password = store.get_meta("console_url"), store.get_meta("console_credentials")["password"]
     store.close()
     return Collector(url, CONSOLE_USERNAME, password, str(console.home / "ca" / "ca.pem"),
                      console.home / "console.db", name=name)

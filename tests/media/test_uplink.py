@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from appliance.core.io import HealthReport
+from appliance.core.io import HealthReport, SelftestCheckDone
 from appliance.media.testsrc import TestsrcUplink
 from appliance_dev.central_media import probe
 from appliance_dev.localnet import free_port, wait_for_udp_port
@@ -157,5 +157,17 @@ def test_selftest_probe_counts_encoded_frames(make_config, recorder):
         assert ok, detail
         frames = int(detail.split()[0])
         assert frames >= 15 and f"{WIDTH}x{HEIGHT}" in detail
+    finally:
+        uplink.close()
+
+
+def test_selftest_camera_probe_runs_off_the_loop_and_posts_its_result(make_config, recorder):
+    uplink = _uplink(make_config, recorder)
+    try:
+        started = time.monotonic()
+        uplink.run_probe(1.5)
+        assert time.monotonic() - started < 0.5  # the loop thread is not held for the probe
+        done = recorder.wait_for(lambda event: isinstance(event, SelftestCheckDone), 15)
+        assert done.name == "camera" and done.outcome["ok"] is True and done.outcome["duration_s"] >= 1.5
     finally:
         uplink.close()
