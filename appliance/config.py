@@ -51,6 +51,10 @@ def _site_id(value: str) -> str | None:
 
 
 def _broker_url(value: str) -> str | None:
+    # urlsplit drops tabs and newlines and strips control characters, so "m\tqtt://" would parse as
+    # mqtt: the text must already be exactly what it means.
+    if not (value.isascii() and value.isprintable()) or value != value.strip():
+        return f"{value!r} must be printable ASCII with no spaces around it"
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises on a malformed port
@@ -260,10 +264,18 @@ def _cross_checks(config: Config) -> list[str]:
         problems.append(f"{config.where('broker', 'client_cert_file')}: broker.client_cert_file: "
                         "client_cert_file and client_key_file go together")
     tls_files = [key for key in ("ca_file", "client_cert_file", "client_key_file") if broker.get(key)]
-    if tls_files and str(broker.get("url", "")).startswith("mqtt://"):
+    if tls_files and _scheme(broker.get("url", "")) == "mqtt":
         problems.append(f"{config.where('broker', tls_files[0])}: broker.{tls_files[0]}: "
                         "TLS files need an mqtts:// broker.url")
     return problems
+
+
+def _scheme(url: object) -> str:
+    """The scheme the MQTT link will use (it reads the URL with urlsplit too)."""
+    try:
+        return urlsplit(str(url)).scheme.lower()
+    except ValueError:
+        return ""
 
 
 def site_file_problems(path: str, document: dict[str, Any], image: dict[str, dict[str, Any]]) -> list[str]:
@@ -279,7 +291,7 @@ def site_file_problems(path: str, document: dict[str, Any], image: dict[str, dic
                 problems.append(f"{path}: {section}.{key}: may be set only in the image's {DEFAULT_FILES[0]}, "
                                 "not in the site file")
     url = document.get("broker", {}).get("url") if isinstance(document.get("broker"), dict) else None
-    if isinstance(url, str) and url.strip().lower().startswith("mqtt://"):
+    if isinstance(url, str) and _scheme(url) != "mqtts":
         problems.append(f"{path}: broker.url: plain mqtt:// (no TLS) is refused in the site file; use mqtts:// "
                         f"(only the image's {DEFAULT_FILES[0]} may name a plain mqtt:// broker, for a lab)")
     return problems

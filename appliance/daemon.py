@@ -107,7 +107,7 @@ class Daemon:
         post = self.loop.post
         settings = settings or settings_from(config)
         state_dir = config["paths"]["state_dir"]
-        self.replay_store = ReplayStore(state_dir)
+        self.replay_store = ReplayStore(state_dir, settings.boot_id)
         # A full or failing disk never stops start-up: the ledger then lives in memory (health.disk).
         self.ledger_store = LedgerStore(state_dir, post=post)
         self.ledger_store.open()
@@ -304,7 +304,7 @@ class Daemon:
 
     def _remember_command(self, effect: io.RememberCommand) -> io.CommandStored:
         try:
-            self.replay_store.remember(effect.command_id, effect.expires_at, effect.forget)
+            self.replay_store.remember(effect.command_id, effect.expires_at, effect.forget, effect.held_until)
         except Exception as exc:  # noqa: BLE001 - any failure means "not durable": the core refuses the command
             return io.CommandStored(effect.command_id, False, f"{type(exc).__name__}: {exc}")
         return io.CommandStored(effect.command_id, True)

@@ -37,8 +37,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-
 from appliance import config as appliance_config
 
 BOOT_FILE = "/boot/firmware/appliance-site.toml"
@@ -72,6 +70,8 @@ def _toml(path: Path) -> dict[str, Any] | None:
 
 def ca_problem(path: Path) -> str | None:
     """Why `path` is not a CA file: it must hold PEM certificates, each a CA (BasicConstraints ca=True)."""
+    # Here, not at the top: the daemon imports this module, and x509 costs it ~1 MB it never uses.
+    from cryptography import x509  # noqa: PLC0415
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -70,7 +70,7 @@ def test_replay_store_survives_torn_lines_and_compacts_what_the_core_forgot(tmp_
     with open(store.path, "ab") as handle:
         handle.write(b"c 15")  # a power cut mid-line
     reopened = ReplayStore(str(tmp_path))
-    assert reopened.load() == {"a": 1500.0, "b": 1100.0, "c": 15.0}  # the core decides what has expired
+    assert reopened.load() == {"a": (1500.0, None), "b": (1100.0, None), "c": (15.0, None)}  # the core decides
     for index in range(600):
         reopened.remember(f"x{index}", 1201.0 + index, forget=(f"x{index - 1}",) if index else ("b", "c"))
     reopened.remember("last", 5000.0)
@@ -80,7 +80,7 @@ def test_replay_store_survives_torn_lines_and_compacts_what_the_core_forgot(tmp_
     final = ReplayStore(str(tmp_path)).load()
     # What the core forgot before the last compaction is gone; what it forgot since is on lines the
     # next compaction drops (loading it again is harmless: the core forgets it again).
-    assert final["a"] == 1500.0 and final["x599"] == 1800.0 and final["last"] == 5000.0
+    assert final["a"][0] == 1500.0 and final["x599"][0] == 1800.0 and final["last"][0] == 5000.0
     assert "b" not in final and "c" not in final and "x10" not in final
 
 
@@ -99,7 +99,7 @@ def test_replay_store_that_cannot_write_takes_nothing_and_rewrites_next_time(tmp
     monkeypatch.setattr(os, "fdatasync", real_fdatasync)
     store.remember("c", 1700.0)
     store.close()
-    assert ReplayStore(str(tmp_path)).load() == {"a": 1500.0, "c": 1700.0}  # "b" was refused, so it is not kept
+    assert ReplayStore(str(tmp_path)).load() == {"a": (1500.0, None), "c": (1700.0, None)}  # "b" was refused
 
 
 def test_panel_button_edges_and_led_pattern_on_mock_pins() -> None:
@@ -224,3 +224,59 @@ def test_control_server_busy_when_every_slot_waits_and_late_replies_are_dropped(
     finally:
         server.close()
     assert not os.path.exists(server.path)
+
+
+def test_replay_store_keeps_monotonic_deadlines_only_within_the_boot_that_wrote_them(tmp_path: Path) -> None:
+    store = ReplayStore(str(tmp_path), boot_id="boot-1")
+    store.load()
+    store.remember("a", 1500.0, held_until=7200.5)
+    store.close()
+    assert ReplayStore(str(tmp_path), boot_id="boot-1").load() == {"a": (1500.0, 7200.5)}
+    assert ReplayStore(str(tmp_path), boot_id="boot-2").load() == {"a": (1500.0, None)}  # after a reboot
+
+
+def test_replay_store_takes_a_short_write_as_not_stored(tmp_path: Path) -> None:
+    store = ReplayStore(str(tmp_path))
+    store.load()
+    store.remember("a", 1500.0)
+
+    class NearlyFull:
+        """The journal's file when the file system has room for only a few more bytes."""
+
+        def __init__(self, real) -> None:  # noqa: ANN001
+            self.real = real
+
+        def write(self, data: bytes) -> int:
+            return self.real.write(data[:3])
+
+        def fileno(self) -> int:
+            return self.real.fileno()
+
+        def close(self) -> None:
+            self.real.close()
+
+    store._handle = NearlyFull(store._handle)  # noqa: SLF001 - the one way to shorten a write on demand
+    with pytest.raises(OSError, match="only 3 of"):
+        store.remember("b", 1600.0)
+    store.remember("c", 1700.0)  # rewrites the torn journal
+    store.close()
+    assert ReplayStore(str(tmp_path)).load() == {"a": (1500.0, None), "c": (1700.0, None)}
+
+
+def test_an_unreadable_replay_journal_is_never_rewritten(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    store = ReplayStore(str(tmp_path))
+    store.path.write_text("old-command 9999999999.000\n")
+    real_read_text = Path.read_text
+
+    def io_error(path: Path, *args, **kwargs) -> str:  # noqa: ANN002, ANN003
+        if path == store.path:
+            raise OSError(5, "Input/output error")
+        return real_read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", io_error)
+    assert store.load() == {}
+    for index in range(600):  # enough forgotten lines that a readable journal would be compacted
+        store.remember(f"x{index}", 2000.0, forget=(f"x{index - 1}",) if index else ())
+    store.close()
+    monkeypatch.undo()
+    assert "old-command" in store.path.read_text()  # the ids it could not read were not erased

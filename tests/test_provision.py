@@ -209,6 +209,15 @@ def test_boot_file_may_not_name_a_plain_mqtt_broker(provisioned: Path) -> None:
     assert "mqtts://" in error
 
 
+@pytest.mark.parametrize("disguised", ["m\\tqtt://evil.example:1883", "\\u0001mqtt://evil.example:1883",
+                                       "mqtt\\n://evil.example:1883", "MQTT://evil.example:1883"])
+def test_a_disguised_plain_mqtt_broker_is_refused_too(provisioned: Path, disguised: str) -> None:
+    """urlsplit drops tabs and newlines and strips control characters: judged as the link will read it."""
+    (provisioned / "boot/appliance-site.toml").write_text(GOOD.replace('"mqtts://broker.example:8883"', f'"{disguised}"'))
+    error = previous_config_kept(provisioned, provision(provisioned))
+    assert "broker.url" in error
+
+
 def test_every_hostile_field_at_once_is_refused_with_every_reason(provisioned: Path) -> None:
     """The finding's site file: signing off, plain mqtt, another media host, 30 days, ../.., not a CA."""
     hostile = GOOD.replace("mqtts://broker.example:8883", "mqtt://evil.example") + (

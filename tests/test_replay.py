@@ -54,6 +54,22 @@ def test_a_wall_clock_jump_forwards_forgets_nothing_and_the_old_command_stays_re
     assert again[-1]["error"]["code"] == "replayed"
 
 
+def test_a_restart_within_the_same_boot_during_a_clock_jump_forgets_nothing() -> None:
+    core, clock = make_core()
+    synced(core)
+    original = KEY.command("ping", to=["*"], command_id="old", issued_at=clock.wall(), ttl_s=600)
+    effects = receive(core, json.dumps(original).encode())
+    saved = {e.command_id: (e.expires_at, e.held_until) for e in remembered(effects)}  # as the journal keeps it
+    clock.jump_wall(2 * DAY)  # jumped, and the daemon restarts (same boot: the monotonic clock runs on)
+    restarted, _ = make_core(clock=clock, replay=saved)
+    synced(restarted)
+    command(restarted, "ping", command_id="during-the-jump")
+    assert "old" in restarted.replay_memory()
+    clock.jump_wall(-2 * DAY)
+    again = [e.payload for e in receive(restarted, json.dumps(original).encode()) if isinstance(e, io.Publish)]
+    assert again[-1]["error"]["code"] == "replayed"
+
+
 def test_a_signed_command_refused_for_the_state_is_remembered_and_cannot_come_back_later() -> None:
     core, _ = make_core()
     join = KEY.command("join", to=["*"], command_id="early-join", issued_at=core.clock.wall())

@@ -90,7 +90,8 @@ class MqttLink:
         self._backoff = backoff or Backoff()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._inflight: dict[int, tuple[str, str]] = {}  # mid -> (topic, receipt); the loop thread only
+        # mid -> (topic, receipt): written by the loop thread, popped by either (dict ops are atomic).
+        self._inflight: dict[int, tuple[str, str]] = {}
 
         client = paho.Client(
             paho.CallbackAPIVersion.VERSION2, client_id=f"appliance-{site_id}", protocol=paho.MQTTv5
@@ -182,7 +183,17 @@ class MqttLink:
         self._post(MessageReceived(message.topic, bytes(message.payload), bool(message.retain)))
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
-        self._post(lambda: self.publish_done(mid, reason))
+        # Most PUBACKs need nothing from the loop: waking it for each would cost the next command's
+        # answer time. Only a refusal or a receipt becomes an event.
+        entry = self._inflight.pop(mid, None)
+        if entry is None:  # so fast that the loop thread has not recorded the mid yet: finish it there
+            self._post(lambda: self.publish_done(mid, reason))
+            return
+        topic, receipt = entry
+        if reason.is_failure:
+            self._post(PublishDenied(topic, str(reason), receipt))
+        elif receipt:
+            self._post(PublishAcked(receipt))
 
 
 class DetachedLink:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import tempfile
@@ -44,49 +45,60 @@ class ReplayStore:
     expired lines. A line torn by a power cut is skipped on load.
     """
 
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, boot_id: str = "") -> None:
         self.path = Path(state_dir) / "accepted-commands.log"
+        # A line is "<id> <expires_at>[ <monotonic deadline> <boot id>]": the deadline means something
+        # only within the boot that wrote it (the monotonic clock starts again at every boot).
+        self.boot_id = boot_id
         self._torn = False
-        self._live: dict[str, float] = {}
+        self._unreadable = False
+        self._live: dict[str, tuple[float, float | None]] = {}
         self._lines = 0
         self._handle: BinaryIO | None = None
 
-    def load(self) -> dict[str, float]:
-        """Every remembered id with its expiry: the core decides which have expired (it trusts the
-        wall clock only when it is synchronised), so nothing is dropped here."""
+    def load(self) -> dict[str, tuple[float, float | None]]:
+        """Every remembered id: (expires_at, its monotonic deadline if this boot wrote it, else None).
+        The core decides which have expired, so nothing is dropped here."""
         self._live, self._lines = {}, 0
         try:
             text = self.path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return {}
         except OSError as exc:
-            # A damaged file must not stop the site; replays stay bounded by command expiry.
-            log.error("replay memory %s unreadable (%s); starting empty", self.path, exc)
+            # A damaged file must not stop the site; replays stay bounded by command expiry. It is
+            # never rewritten in this run, so the ids it still holds are not erased by a compaction.
+            log.error("replay memory %s unreadable (%s); starting empty, the file is kept", self.path, exc)
+            self._unreadable = True
             return {}
         for line in text.splitlines():
             self._lines += 1
-            command_id, _, expiry = line.partition(" ")
+            fields = line.split(" ")
             try:
-                expires_at = float(expiry)
-            except ValueError:
-                continue
-            if command_id:
-                self._live[command_id] = expires_at
+                expires_at = float(fields[1])
+                held_until = float(fields[2]) if len(fields) == 4 and fields[3] == self.boot_id else None
+            except (IndexError, ValueError):
+                continue  # a line torn by a power cut
+            if fields[0]:
+                self._live[fields[0]] = (expires_at, held_until)
         return dict(self._live)
 
-    def remember(self, command_id: str, expires_at: float, forget: tuple[str, ...] = ()) -> None:
+    def remember(self, command_id: str, expires_at: float, forget: tuple[str, ...] = (),
+                 held_until: float | None = None) -> None:
         """Put `command_id` on disk (raise OSError if it cannot be) and drop the ids the core forgot."""
         for old in forget:
             self._live.pop(old, None)
-        self._live[command_id] = expires_at
+        self._live[command_id] = (expires_at, held_until)
         try:
-            if self._torn or self._lines > 2 * len(self._live) + 256:
+            if not self._unreadable and (self._torn or self._lines > 2 * len(self._live) + 256):
                 self._compact()
                 return
             if self._handle is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._handle = open(self.path, "ab", buffering=0)  # noqa: SIM115 - kept open between commands
-            self._handle.write(f"{command_id} {expires_at:.3f}\n".encode())
+            line = self._line(command_id, expires_at, held_until).encode()
+            written = self._handle.write(line)
+            if written != len(line):  # a nearly full file system takes part of it: not durable
+                raise OSError(errno.ENOSPC, f"only {written} of {len(line)} bytes written")
             os.fdatasync(self._handle.fileno())
             self._lines += 1
         except BaseException:
@@ -99,10 +111,15 @@ class ReplayStore:
 
     def _compact(self) -> None:
         self.close()
-        body = "".join(f"{key} {value:.3f}\n" for key, value in self._live.items())
+        body = "".join(self._line(key, *value) for key, value in self._live.items())
         write_atomic(self.path, body.encode("utf-8"))
         self._lines = len(self._live)
         self._torn = False
+
+    def _line(self, command_id: str, expires_at: float, held_until: float | None) -> str:
+        if held_until is None or not self.boot_id:
+            return f"{command_id} {expires_at:.3f}\n"
+        return f"{command_id} {expires_at:.3f} {held_until:.3f} {self.boot_id}\n"
 
     def close(self) -> None:
         if self._handle is not None:

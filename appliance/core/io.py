@@ -154,6 +154,7 @@ class RememberCommand:
     command_id: str
     expires_at: float
     forget: tuple[str, ...] = ()
+    held_until: float | None = None  # monotonic deadline, meaningful within this boot only
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,8 @@ class Outcome:
 
 
 class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
-    def __init__(self, settings: CoreSettings, clock: Clock, replay_memory: dict[str, float] | None = None,
+    def __init__(self, settings: CoreSettings, clock: Clock,
+                 replay_memory: dict[str, float | tuple[float, float | None]] | None = None,
                  uptime: UptimeLedger | None = None) -> None:
         self.settings = settings
         self.clock = clock
@@ -256,10 +257,10 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
     def _store(self, command: Command, refusal: CommandRejected | None) -> None:
         """Write first, then act: the command waits for CommandStored (see `_on_command_stored`)."""
         wall, monotonic = self.clock.wall(), self.clock.monotonic()
-        self._replay.add(command.id, command.expires_at, wall, monotonic)
+        held_until = self._replay.add(command.id, command.expires_at, wall, monotonic)
         self._awaiting_store[command.id] = (command, refusal)
         forget = self._replay.forget_expired(wall, monotonic, self.health["clock"] == "synced")
-        self._emit(io.RememberCommand(command.id, command.expires_at, tuple(forget)))
+        self._emit(io.RememberCommand(command.id, command.expires_at, tuple(forget), held_until))
 
     def _on_command_stored(self, event: io.CommandStored) -> None:
         pending = self._awaiting_store.pop(event.command_id, None)

@@ -67,10 +67,11 @@ class OutputsFlow:
     def _finish(self: ApplianceCore) -> list[io.Effect]:
         """Emit whatever derived output changed, then hand the accumulated effects over."""
         self.uptime.observe(self.clock.monotonic(), self.broker_connected, self.state == IN_MEETING)
-        payload = self._state_payload()
-        fingerprint = (payload["state"], str(payload["meeting"]), str(payload["health"]))
+        # Compared cheaply on every step; the payload (with its timestamps) is built only on a change.
+        fingerprint = (self.state, self.meeting, tuple(self.health.items()))
         if fingerprint != self._published:
             self._published = fingerprint
+            payload = self._state_payload()
             # Offline, a state would only queue up stale; the reconnect publishes the current one.
             if self.broker_connected:
                 self._emit(io.Publish(self.topics.state, payload, retain=True))

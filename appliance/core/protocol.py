@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -146,7 +146,7 @@ def build_command(command_type: str, body: dict[str, Any], *, to: list[str], iss
     `check_command` must refuse; `command_id` defaults to a fresh random `cmd-<hex>`.
     """
     command = {
-        "v": PROTOCOL_VERSION, "id": command_id or f"cmd-{secrets.token_hex(6)}", "type": command_type,
+        "v": PROTOCOL_VERSION, "id": command_id or f"cmd-{os.urandom(6).hex()}", "type": command_type,
         "issued_at": rfc3339(issued_at), "expires_at": rfc3339(issued_at + ttl_s), "to": list(to), "body": body,
     }
     return sign_command(command, signing_key) if signing_key is not None else command
@@ -219,7 +219,9 @@ def check_command(
         raise reject(BAD_JSON, "payload nests too deeply") from None
     except ValueError as exc:
         raise reject(BAD_JSON, f"payload is not JSON ({exc})") from None
-    if _nests_deeper_than(document, MAX_JSON_DEPTH):
+    # Counting brackets in the bytes is cheap; only a payload with that many brackets needs the walk.
+    brackets = payload.count(b"[") + payload.count(b"{")
+    if brackets > MAX_JSON_DEPTH and _nests_deeper_than(document, MAX_JSON_DEPTH):
         raise reject(BAD_JSON, f"payload nests deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(document, dict):
         raise reject(BAD_JSON, f"payload is a JSON {type(document).__name__}, not an object")
@@ -429,7 +431,10 @@ def redact_url(url: str) -> str:
     options = []
     for option in parts.query.split("&") if parts.query else []:
         key, equals, value = option.partition("=")
-        if equals and value and unquote_plus(key).lower() not in PUBLIC_URL_OPTIONS:
+        public = unquote_plus(key).lower() in PUBLIC_URL_OPTIONS
+        if not equals and not public:
+            key = REDACTED  # a bare token (no name=value) may itself be the key
+        elif equals and value and not public:
             value = REDACTED
         options.append(f"{key}{equals}{value}")
     text = f"{parts.scheme}://{netloc}{path}" if parts.scheme else f"{netloc}{path}"
