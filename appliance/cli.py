@@ -10,7 +10,18 @@ import tomllib
 from typing import Any
 
 from appliance import __version__
-from appliance.config import REQUIRED, SCHEMA, SIMULATE_BACKENDS, Config, ConfigError, config_files, file_problems, load
+from appliance.config import (
+    DEFAULT_FILES,
+    REQUIRED,
+    SCHEMA,
+    SIMULATE_BACKENDS,
+    SITE_FILE_KEYS,
+    Config,
+    ConfigError,
+    config_files,
+    file_problems,
+    load,
+)
 
 EXIT_OK, EXIT_REFUSED, EXIT_CONFIG, EXIT_NO_DAEMON = 0, 1, 2, 3
 
@@ -117,10 +128,11 @@ def _not_provisioned(args: argparse.Namespace, argv: list[str], problems: list[s
 FALLBACK_SECTIONS = ("site", "panel", "display", "paths", "time")
 
 
-def fallback_config(paths: list[str], simulate: bool = False) -> Config:
+def fallback_config(paths: list[str], simulate: bool = False, site_file: str = DEFAULT_FILES[1]) -> Config:
     """What the not-provisioned screen needs from files that are not valid as a whole: each key of
-    [site], [panel], [display], [paths] and [time] that is valid on its own (normally the image's
-    /etc/appliance/appliance.toml), the defaults for everything else."""
+    [site], [panel], [display], [paths] and [time] that is valid on its own, the defaults for
+    everything else. From the per-site file only what a site file may set (SITE_FILE_KEYS): it must
+    not move the control socket or the state directory, even while the site is not provisioned."""
     values: dict[str, dict[str, object]] = {
         section: {key: spec.default for key, spec in keys.items() if spec.default is not REQUIRED}
         for section, keys in SCHEMA.items()}
@@ -132,11 +144,15 @@ def fallback_config(paths: list[str], simulate: bool = False) -> Config:
                 document = tomllib.load(handle)
         except (OSError, tomllib.TOMLDecodeError):
             continue
+        from_site_file = os.path.abspath(path) == os.path.abspath(site_file)
         for section in FALLBACK_SECTIONS:
             table = document.get(section)
             if not isinstance(table, dict):
                 continue
+            allowed = SITE_FILE_KEYS.get(section, frozenset()) if from_site_file else None
             for key, value in table.items():
+                if allowed is not None and key not in allowed:
+                    continue
                 spec = SCHEMA[section].get(key)
                 if spec is None or not isinstance(value, spec.kind) or (isinstance(value, bool) and spec.kind is not bool):
                     continue

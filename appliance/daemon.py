@@ -389,8 +389,9 @@ class NotProvisioned:
     `recheck_s` it asks `check` again; `run()` returns the configuration once it is valid (the caller
     then starts the real daemon), or None when stopped by SIGTERM/SIGINT.
 
-    `fallback` is the image's own panel, display, paths and time settings, each key only if valid (the
-    CLI builds it): the screen and the LED work wherever the image's defaults allow. No core runs here:
+    `fallback` is the site, panel, display, paths and time settings of the configuration files, each
+    key only if valid and, from the per-site file, only if a site file may set it (the CLI builds it):
+    the screen and the LED work wherever the files allow. No core runs here:
     there is no site, so the screen and the LED below are all there is to decide.
     """
 

@@ -158,3 +158,13 @@ def test_the_unit_does_not_restart_a_configuration_exit() -> None:
     assert unit_values(unit, "Service", "RestartPreventExitStatus") == ["2"]
     assert unit_values(unit, "Unit", "StartLimitAction") == ["reboot"]  # a crash loop still ends in a reboot
 
+
+
+def test_the_site_file_cannot_move_the_socket_even_while_not_provisioned(tmp_path: Path) -> None:
+    image, site = tmp_path / "appliance.toml", tmp_path / "site.toml"
+    image.write_text(f'[paths]\ncontrol_socket = "{tmp_path}/control.sock"\n[display]\nlanguage = "en"\n')
+    site.write_text('[site]\nname = "Desa Kemiren"\n[paths]\ncontrol_socket = "/tmp/elsewhere.sock"\n'
+                    '[display]\nlanguage = "id"\n')
+    fallback = fallback_config([str(image), str(site)], site_file=str(site))
+    assert fallback["paths"]["control_socket"] == f"{tmp_path}/control.sock"
+    assert fallback["display"]["language"] == "en" and fallback["site"]["name"] == "Desa Kemiren"

@@ -266,7 +266,7 @@ def _state_from(extra: str | None) -> LedgerState:
         if carry is not None:
             carry = {str(key): float(value) for key, value in dict(carry).items()}
         return LedgerState(float(values.get("high_water", 0.0)), str(values.get("last_boot_id", "")), carry)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         log.error("uptime ledger: the state row is unreadable (%s: %.80r); treated as missing, the days are kept",
                   exc, extra)
         return LedgerState()

@@ -238,7 +238,7 @@ def cmd_provision(ctx: Context, args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise BadInput(f"--out {args.out}: exists and is not a directory")
     ca_pem = ctx.home.ca_cert.read_bytes()
-    # The key that signs the commands, read from console-key.pem: after a key change (docs/console.md,
+    # The key that signs the commands, read from console-key.pem: after a key change (docs/security.md,
     # "Rotating and revoking") new cards carry the new key, not the one recorded at init.
     public_key = public_key_to_base64(ctx.signing_key().public_key())
     # Render and check every file before writing any.
