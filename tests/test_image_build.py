@@ -439,7 +439,9 @@ def test_provisioning_flow_in_the_arm64_chroot(real_images, tmp_path: Path) -> N
         assert not site_file.exists()
         assert (root / "etc/hostname").read_text() == "rapat-kalibaru\n"
         assert "127.0.1.1\trapat-kalibaru" in (root / "etc/hosts").read_text()
-        check = _chroot(root, "/opt/rapat-appliance/bin/appliance", "check-config", "/var/lib/appliance/site.toml")
+        # As the daemon reads it: the image's file, then the site file on top.
+        check = _chroot(root, "/opt/rapat-appliance/bin/appliance", "check-config", "/etc/appliance/appliance.toml",
+                        "/var/lib/appliance/site.toml")
         assert check.returncode == 0, check.stdout + check.stderr
 
         site_file.write_text(BAD_SITE)
