@@ -106,7 +106,7 @@ def _not_provisioned(args: argparse.Namespace, argv: list[str], problems: list[s
     """Show "not provisioned" and wait; once the files are valid, become the daemon (same PID for systemd)."""
     import logging  # noqa: PLC0415
 
-    from appliance.daemon import NotProvisioned  # noqa: PLC0415
+    from appliance.not_provisioned import NotProvisioned  # noqa: PLC0415
 
     paths, _ = config_files(args.config)
     try:

@@ -14,15 +14,8 @@ from hypothesis import strategies as st
 
 from appliance.adapters.mqtt import encode
 from appliance.core import io
-from appliance.core.protocol import (
-    DEFAULT_TOPIC_PREFIX,
-    INGEST_SCHEMES,
-    PROGRAM_SCHEMES,
-    Topics,
-    clean_url,
-    redact_text,
-    redact_url,
-)
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, Topics
+from appliance.core.urls import INGEST_SCHEMES, PROGRAM_SCHEMES, clean_url, redact_text, redact_url
 from appliance_dev.broker import Mosquitto
 from appliance_dev.recorder import MqttRecorder
 from appliance_dev.site_process import DaemonProcess, site_config

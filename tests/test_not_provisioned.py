@@ -20,8 +20,8 @@ import pytest
 from appliance.cli import fallback_config
 from appliance.config import load
 from appliance.core import led
-from appliance.daemon import NotProvisioned
 from appliance.media import screens
+from appliance.not_provisioned import NotProvisioned
 from appliance_dev.broker import Mosquitto
 from appliance_dev.waiting import stop_process, wait_until
 from tests.support.site import ConsoleKey

@@ -1,6 +1,6 @@
 """Media URL checks, redaction, and commands that must still get their one ack (issue 15, items 5 and 6).
 
-Unit level: protocol.clean_url / redact_url, check_command through the core, the ack encoder, the
+Unit level: urls.clean_url / redact_url, check_command through the core, the ack encoder, the
 signature path, and the uplink's own refusal. The same inputs through a real broker and daemon are in
 tests/test_command_errors.py; random ones in tests/test_fuzz.py.
 """
@@ -17,17 +17,9 @@ import pytest
 
 from appliance.adapters.mqtt import encode
 from appliance.core import io
-from appliance.core.protocol import (
-    INGEST_SCHEMES,
-    MAX_JSON_DEPTH,
-    PROGRAM_SCHEMES,
-    clean_url,
-    identify,
-    redact_text,
-    redact_url,
-    url_problem,
-)
+from appliance.core.protocol import MAX_JSON_DEPTH, identify
 from appliance.core.signing import verify_command
+from appliance.core.urls import INGEST_SCHEMES, PROGRAM_SCHEMES, clean_url, redact_text, redact_url, url_problem
 from appliance.media.uplink import FfmpegUplink, PermanentError, output_args
 from tests.core_helpers import KEY, SITE, command, make_core, published, receive
 from tests.support.site import meeting_body

@@ -18,13 +18,12 @@ from appliance.core.protocol import (
     COMMAND_ID,
     DEFAULT_TOPIC_PREFIX,
     GROUPS,
-    MEDIA_SCHEMES,
     SITE_ID,
     build_command,
     group_command_topic,
     site_topic,
-    url_problem,
 )
+from appliance.core.urls import MEDIA_SCHEMES, url_problem
 
 MAX_EXPIRY_S = 86400  # the device's default security.max_command_age_s
 MAX_TO_BYTES = 8 * 1024  # keep an explicit `to` list well inside the device's 16 KiB payload limit

@@ -15,7 +15,8 @@ from appliance.console.errors import BadInput
 from appliance.console.fleet import Tracker, decode, parse_topic, send_and_collect
 from appliance.console.output import Live, health_summary, print_json, printable, table
 from appliance.core.clock import rfc3339
-from appliance.core.protocol import COMMAND_ID, MAX_TITLE_CHARS, URL_SCHEMES, site_topic
+from appliance.core.protocol import COMMAND_ID, MAX_TITLE_CHARS, site_topic
+from appliance.core.urls import URL_SCHEMES
 
 ACK_COLUMNS = [("site", "SITE"), ("result", "RESULT"), ("state", "STATE"), ("latency_ms", "MS"), ("detail", "DETAIL")]
 STATUS_COLUMNS = [("site", "SITE"), ("kind", "KIND"), ("online", "ONLINE"), ("state", "STATE"),

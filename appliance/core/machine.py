@@ -398,8 +398,9 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
         self.meeting = self._meeting_from(context["body"])
 
     def _meeting_from(self, body: dict[str, Any]) -> Meeting:
-        return Meeting(body["meeting_id"], body["title"], body["program_url"],
-                       body["ingest_url"].replace("{site}", self.settings.site_id), bool(body.get("auto_join")))
+        # check_command hands over the URLs rebuilt, `{site}` already replaced by this site's id.
+        return Meeting(body["meeting_id"], body["title"], body["program_url"], body["ingest_url"],
+                       bool(body.get("auto_join")))
 
     def _forget_meeting(self, context: dict[str, Any]) -> None:
         self.meeting = None

@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 from appliance.adapters.media import BackendUnavailable
 from appliance.core.backoff import Backoff
 from appliance.core.io import HealthReport, MediaStatus
-from appliance.core.protocol import PROGRAM_SCHEMES, clean_url, redact_text, redact_url
+from appliance.core.urls import PROGRAM_SCHEMES, clean_url, redact_text, redact_url
 from appliance.media import screens
 from appliance.media.frames import FrameSink
 from appliance.media.proc import scratch_dir

@@ -22,7 +22,7 @@ from typing import Any
 
 from appliance.core.backoff import Backoff
 from appliance.core.io import HealthReport, MediaStatus, SelftestCheckDone
-from appliance.core.protocol import INGEST_SCHEMES, clean_url, redact_text, redact_url
+from appliance.core.urls import INGEST_SCHEMES, clean_url, redact_text, redact_url
 from appliance.media import proc
 
 log = logging.getLogger("appliance.uplink")
@@ -56,7 +56,7 @@ class UplinkSettings:
 def output_args(url: str) -> list[str]:
     """Container and protocol options for the ingest URL (the pushing side).
 
-    ffmpeg gets the URL rebuilt by `protocol.clean_url`, never the raw text: given " rtmp://..." it
+    ffmpeg gets the URL rebuilt by `urls.clean_url`, never the raw text: given " rtmp://..." it
     wrote a local file, and a NUL cannot even be passed to a process. The core hands over only URLs
     that passed that check; this one is for every other caller.
     """

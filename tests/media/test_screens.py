@@ -24,7 +24,7 @@ EXPECTED = {
     "camera_missing": ("camera_missing", "camera_hint"),
     "program_reconnecting": ("program_reconnecting", "program_hint"),
     "provision_error": ("provision_error", "provision_hint"),
-    "not_provisioned": ("not_provisioned", "not_provisioned_hint"),  # shown with no core: see daemon.NotProvisioned
+    "not_provisioned": ("not_provisioned", "not_provisioned_hint"),  # shown with no core: see not_provisioned.NotProvisioned
 }
 
 
