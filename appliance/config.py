@@ -108,6 +108,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "backend": Key(str, "gpio", _choice("gpio", "mock")),
         "button_pin": Key(int, 17, _between(0, 27)),
         "led_pin": Key(int, 27, _between(0, 27)),
+        # A red "on air" LED, lit while the site speaks; absent (None) = no such LED.
+        "onair_led_pin": Key(int, None, _between(0, 27)),
         "hold_s": Key((int, float), 3.0, _between(0.5, 30)),
     },
     "camera": {
@@ -267,7 +269,19 @@ def _cross_checks(config: Config) -> list[str]:
     if tls_files and _scheme(broker.get("url", "")) == "mqtt":
         problems.append(f"{config.where('broker', tls_files[0])}: broker.{tls_files[0]}: "
                         "TLS files need an mqtts:// broker.url")
+    problems.extend(_panel_pin_problems(config))
     return problems
+
+
+def _panel_pin_problems(config: Config) -> list[str]:
+    """The optional on-air LED needs a GPIO of its own (keys that failed their own check are absent)."""
+    panel = config["panel"]
+    onair = panel.get("onair_led_pin")
+    if onair is None:
+        return []
+    return [f"{config.where('panel', 'onair_led_pin')}: panel.onair_led_pin: GPIO {onair} is already "
+            f"panel.{key}; the on-air LED needs a pin of its own"
+            for key in ("button_pin", "led_pin") if panel.get(key) == onair]
 
 
 def _scheme(url: object) -> str:

@@ -93,7 +93,7 @@ def _mqtt_from_config(config: Config, post: Post, topics: Any) -> MqttLink:
 
 def panel_from_config(config: Config, post: Post) -> Panel:
     panel = config["panel"]
-    return Panel(panel["backend"], panel["button_pin"], panel["led_pin"], post)
+    return Panel(panel["backend"], panel["button_pin"], panel["led_pin"], post, onair_pin=panel["onair_led_pin"])
 
 
 class Daemon:
@@ -129,7 +129,8 @@ class Daemon:
             io.Publish: lambda e: self.mqtt.publish(e.topic, e.payload, e.retain, e.receipt),
             io.SetLed: lambda e: self.panel.show(e.pattern),
             io.ShowScreen: lambda e: self.display and self.display.show_screen(e.screen, e.info),
-            io.StartUplink: lambda e: self.camera and self.camera.start(e.url),
+            io.StartUplink: lambda e: self.camera and self.camera.start(e.url, microphone_live=e.microphone_live),
+            io.SetMicrophone: self._set_microphone,
             io.StopUplink: lambda e: self.camera and self.camera.stop(),
             io.StartProgram: lambda e: self.display and self.display.start_program(e.url),
             io.StopProgram: lambda e: self.display and self.display.stop_program(),
@@ -307,6 +308,12 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - any failure means "not durable": the core refuses the command
             return io.CommandStored(effect.command_id, False, f"{type(exc).__name__}: {exc}")
         return io.CommandStored(effect.command_id, True)
+
+    def _set_microphone(self, effect: io.SetMicrophone) -> None:
+        # The on-air LED follows what the core asked for; the uplink confirms (or restarts muted) itself.
+        self.panel.set_onair(effect.live)
+        if self.camera is not None:
+            self.camera.set_microphone(effect.live)
 
     def _probe_camera(self, effect: io.ProbeCamera) -> None:
         if self.camera is None:  # the core knows it is missing, but answer anyway: the run must end

@@ -5,6 +5,8 @@
 - `SrtProgram`: the meeting's program as MPEG-TS over SRT (the low-latency path for VLC, see
   docs/central-media.md). ffmpeg's SRT listener serves one caller and exits when it leaves, so a
   supervisor thread restarts it, which is what a real server (MediaMTX, SRS) does for free.
+- `AudioMeter`: what the centre hears of a site: the sound level of a stream on `RtmpServer`, window
+  by window with arrival times, and whether the stream the server delivered stayed unbroken.
 
 In production these are one MediaMTX or SRS; nothing here runs on a Pi.
 """
@@ -12,7 +14,9 @@ In production these are one MediaMTX or SRS; nothing here runs on a Pi.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -21,10 +25,13 @@ import threading
 import time
 import urllib.request
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from appliance.media import proc
 from appliance_dev.localnet import free_port, wait_for_port, wait_for_udp_port
+from appliance_dev.waiting import wait_until
 
 NGINX_CONF = """
 load_module {module};
@@ -87,14 +94,21 @@ class RtmpServer:
         return f"rtmp://127.0.0.1:{self.rtmp_port}/live/{name}"
 
     def streams(self) -> dict[str, dict[str, Any]]:
-        """Streams nginx has right now: name -> {publishing, bytes_in, bw_in, width, height}."""
+        """Streams nginx has right now: name -> {publishing, publisher, bytes_in, bw_in, width, height}.
+
+        `publisher` is nginx's id of the publishing connection (None when nobody publishes): it
+        changes whenever the publisher reconnects, so an unchanged id means one unbroken session.
+        """
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/stat", timeout=2) as answer:
             root = ET.fromstring(answer.read())
         found = {}
         for stream in root.iter("stream"):
             video = stream.find("meta/video")
+            publisher = next((client.findtext("id") for client in stream.iter("client")
+                              if client.find("publishing") is not None), None)
             found[stream.findtext("name", "")] = {
                 "publishing": stream.find("publishing") is not None,
+                "publisher": int(publisher) if publisher else None,
                 "bytes_in": int(stream.findtext("bytes_in", "0")),
                 "bw_in": int(stream.findtext("bw_in", "0")),
                 "width": int(video.findtext("width", "0")) if video is not None else 0,
@@ -104,6 +118,10 @@ class RtmpServer:
 
     def publishing(self, name: str) -> bool:
         return self.streams().get(name, {}).get("publishing", False)
+
+    def publisher(self, name: str) -> int | None:
+        """nginx's id of the connection publishing `name` now (None if none); new on every reconnect."""
+        return self.streams().get(name, {}).get("publisher")
 
 
 class SrtProgram:
@@ -171,6 +189,224 @@ class SrtProgram:
             self.child.wait()
             if not self._stopping.is_set():
                 time.sleep(0.05)
+
+
+# --- what the centre hears: the sound level of a stream on the local nginx-rtmp ---------------------
+LOUD_DBFS = -30.0    # the testsrc tone is about -21 dBFS RMS; a muted encoder sends digital silence (-inf)
+SILENT_DBFS = -60.0
+_PTS = re.compile(rb"pts:\s*-?\d+\s+pts_time:(-?[\d.]+)")
+
+
+@dataclass(frozen=True)
+class AudioWindow:
+    """One `window_s` slice of the stream's sound as a viewer at the server receives it."""
+
+    arrived: float   # time.monotonic() when the meter had it decoded
+    pts: float       # stream time (s) as the server delivered it (-copyts: the publisher's own timestamps)
+    dbfs: float      # RMS level in dB full scale; -inf for digital silence
+
+
+class AudioMeter:
+    """Listens to one stream on the local nginx-rtmp like a viewer at the centre and measures its sound.
+
+        meter = AudioMeter(rtmp.url("kalibaru")).start()     # once the stream is being published
+        t = meter.wait_level(loud=True, after=time.monotonic(), timeout=5)   # arrival of the first loud window
+        meter.loudest(since=t0)          # the highest level (dBFS) received since t0
+        meter.discontinuities(since=t0)  # [] when the stream the server delivered was unbroken since t0
+        meter.close()
+
+    The sound: one ffmpeg reads only the audio, with no buffering and a tiny probe, keeps the
+    server's timestamps (`-copyts`), downmixes to mono 48 kHz, cuts it into `window_s` windows and
+    prints each window's RMS level (`astats`) with its pts on a pipe, flushed per line (`ametadata
+    direct=1`), so a window's arrival time is within a few ms of the moment the server delivered it.
+    (Video in the same ffmpeg held the audio back by up to a video frame interval, 70-170 ms.)
+
+    The video (`video=True`): a second viewer copies the video packets without decoding them and
+    records each one's pts (`framecrc`), so a test can also see the video timestamps never jump.
+    nginx-rtmp keeps a viewer connected when a publisher drops and another one publishes the same
+    name, but the new publisher's timestamps start again from 0: an encoder restart always shows
+    as a jump back in both tracks (and as a new publisher id in `RtmpServer.streams()`).
+    A viewer whose ffmpeg ends is restarted; `connections` counts the audio viewer's connections.
+    """
+
+    def __init__(self, url: str, window_s: float = 0.01, video: bool = True) -> None:
+        self.url = url
+        self.window_s = window_s
+        self.video = video
+        self.connections = 0
+        self.connected_at: dict[str, list[float]] = {"audio": [], "video": []}
+        self.ready_at = math.inf  # when `start` saw the sound flowing steadily
+        self.stderr_tail: list[str] = []
+        self._windows: list[AudioWindow] = []
+        self._video_pts: list[tuple[float, float]] = []  # (arrival, pts)
+        self._cond = threading.Condition()
+        self._stopping = threading.Event()
+        self._children: dict[str, subprocess.Popen] = {}
+        self._threads: list[threading.Thread] = []
+        self._spawning = threading.Lock()
+
+    def command(self, kind: str = "audio") -> list[str]:
+        """The listening ffmpeg for `kind` ("audio" or "video")."""
+        head = ["ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
+                "-fflags", "nobuffer", "-probesize", "32768", "-analyzeduration", "0", "-copyts", "-i", self.url]
+        if kind == "video":
+            return [*head, "-map", "0:v", "-c", "copy", "-flush_packets", "1", "-f", "framecrc", "pipe:1"]
+        samples = max(1, round(48000 * self.window_s))
+        audio = (f"aformat=sample_fmts=fltp:sample_rates=48000:channel_layouts=mono,asetnsamples=n={samples}:p=0,"
+                 "astats=metadata=1:reset=1:measure_perchannel=none:measure_overall=RMS_level,"
+                 "ametadata=mode=print:key=lavfi.astats.Overall.RMS_level:file=-:direct=1")
+        return [*head, "-map", "0:a", "-af", audio, "-f", "null", "-"]
+
+    def start(self, timeout: float = 10.0) -> AudioMeter:
+        """Start listening; returns once the sound flows steadily (TimeoutError otherwise), at `ready_at`.
+
+        The first decoded AAC frame lacks its overlap (a few dB low), so judge the sound from
+        `ready_at` on: after a few windows (and the first video packet, with `video=True`).
+        """
+        self._stopping.clear()
+        for kind in ("audio", "video") if self.video else ("audio",):
+            thread = threading.Thread(target=self._serve, args=(kind,), name=f"meter-{kind}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        deadline = time.monotonic() + timeout
+        try:
+            first = self.wait_for(lambda w: True, after=0.0, timeout=timeout, what="the first audio window")
+            if self.video:
+                wait_until(lambda: self._video_pts, max(0.0, deadline - time.monotonic()), what="the first video packet")
+            self.wait_for(lambda w: w.arrived > first.arrived + 0.05, after=first.arrived,
+                          timeout=max(0.0, deadline - time.monotonic()), what="steady sound")
+        except TimeoutError:
+            self.close()
+            raise
+        self.ready_at = time.monotonic()
+        return self
+
+    def close(self) -> None:
+        with self._spawning:  # so no viewer is spawned after this
+            self._stopping.set()
+            children = list(self._children.values())
+        for child in children:
+            proc.kill(child)
+        for thread in self._threads:
+            thread.join(3.0)
+        self._threads = []
+
+    stop = close
+
+    # --- readings ---------------------------------------------------------------------------------
+    def windows(self, since: float = 0.0, until: float = math.inf) -> list[AudioWindow]:
+        """The windows that arrived in [since, until) (monotonic times)."""
+        with self._cond:
+            return [w for w in self._windows if since <= w.arrived < until]
+
+    def video_pts(self, since: float = 0.0, until: float = math.inf) -> list[tuple[float, float]]:
+        """(arrival, pts) of every video packet that arrived in [since, until)."""
+        with self._cond:
+            return [(at, pts) for at, pts in self._video_pts if since <= at < until]
+
+    def loudest(self, since: float = 0.0, until: float = math.inf) -> float:
+        """The highest window level (dBFS) that arrived in [since, until); -inf when none (or all silent)."""
+        return max((w.dbfs for w in self.windows(since, until)), default=-math.inf)
+
+    def wait_for(self, predicate: Callable[[AudioWindow], bool], after: float, timeout: float,
+                 what: str = "a matching window") -> AudioWindow:
+        """The first window that arrived after `after` and satisfies `predicate`; TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            index = 0
+            while True:
+                while index < len(self._windows):
+                    window = self._windows[index]
+                    index += 1
+                    if window.arrived > after and predicate(window):
+                        return window
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    last = self._windows[-1] if self._windows else None
+                    raise TimeoutError(f"not within {timeout:g} s: {what} (last window: {last}; "
+                                       f"meter: {' | '.join(self.stderr_tail[-3:])})")
+                self._cond.wait(remaining)
+
+    def wait_level(self, loud: bool, after: float, timeout: float) -> float:
+        """Arrival time of the first loud (> LOUD_DBFS) or silent (< SILENT_DBFS) window after `after`."""
+        if loud:
+            window = self.wait_for(lambda w: w.dbfs > LOUD_DBFS, after, timeout, f"a window above {LOUD_DBFS:g} dBFS")
+        else:
+            window = self.wait_for(lambda w: w.dbfs < SILENT_DBFS, after, timeout, f"a window below {SILENT_DBFS:g} dBFS")
+        return window.arrived
+
+    def discontinuities(self, since: float = 0.0, max_gap_s: float = 0.2, jitter_s: float = 0.05) -> list[str]:
+        """Every break in what arrived since `since`: a timestamp leaping forward over `max_gap_s` or
+        going back by more than `jitter_s`, in the audio or the video, or a viewer having had to
+        reconnect. [] = unbroken. (Capture stamped with the wall clock, as ffmpeg stamps ALSA input,
+        wobbles back by a few ms; a new publisher starts again from 0, seconds back.)"""
+        found = []
+        with self._cond:
+            for kind, moments in self.connected_at.items():
+                if any(at > since for at in moments[1:]):
+                    found.append(f"the {kind} viewer reconnected ({len(moments)} connections)")
+            tracks = (("audio", [(w.arrived, w.pts) for w in self._windows if w.arrived >= since]),
+                      ("video", [(at, pts) for at, pts in self._video_pts if at >= since]))
+        for name, points in tracks:
+            for (_, before), (at, after) in zip(points, points[1:], strict=False):
+                if after < before - jitter_s or after - before > max_gap_s:
+                    found.append(f"{name} pts {before:.3f} -> {after:.3f} s (arrived at {at:.3f})")
+        return found
+
+    # --- the listening ffmpegs ----------------------------------------------------------------------
+    def _serve(self, kind: str) -> None:
+        # Spawned and waited on by this thread, so PDEATHSIG ties the child's life to it.
+        while True:
+            with self._spawning:
+                if self._stopping.is_set():
+                    return
+                child = proc.spawn(self.command(kind), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                self._children[kind] = child
+            with self._cond:
+                self.connected_at[kind].append(time.monotonic())
+                if kind == "audio":
+                    self.connections += 1
+            errors = threading.Thread(target=self._read_stderr, args=(child,), daemon=True)
+            errors.start()
+            (self._read_levels if kind == "audio" else self._read_packets)(child)
+            child.wait()
+            errors.join(1.0)
+            self._stopping.wait(0.2)
+
+    def _read_levels(self, child: subprocess.Popen) -> None:
+        assert child.stdout is not None
+        pts = math.nan
+        for line in child.stdout:
+            if line.startswith(b"frame:"):
+                found = _PTS.search(line)
+                pts = float(found.group(1)) if found else math.nan
+            elif line.startswith(b"lavfi.astats.Overall.RMS_level="):
+                arrived = time.monotonic()
+                text = line.partition(b"=")[2].strip().decode()
+                dbfs = -math.inf if text in ("-inf", "inf", "nan", "-nan") else float(text)
+                with self._cond:
+                    self._windows.append(AudioWindow(arrived, pts, dbfs))
+                    self._cond.notify_all()
+
+    def _read_packets(self, child: subprocess.Popen) -> None:
+        """framecrc lines: `#tb 0: 1/1000` once, then `0, dts, pts, duration, size, crc` per packet."""
+        assert child.stdout is not None
+        time_base = 0.001
+        for line in child.stdout:
+            if line.startswith(b"#tb"):
+                num, _, den = line.partition(b":")[2].strip().partition(b"/")
+                time_base = int(num) / int(den)
+            elif not line.startswith(b"#"):
+                fields = line.split(b",")
+                if len(fields) >= 3:
+                    with self._cond:
+                        self._video_pts.append((time.monotonic(), int(fields[2]) * time_base))
+
+    def _read_stderr(self, child: subprocess.Popen) -> None:
+        assert child.stderr is not None
+        for line in child.stderr:
+            if line.strip():
+                self.stderr_tail = [*self.stderr_tail[-9:], line.decode(errors="replace").strip()]
 
 
 def probe(url: str, timeout_s: float = 10.0, listen: bool = False) -> dict[str, Any]:

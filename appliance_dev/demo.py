@@ -1,7 +1,9 @@
 """`make demo`: a local broker, one simulated site and a console-side script, all on this machine.
 
-The script announces a signed meeting, presses the (mock) button, and shows every step live: state,
-LED, acks and events. `--interactive` lets a person press the button with Enter.
+The script announces a signed (moderated) meeting, presses the (mock) button to join, raises the
+site's hand, grants and revokes the floor while the centre listens to the site's sound, and shows
+every step live: state, LED, acks, events and the level the centre hears. `--interactive` lets a
+person press the button with Enter.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from appliance.adapters.control import NoDaemon, request
 from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, build_command, site_topic
 from appliance.core.signing import generate_private_key, public_key_to_base64
 from appliance_dev.broker import Mosquitto
-from appliance_dev.central_media import CentralMedia, demo_media_toml
+from appliance_dev.central_media import AudioMeter, CentralMedia, demo_media_toml
 from appliance_dev.recorder import Message, MqttRecorder
 from appliance_dev.site_process import DaemonProcess
 from appliance_dev.waiting import wait_until
@@ -124,7 +126,8 @@ def summarise(kind: str, payload: dict[str, Any]) -> str:
             return "site OFFLINE (last will)"
         meeting = payload.get("meeting") or {}
         health = payload["health"]
-        return (f"{payload['state']:<18} meeting={meeting.get('title', '-')}  broker={health['broker']}  "
+        floor = (payload.get("floor") or {}).get("status", "-")
+        return (f"{payload['state']:<18} meeting={meeting.get('title', '-')}  floor={floor}  broker={health['broker']}  "
                 f"uplink={health['uplink']}  program={health['program']}")
     if kind == "ack":
         outcome = "ok" if payload["ok"] else f"REFUSED {payload['error']['code']}: {payload['error']['message']}"
@@ -161,6 +164,7 @@ LED_WORDS = {
     "off": "off (idle, connected)", "blip": "blip every 3 s (broker unreachable)",
     "slow_blink": "slow blink 1 Hz (a meeting is available: press the button)",
     "fast_blink": "fast blink (joining / leaving)", "on": "steady on (in the meeting)",
+    "requested": "on with a quick double flicker (hand raised: waiting for the floor)",
     "double_blink": "double blink (something is broken)",
 }
 
@@ -214,6 +218,7 @@ def run_demo(interactive: bool, keep: bool, output: Path) -> int:
                        what="the program on the site's screen and the site's uplink at the centre")
             screen.line("centre", f"uplink from {SITE}: {central.uplink(SITE)}")
             central.save_uplink_frame(SITE, str(output / "uplink.jpg"))
+            floor_exchange(console, central, socket_path, screen)
             press(socket_path, screen, hold=3.2)
             console.wait("event", lambda p: p.get("type") == "meeting.left")
         console.send("meeting.end", {"meeting_id": "musrenbang-2026"})
@@ -238,6 +243,47 @@ def run_demo(interactive: bool, keep: bool, output: Path) -> int:
     return 0
 
 
+FLOOR_STEPS: list[str] = []  # what the centre heard at each step of the floor, for the summary
+
+
+def floor_exchange(console: ConsoleSide, central: CentralMedia, socket_path: str, screen: Screen) -> None:
+    """Join muted, ask, granted, speak, revoked: with the level the centre measures on the site's stream."""
+    meter = AudioMeter(central.rtmp.url(SITE), video=False).start()
+    try:
+        began = time.monotonic()
+        time.sleep(1.0)
+        heard = meter.loudest(since=began)
+        screen.line("centre", f"{SITE} listens (moderated meeting): its microphone is muted, the centre hears "
+                              f"{heard:.0f} dBFS")
+        FLOOR_STEPS.append(f"listening ({heard:.0f} dBFS)")
+        press(socket_path, screen)
+        console.wait("event", lambda p: p.get("type") == "floor.requested")
+        FLOOR_STEPS.append("requested")
+        time.sleep(1.5)  # long enough to see the LED flicker
+        console.send("floor.grant", {"meeting_id": "musrenbang-2026"})
+        acked = time.monotonic()
+        console.wait("ack", lambda p: p.get("type") == "floor.grant" and p.get("ok"))
+        loud = meter.wait_level(loud=True, after=acked, timeout=5)
+        time.sleep(1.0)
+        heard = meter.loudest(since=loud)
+        screen.line("centre", f"{SITE} speaks: the centre hears it at {heard:.0f} dBFS, "
+                              f"{1000 * (loud - acked):.0f} ms after the grant; same stream, no reconnect")
+        FLOOR_STEPS.append(f"speaking ({heard:.0f} dBFS)")
+        console.send("floor.revoke", {"meeting_id": "musrenbang-2026"})
+        acked = time.monotonic()
+        console.wait("ack", lambda p: p.get("type") == "floor.revoke" and p.get("ok"))
+        silent = meter.wait_level(loud=False, after=acked, timeout=5)
+        time.sleep(0.5)
+        heard = meter.loudest(since=silent + 0.1)
+        screen.line("centre", f"floor taken back: silent again ({heard:.0f} dBFS) "
+                              f"{1000 * (silent - acked):.0f} ms after the revoke")
+        FLOOR_STEPS.append(f"listening ({heard:.0f} dBFS)")
+        gaps = meter.discontinuities(since=began)
+        screen.line("centre", "the stream stayed unbroken throughout" if not gaps else f"stream broken: {gaps}")
+    finally:
+        meter.close()
+
+
 def interactive_loop(socket_path: str, screen: Screen) -> None:
     print("\n  Enter = press the button   h + Enter = hold it (leave)   q + Enter = end the meeting\n", flush=True)
     for line in sys.stdin:
@@ -259,6 +305,8 @@ def print_summary(console: ConsoleSide, leds: LedWatcher, screen: Screen, output
     print(f"  LED         : {' -> '.join(leds.history)}")
     print(f"  acks        : {sum(a['ok'] for a in acks)} ok, {sum(not a['ok'] for a in acks)} refused")
     print(f"  events      : {', '.join(events)}")
+    if FLOOR_STEPS:
+        print(f"  floor       : {' -> '.join(FLOOR_STEPS)}")
     print(f"  time        : {time.monotonic() - screen.start:.1f} s")
     print(f"  pictures    : {output}/")
     for path in sorted(output.glob("*.jpg")):

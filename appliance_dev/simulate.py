@@ -4,17 +4,23 @@ For benchmarks and tests of the console at fleet scale (a real daemon per site w
 processes). Mode "core" answers with `ApplianceCore` (signature checks, state machine, acks and
 retained state exactly as a device). A message whose payload starts with `ECHO` is answered with a
 bare ack instead, without the core: that measures the broker's own round trip on the same
-connections.
+connections. `SimSite.press()` is a short press of the site's panel button (thread-safe: the fleet's
+thread runs it), so tests can raise a hand in a meeting.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
 import selectors
+import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -25,6 +31,8 @@ from appliance.console.store import site_username
 from appliance.core.clock import SystemClock
 from appliance.core.io import (
     BrokerConnected,
+    ButtonDown,
+    ButtonUp,
     CommandStored,
     Log,
     MessageReceived,
@@ -37,6 +45,7 @@ from appliance.core.io import (
     SelftestCheckDone,
     SelftestDone,
     SetLed,
+    SetMicrophone,
     ShowScreen,
     StartProgram,
     StartUplink,
@@ -49,9 +58,10 @@ from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, CommandPolicy, Topics
 from appliance.core.signing import public_key_from_base64
 
 # What a site without panel, screen, media, disk or systemd simply does not do.
-IGNORED_EFFECTS = (SetLed, ShowScreen, StartUplink, StopUplink, StartProgram, StopProgram, NotifyStatus, SaveUptime,
-                   SelftestDone, Log)
+IGNORED_EFFECTS = (SetLed, ShowScreen, StartUplink, StopUplink, StartProgram, StopProgram, SetMicrophone, NotifyStatus,
+                   SaveUptime, SelftestDone, Log)
 NO_HARDWARE = {"ok": None, "detail": "simulated site: no hardware"}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,18 @@ class SimSite:
         client.on_subscribe = lambda *args: setattr(self, "ready", True)
         client.on_message = self._on_message
         self.client = client
+        self.fleet: SimFleet | None = None  # set by the SimFleet that drives this site
+
+    def call(self, action: Callable[[], T], timeout: float = 10.0) -> T:
+        """Run `action` where this site's core runs (the fleet's thread, once started; the core is not
+        thread-safe) and return its result."""
+        if self.fleet is None:
+            return action()
+        return self.fleet.call(action, timeout)
+
+    def press(self) -> None:
+        """A short press of the panel button (down, then up at once), as a person makes it."""
+        self.call(lambda: self.perform(self.core.handle(ButtonDown()) + self.core.handle(ButtonUp())))
 
     def connect(self) -> None:
         self.client.connect(self.host, self.port, keepalive=60)
@@ -130,9 +152,52 @@ class SimFleet:
         self.sites = sites
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()  # call() wakes the selector at once
+        for site in sites:
+            site.fleet = self
+
+    def call(self, action: Callable[[], T], timeout: float = 10.0) -> T:
+        """Run `action` on the fleet's thread (at once when called there, or before the fleet runs)."""
+        thread = self._thread
+        if thread is None or not thread.is_alive() or threading.current_thread() is thread:
+            return action()
+        done = threading.Event()
+        outcome: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                outcome["result"] = action()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        self._calls.put(run)
+        self._wake_w.send(b"x")
+        if not done.wait(timeout):
+            raise TimeoutError(f"the simulated sites' thread did not run the call within {timeout:g} s")
+        if "error" in outcome:
+            raise outcome["error"]  # type: ignore[misc]
+        return outcome["result"]  # type: ignore[return-value]
+
+    def _run_calls(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            self._wake_r.recv(4096)
+        while True:
+            try:
+                run = self._calls.get_nowait()
+            except queue.Empty:
+                break
+            run()
+        for site in self.sites:  # what the calls published goes out now, not at the next tick
+            if site.client.want_write():
+                site.client.loop_write()
 
     def start(self, timeout: float = 60.0) -> SimFleet:
         self.selector = selectors.DefaultSelector()
+        self._wake_r.setblocking(False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
         for site in self.sites:
             site.connect()
             self.selector.register(site.client.socket(), selectors.EVENT_READ, site)
@@ -152,6 +217,9 @@ class SimFleet:
         while not self._stop.is_set():
             touched = set()
             for key, _ in self.selector.select(timeout=0.05):
+                if key.data is None:
+                    self._run_calls()
+                    continue
                 site: SimSite = key.data
                 client = site.client
                 client.loop_read(50)
@@ -185,6 +253,8 @@ class SimFleet:
             sock = site.client.socket()
             if sock is not None:
                 sock.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def __enter__(self) -> SimFleet:
         return self.start()

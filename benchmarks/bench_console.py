@@ -1,13 +1,22 @@
-"""Meeting start to N sites until every ack arrived, next to the bare broker round trip.
+"""Meeting start to N sites until every ack arrived, next to the bare broker round trip; and the
+moderator's floor grant in a meeting of N sites, next to two pings.
 
-    python -m benchmarks.bench_console [--sizes 242,2000] [--trials 30] [--workers 2]
+    python -m benchmarks.bench_console [--what meeting,floor] [--sizes 242,2000] [--trials 30] [--workers 2]
+                                       [--floor-sites 242] [--swaps 20]
 
 Everything real except the sites' media: a Mosquitto started from the console's generated
 configuration (TLS, passwords, ACL), the console's own signing and MQTT code, and N simulated
 sites, each a real MQTT v5 connection running the real device core (`appliance_dev.simulate`),
 spread over worker processes. On the same connections and in the same run, the baseline is the
 broker's bare round trip: one unsigned `ECHO` message to the `all` group, answered by every site
-without the core. Prints figures; asserts nothing about time.
+without the core.
+
+The floor (`--what floor`): every site joined one moderated meeting; one speaker at a time. A swap is
+`FloorDesk.grant(next)` (what `floor grant` and the dashboard call) on the console's open
+connection with the floor view already loaded: plan (revoke the current speaker, grant the next),
+sign both commands, publish both, until both sites have acked. The peer, interleaved in the same
+run: the same two sites sent a signed `ping` each, through the same `FloorDesk.send`. Prints
+figures and the ratio; asserts nothing about time.
 """
 
 from __future__ import annotations
@@ -28,7 +37,10 @@ from appliance.console import commands
 from appliance.console.cli import main as console_main
 from appliance.console.context import Context
 from appliance.console.fleet import send_and_collect
+from appliance.console.floor import floor_status
+from appliance.console.floor_desk import FloorDesk, site_commands
 from appliance.console.home import Home
+from appliance.core.floor import LISTENING, MODERATED, SPEAKING
 from appliance.core.protocol import group_command_topic, site_topic
 from appliance_dev.broker import Mosquitto
 from appliance_dev.localnet import free_port
@@ -168,6 +180,74 @@ def run_size(n: int, trials: int, workers: int) -> dict:
             "per_ack": per_ack, "cli": cli}
 
 
+def run_floor(n: int, swaps: int, workers: int) -> dict:
+    """Swaps of the floor in an n-site moderated meeting, each next to two pings (alternating which goes first)."""
+    with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
+        home, port, broker, specs, public_key = start_fleet_broker(Path(tmp), n)
+        procs = []
+        try:
+            ctx = Context(home)
+            start_workers(procs, worker, specs, workers, port, str(home.ca_cert), public_key, timeout=180)
+            key = ctx.signing_key()
+            all_ids = sorted(spec.id for spec in specs)
+            target = commands.resolve_target(ctx.store, None, "all", ctx.topic_prefix)
+            grants, pings = [], []
+            with ctx.fleet(timeout=30) as fleet:
+                body = {"meeting_id": "bench-floor", "title": "Bench floor", "program_url": "rtmp://127.0.0.1/live/p",
+                        "ingest_url": "rtmp://127.0.0.1/live/{site}", "auto_join": True, "floor": MODERATED}
+                tracker = send_and_collect(fleet, commands.build("meeting.start", body, target, 600, key),
+                                           target.topics, all_ids, timeout=60)
+                if not tracker.done:
+                    raise SystemExit(f"meeting.start: only {len(tracker.answers)}/{n} acks")
+                desk = FloorDesk(fleet, key)
+                desk.load()
+                joined = desk.wait(lambda view: sum(len(m.sites) for m in view.meetings()) == n, 30)
+                if not joined:
+                    raise SystemExit("not every site joined the meeting")
+                speakers = all_ids[:swaps + 1]
+                desk.grant(speakers[0])
+                for index in range(1, swaps + 1):
+                    before, after = speakers[index - 1], speakers[index]
+                    desk.wait(lambda view, site=before: floor_status(view, site) == SPEAKING, 5)
+                    for kind in ("grant", "ping") if index % 2 else ("ping", "grant"):
+                        if kind == "grant":
+                            grants.append(grant_once(desk, before, after))
+                        else:
+                            pings.append(pings_once(desk, key, before, after))
+                    desk.wait(lambda view, old=before, new=after: (floor_status(view, old), floor_status(view, new))
+                              == (LISTENING, SPEAKING), 5)
+            # The whole CLI, as an operator runs it: connect, read 242 retained states, grant, show the table.
+            cli = []
+            for site in all_ids[swaps + 1:swaps + 4]:
+                started = time.monotonic()
+                console(home.root, "floor", "grant", site, "--json")
+                cli.append(time.monotonic() - started)
+            ctx.close()
+        finally:
+            stop_workers(procs, "stop")
+            broker.stop()
+    return {"n": n, "swaps": swaps, "grant": grants, "ping": pings, "cli": cli}
+
+
+def grant_once(desk: FloorDesk, before: str, after: str) -> float:
+    started = time.monotonic()
+    outcome = desk.grant(after)  # with the view loaded: plan, sign, publish both, collect both acks
+    if outcome.plan.revoke != (before,) or outcome.plan.grant != (after,) or not outcome.ok:
+        raise SystemExit(f"grant {after}: plan {outcome.plan}, summary {outcome.summary()}")
+    return outcome.last_ack_at() - started
+
+
+def pings_once(desk: FloorDesk, key, before: str, after: str) -> float:  # noqa: ANN001
+    started = time.monotonic()
+    sent = [*site_commands("ping", {}, [before], key, prefix=desk.fleet.prefix, expires_s=desk.expires_s),
+            *site_commands("ping", {}, [after], key, prefix=desk.fleet.prefix, expires_s=desk.expires_s)]
+    trackers = desk.send(sent)
+    if not all(tracker.done and tracker.summary()["ok"] == 1 for tracker in trackers):
+        raise SystemExit(f"pings to {before}, {after} not all acked")
+    last = max(tracker.sent_at + answer["latency_s"] for tracker in trackers for answer in tracker.answers.values())
+    return last - started
+
+
 def ms(value: float) -> str:
     return f"{value * 1000:8.1f}"
 
@@ -177,10 +257,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="242,2000", help="comma-separated fleet sizes (each ≥ 25)")
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--workers", type=int, default=2, help="processes for the simulated sites")
+    parser.add_argument("--what", default="meeting,floor", help="meeting, floor or both (default)")
+    parser.add_argument("--floor-sites", type=int, default=242, help="sites in the meeting of the floor benchmark")
+    parser.add_argument("--swaps", type=int, default=20, help="floor swaps (each next to two pings)")
     args = parser.parse_args(argv)
-    sizes = [int(size) for size in args.sizes.split(",")]
+    what = {part.strip() for part in args.what.split(",")}
+    sizes = [int(size) for size in args.sizes.split(",")] if "meeting" in what else []
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, loopback TLS, "
           f"{args.workers} site processes; times in ms until EVERY site acked")
+    if sizes:
+        meeting_figures(sizes, args)
+    if "floor" in what:
+        floor_figures(args)
+    return 0
+
+
+FLOOR_TARGET_MS = 200.0
+
+
+def floor_figures(args: argparse.Namespace) -> None:
+    result = run_floor(args.floor_sites, args.swaps, args.workers)
+    grant, ping = statistics.median(result["grant"]), statistics.median(result["ping"])
+    print(f"\nfloor: {result['n']}-site moderated meeting, {result['swaps']} swaps (revoke the speaker, grant the next), "
+          "from the call on the open connection with the view loaded until both sites acked")
+    print(f"{'N':>6} {'what':<34} {'p50':>8} {'p90':>8} {'max':>8}")
+    for label, values in (("floor grant (revoke + grant)", result["grant"]),
+                          ("peer: two pings, same sites", result["ping"]),
+                          ("whole CLI `floor grant` (3 runs)", result["cli"])):
+        print(f"{result['n']:>6} {label:<34} {ms(percentile(values, 50))} {ms(percentile(values, 90))} {ms(max(values))}")
+    verdict = "met" if grant * 1000 <= FLOOR_TARGET_MS else "NOT met"
+    print(f"{result['n']:>6} grant / pings p50 ratio x{grant / ping:.2f}; target p50 <= {FLOOR_TARGET_MS:g} ms: {verdict}")
+
+
+def meeting_figures(sizes: list[int], args: argparse.Namespace) -> None:
     print(f"{'N':>6} {'what':<34} {'p50':>8} {'p99':>8} {'max':>8}")
     results = []
     for n in sizes:
@@ -198,7 +307,6 @@ def main(argv: list[str] | None = None) -> int:
         echo_ratio = statistics.median(large["echo"]) / statistics.median(small["echo"])
         print(f"growth {small['n']} -> {large['n']} sites (x{large['n'] / small['n']:.1f}): meeting.start p50 x{ratio:.1f}, "
               f"bare round trip p50 x{echo_ratio:.1f}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -213,7 +213,7 @@ class ScriptUplink(FfmpegUplink):
         super().__init__({"site": {"id": SITE, "name": "Kalibaru"}, "camera": {}}, post)
         self.commands: list[list[str]] = []
 
-    def command_with(self, output: list[str]) -> list[str]:
+    def command_with(self, output: list[str], audio_filters: str = "") -> list[str]:
         cmd = ["sh", "-c", 'echo "$1: Connection refused" >&2; sleep 0.3; exit 1', "sh", output[-1]]
         self.commands.append(cmd)
         return cmd

@@ -1,6 +1,8 @@
-"""The panel: one button and one LED through gpiozero, with the pin factory injected, not imported.
+"""The panel: one button, one LED and an optional red "on air" LED through gpiozero, with the pin
+factory injected, not imported.
 
-Button edges become ButtonDown/ButtonUp events; the core decides what is a press and what a hold.
+Button edges become ButtonDown/ButtonUp events; the core decides what is a press and what a hold,
+and when the on-air LED is lit (`set_onair`).
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ def make_pin_factory(backend: str) -> Any:
 
 class Panel:
     def __init__(self, backend: str, button_pin: int, led_pin: int, post: Callable[[Any], None],
-                 pin_factory: Any = None) -> None:
+                 pin_factory: Any = None, onair_pin: int | None = None) -> None:
         self.backend = backend
         self.button_pin = button_pin
         self.led_pin = led_pin
+        self.onair_pin = onair_pin
         self._post = post
         self._pattern: LedPattern = OFF
         self._changed = threading.Event()
@@ -38,6 +41,9 @@ class Panel:
         self._thread: threading.Thread | None = None
         self.button: Any = None
         self.led: Any = None
+        self.onair: Any = None
+        self._onair_lit = False
+        self._onair_lock = threading.Lock()
         self.factory = pin_factory if pin_factory is not None else make_pin_factory(backend)
 
     def open(self) -> None:
@@ -56,7 +62,44 @@ class Panel:
         self.button.when_released = lambda: self._post(ButtonUp())
         self._thread = threading.Thread(target=self._play, name="led", daemon=True)
         self._thread.start()
+        # Without its on-air LED the site can still join and ask to speak: the button and LED stay.
+        if self.onair_pin is not None and not self._open_onair():
+            return
         self._post(HealthReport("panel", "ok"))
+
+    def _open_onair(self) -> bool:
+        try:
+            from gpiozero import LED  # noqa: PLC0415
+
+            onair = LED(self.onair_pin, pin_factory=self.factory)
+            with self._onair_lock:
+                self.onair = onair
+                self._write_onair()  # what set_onair asked for before the panel opened
+        except Exception as exc:  # noqa: BLE001 - as in open(): any gpiozero error means "no such LED"
+            log.error("on-air LED on GPIO %s unavailable (%s backend): %s", self.onair_pin, self.backend, exc)
+            self._post(HealthReport("panel", "missing",
+                                    f"on-air LED (panel.onair_led_pin = {self.onair_pin}): {type(exc).__name__}: {exc}"))
+            return False
+        return True
+
+    def set_onair(self, lit: bool) -> None:
+        """Light or darken the on-air LED; from any thread; a no-op without one (remembered until open)."""
+        with self._onair_lock:
+            self._onair_lit = bool(lit)
+            self._write_onair()
+
+    @property
+    def onair_lit(self) -> bool:
+        return self._onair_lit
+
+    def _write_onair(self) -> None:
+        # Called with _onair_lock held.
+        if self.onair is None:
+            return
+        if self._onair_lit:
+            self.onair.on()
+        else:
+            self.onair.off()
 
     def show(self, pattern: LedPattern) -> None:
         self._pattern = pattern
@@ -80,6 +123,13 @@ class Panel:
         self._changed.set()
         if self._thread:
             self._thread.join(1.0)
+        with self._onair_lock:
+            onair, self.onair = self.onair, None
+            if onair is not None:
+                try:
+                    onair.off()  # a released pin may keep its level: never leave "on air" lit
+                finally:
+                    onair.close()
         for device in (self.button, self.led):
             if device is not None:
                 device.close()

@@ -6,10 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from appliance.console import admin, collect, operate, rollout
+from appliance.console import admin, collect, floor, floor_cli, operate, rollout
 from appliance.console.context import Context
 from appliance.console.errors import ConsoleError
 from appliance.console.home import ENV_HOME, Home, default_home
+from appliance.core.floor import FLOOR_MODES, MODERATED
 from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, GROUPS, SITE_KINDS
 
 EPILOG = "Exit codes: 0 success, 1 refused or partly failed, 2 bad usage or bad input."
@@ -23,6 +24,39 @@ def _targeting(parser: argparse.ArgumentParser, timeout: str = "30") -> None:
                         help="how long the command stays valid (default 10m; e.g. 90s, 2h)")
     parser.add_argument("--timeout", default=timeout, metavar="SECONDS",
                         help=f"how long to wait for answers (default {timeout} s)")
+
+
+def _floor_commands(sub, commands: argparse._SubParsersAction) -> None:  # noqa: ANN001
+    """`floor list|grant|revoke`: the moderator's side of a moderated meeting (appliance/console/floor.py)."""
+    floor_parser = sub(commands, "floor", "who has the floor, raised hands; give or take the floor")
+    actions = floor_parser.add_subparsers(dest="floor_command", metavar="ACTION", required=True)
+
+    def sending(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--meeting-id", metavar="ID",
+                            help="the meeting (default: the one SITE is in; with --all, the only one running)")
+        parser.add_argument("--expires", default=floor.DEFAULT_EXPIRES, metavar="DURATION",
+                            help=f"how long the commands stay valid (default {floor.DEFAULT_EXPIRES}: a grant "
+                                 "delivered late must not unmute a site by surprise)")
+        parser.add_argument("--timeout", default=floor.DEFAULT_TIMEOUT, metavar="SECONDS",
+                            help=f"how long to wait for the acks (default {floor.DEFAULT_TIMEOUT} s)")
+
+    listing = sub(actions, "list", "who speaks, the raised hands (oldest first, with their waiting time), "
+                  "how many listen; one section per running meeting")
+    listing.add_argument("--meeting-id", metavar="ID", help="only this meeting")
+    listing.set_defaults(handler=floor_cli.cmd_floor_list)
+    grant = sub(actions, "grant", "give SITE the floor; in a moderated meeting every other speaker is revoked "
+                "in the same go (unless --keep-others). In an open meeting everyone speaks: a grant only "
+                "unmutes SITE and revokes nobody")
+    grant.add_argument("site", metavar="SITE")
+    grant.add_argument("--keep-others", action="store_true", help="do not revoke the sites speaking now")
+    sending(grant)
+    grant.set_defaults(handler=floor_cli.cmd_floor_grant)
+    revoke = sub(actions, "revoke", "take the floor (and a raised hand) from SITE, or with --all from every "
+                 "site of the meeting that speaks or has a hand up (in an open meeting: mutes them)")
+    revoke.add_argument("site", metavar="SITE", nargs="?")
+    revoke.add_argument("--all", action="store_true", help="every site speaking or with a hand up")
+    sending(revoke)
+    revoke.set_defaults(handler=floor_cli.cmd_floor_revoke)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--ingest-url", required=True, metavar="URL", help="where sites push their camera; {site} = site id")
     start.add_argument("--meeting-id", metavar="ID", help="default: from the title and time")
     start.add_argument("--auto-join", action="store_true", help="sites join without a button press")
+    start.add_argument("--floor", choices=FLOOR_MODES, default=MODERATED,
+                       help="moderated (default): sites listen, a button press raises a hand and `floor grant` "
+                            "gives the floor; open: every joined site speaks")
     _targeting(start)
     start.set_defaults(handler=operate.cmd_meeting_start)
     end = sub(meeting_commands, "end", "end a meeting (default: the last one started, on the same sites)")
@@ -113,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
             simple = sub(group, name, text)
             _targeting(simple, timeout="10" if name == "ping" else "30")
             simple.set_defaults(handler=operate.cmd_simple, command_type=name)
+
+    _floor_commands(sub, commands)
 
     status = sub(commands, "status", "every site from its retained state")
     status.set_defaults(handler=operate.cmd_status)

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from appliance.console import commands
+from appliance.console import floor as floors
 from appliance.console.context import Context
 from appliance.console.errors import BadInput
 from appliance.console.fleet import Tracker, decode, parse_topic, send_and_collect
@@ -20,7 +21,8 @@ from appliance.core.urls import URL_SCHEMES
 
 ACK_COLUMNS = [("site", "SITE"), ("result", "RESULT"), ("state", "STATE"), ("latency_ms", "MS"), ("detail", "DETAIL")]
 STATUS_COLUMNS = [("site", "SITE"), ("kind", "KIND"), ("online", "ONLINE"), ("state", "STATE"),
-                  ("meeting", "MEETING"), ("health", "HEALTH"), ("version", "VERSION"), ("last_seen", "LAST SEEN")]
+                  ("meeting", "MEETING"), ("floor_text", "FLOOR"), ("health", "HEALTH"), ("version", "VERSION"),
+                  ("last_seen", "LAST SEEN")]
 LIVE_ROWS = 40  # larger fleets get a one-line live summary instead of a table that scrolls away
 
 
@@ -87,7 +89,7 @@ def cmd_meeting_start(ctx: Context, args: argparse.Namespace) -> int:
     if not COMMAND_ID.match(meeting_id):
         raise BadInput(f"--meeting-id {meeting_id!r}: expected 1-64 of [A-Za-z0-9_.:-]")
     body = {"meeting_id": meeting_id, "title": title, "program_url": args.program_url,
-            "ingest_url": args.ingest_url, "auto_join": bool(args.auto_join)}
+            "ingest_url": args.ingest_url, "auto_join": bool(args.auto_join), "floor": args.floor}
     code, _ = run_command(ctx, "meeting.start", body, _target(ctx, args), args)
     return code
 
@@ -123,6 +125,7 @@ def _status_row(site_id: str, kind: str | None, state: dict[str, Any] | None, la
         "site": site_id, "kind": kind or "(unknown)", "online": state.get("online"),
         "state": state.get("state") or "never seen", "meeting": meeting.get("meeting_id") if meeting else None,
         "meeting_title": meeting.get("title") if meeting else None,
+        "floor": state.get("floor") if isinstance(state.get("floor"), dict) else None,
         "health": health_summary(state.get("health")) if state.get("online") else None,
         "health_detail": state.get("health"), "version": state.get("version"), "last_seen": last_seen,
     }
@@ -132,21 +135,16 @@ class StatusBoard:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.kinds = {site.id: site.kind for site in ctx.store.sites()}
-        self.states: dict[str, dict[str, Any]] = {}
+        self.floor = floors.FloorView(ctx.topic_prefix)
+        self.states = self.floor.states  # the retained states, kept by the floor view
         self.seen = ctx.store.last_seen()  # site -> epoch seconds; RFC 3339 only in the rows shown
         self.prefix = ctx.topic_prefix
 
     def feed(self, topic: str, payload: bytes) -> str | None:
-        parsed = parse_topic(topic, self.prefix)
-        if not parsed or parsed[1] != "state":
-            return None
-        document = decode(payload)
-        if document is None:
-            return None
-        self.states[parsed[0]] = document
-        if document.get("online"):
-            self.seen[parsed[0]] = time.time()
-        return parsed[0]
+        site = self.floor.feed(topic, payload)  # the floor view keeps every retained state it reads
+        if site is not None and (self.states.get(site) or {}).get("online"):
+            self.seen[site] = time.time()
+        return site
 
     def row(self, site_id: str) -> dict[str, Any]:
         seen = self.seen.get(site_id)
@@ -157,10 +155,13 @@ class StatusBoard:
         return [self.row(site_id) for site_id in sorted(set(self.kinds) | set(self.states))]
 
     def text(self) -> str:
-        rows = self.rows()
+        rows, now = self.rows(), time.time()
+        for row in rows:
+            row["floor_text"] = floors.floor_cell(row["floor"], now)
         online = sum(1 for row in rows if row["online"])
         meeting = sum(1 for row in rows if row["state"] == "in_meeting")
-        return table(rows, STATUS_COLUMNS) + f"{len(rows)} sites, {online} online, {meeting} in a meeting\n"
+        return (table(rows, STATUS_COLUMNS) + f"{len(rows)} sites, {online} online, {meeting} in a meeting\n"
+                + floors.hands_line(self.floor, now))
 
     def save(self) -> None:
         self.ctx.store.mark_seen({site: at for site, at in self.seen.items() if site in self.states})
@@ -205,6 +206,8 @@ def cmd_watch(ctx: Context, args: argparse.Namespace) -> int:
                     if catching_up:
                         catching_up = False
                         _emit_board(ctx, board, live)
+                    elif live.enabled and any(meeting.hands for meeting in board.floor.meetings()):
+                        live.show(board.text())  # the hands' waiting times move on
                     continue
                 changed = board.feed(topic, payload)
                 if catching_up and fleet.messages.empty():
@@ -246,7 +249,8 @@ def _emit_change(ctx: Context, board: StatusBoard, live: Live, site: str | None,
         if ctx.json:
             print_json_line({"event": event})
         else:
-            print(printable(f"{time.strftime('%H:%M:%S')} {parsed[0]}: event {event.get('type')}"), flush=True)
+            text = floors.describe_event(parsed[0], event, board.floor) or f"event {event.get('type')}"
+            print(printable(f"{time.strftime('%H:%M:%S')} {parsed[0]}: {text}"), flush=True)
 
 
 def print_json_line(document: Any) -> None:

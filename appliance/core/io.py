@@ -128,6 +128,15 @@ class ShowScreen:
 @dataclass(frozen=True)
 class StartUplink:
     url: str
+    microphone_live: bool = False  # the gain the encoder starts with (muted unless the site may speak)
+
+
+@dataclass(frozen=True)
+class SetMicrophone:
+    """Whether the site may be heard: the uplink's microphone gain, without restarting the encoder,
+    and the optional on-air LED. Emitted whenever it changes, derived from the floor."""
+
+    live: bool
 
 
 @dataclass(frozen=True)
@@ -209,7 +218,7 @@ EVENTS = (
     MediaStatus, HealthReport, TelemetryDue, CheckpointDue, ProvisionRejected, SelftestCheckDone, CommandStored,
 )
 EFFECTS = (
-    Publish, SetLed, ShowScreen, StartUplink, StopUplink, StartProgram, StopProgram,
+    Publish, SetLed, ShowScreen, StartUplink, StopUplink, StartProgram, StopProgram, SetMicrophone,
     RememberCommand, NotifyStatus, RunProbes, ProbeCamera, SelftestDone, SaveUptime, Log,
 )
 Event = (
@@ -218,6 +227,6 @@ Event = (
     | CommandStored
 )
 Effect = (
-    Publish | SetLed | ShowScreen | StartUplink | StopUplink | StartProgram | StopProgram
+    Publish | SetLed | ShowScreen | StartUplink | StopUplink | StartProgram | StopProgram | SetMicrophone
     | RememberCommand | NotifyStatus | RunProbes | ProbeCamera | SelftestDone | SaveUptime | Log
 )

@@ -33,7 +33,10 @@ BLIP = LedPattern("blip", ((True, 0.1), (False, 2.9)))
 SLOW_BLINK = LedPattern("slow_blink", ((True, 0.5), (False, 0.5)))
 FAST_BLINK = LedPattern("fast_blink", ((True, 0.1), (False, 0.1)))
 DOUBLE_BLINK = LedPattern("double_blink", ((True, 0.15), (False, 0.15), (True, 0.15), (False, 1.55)))
+# A raised hand (the floor requested): mostly lit like "in the meeting", with a quick double flicker
+# every 1.4 s. Nothing else is mostly lit and flickering, so it reads as "waiting for my turn".
+REQUESTED = LedPattern("requested", ((True, 1.0), (False, 0.12), (True, 0.12), (False, 0.12)))
 # The self-test's pattern: every step from dark to steady, so a technician sees the LED work.
 TEST = LedPattern("test", ((True, 1.0), (False, 0.5), (True, 0.1), (False, 0.1), (True, 0.1), (False, 0.7)))
 
-PATTERNS = {pattern.name: pattern for pattern in (OFF, ON, BLIP, SLOW_BLINK, FAST_BLINK, DOUBLE_BLINK, TEST)}
+PATTERNS = {pattern.name: pattern for pattern in (OFF, ON, BLIP, SLOW_BLINK, FAST_BLINK, DOUBLE_BLINK, REQUESTED, TEST)}

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.core import floor as fl
 from appliance.core import io, transitions
 from appliance.core import selftest as st
 from appliance.core.clock import Clock, rfc3339
+from appliance.core.floor_flow import FloorFlow
 from appliance.core.outputs import BROKEN_HEALTH, OutputsFlow
 from appliance.core.protocol import (
     DEFAULT_TOPIC_PREFIX,
@@ -48,6 +50,7 @@ class Meeting:
     program_url: str
     ingest_url: str
     auto_join: bool = False
+    floor_mode: str = fl.MODERATED
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,10 @@ class CoreSettings:
     # The 90-day uptime message is ~9 KB: republished every 60 s that is ~13 MB a day per site.
     uptime_publish_s: float = 60.0
     language: str = "id"  # of the texts the core writes itself (the self-test's)
+    # Presses closer together than this are one press: faster than a person can see the LED change.
+    floor_debounce_s: float = 0.5
+    # A speaking site whose broker has been gone this long mutes itself: the centre cannot revoke.
+    floor_offline_mute_s: float = 5.0
 
 
 @dataclass
@@ -78,7 +85,7 @@ class Outcome:
     effects: list[io.Effect] = field(default_factory=list)
 
 
-class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
+class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow):
     def __init__(self, settings: CoreSettings, clock: Clock,
                  replay_memory: dict[str, float | tuple[float, float | None]] | None = None,
                  uptime: UptimeLedger | None = None) -> None:
@@ -87,6 +94,10 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
         self.topics = Topics(settings.topic_prefix, settings.site_id, settings.site_kind)
         self.state = IDLE
         self.meeting: Meeting | None = None
+        self.floor: fl.Floor | None = None  # while joining or in the meeting (see floor_flow.py)
+        self._floor_pressed_at: float | None = None
+        self._broker_lost_at: float | None = None
+        self._microphone_shown: bool | None = None  # None: not told yet, so the first _finish says "muted"
         self.since = clock.wall()
         self.started_at = clock.monotonic()
         self.broker_connected = False
@@ -161,7 +172,7 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
         return self._replay.snapshot()
 
     def next_deadline(self) -> float | None:
-        deadlines = [self._state_deadline]
+        deadlines = [self._state_deadline, self._floor_deadline()]
         if self._button_down_at is not None and not self._hold_fired:
             deadlines.append(self._button_down_at + self.settings.hold_s)
         if self._notice:
@@ -180,6 +191,7 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
             self._on_hold()
         if self._notice and now >= self._notice[1]:
             self._notice = None
+        self._floor_tick(now)
         if self.selftest:
             self.selftest.expire(now)
             self._selftest_progress()
@@ -217,12 +229,14 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
         self.health["broker"] = "ok"
         self._published = None  # republish the retained state on every (re)connect
         self._connect_checkpoint = True  # and the retained ledger, with the outage just ended on it
+        self._floor_broker_connected()
 
     def _on_broker_disconnected(self, event: io.BrokerDisconnected) -> None:
         self.broker_connected = False
         self.broker_problem = event.reason
         self.health["broker"] = "error"
         self._log("warning", f"broker connection lost: {event.reason}")
+        self._floor_broker_lost()
 
     def _on_publish_denied(self, event: io.PublishDenied) -> None:
         self.publish_denied = f"{event.topic}: {event.reason}"
@@ -337,9 +351,16 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
     # --- the panel button -----------------------------------------------------------------------
     def _on_short_press(self) -> None:
         step = self._check("press", {})
-        result = "joining" if step.target == JOINING else "no_meeting" if self.state == IDLE else "ignored"
+        starts_join = step.action == "begin_join"
+        result = "joining" if starts_join else "no_meeting" if self.state == IDLE else "ignored"
+        context: dict[str, Any] = {"reason": "button"}
+        if step.action == "floor_press":
+            # In a meeting the floor says what the press did: requested, listening (withdrawn) or debounced.
+            self._take(step, context)
+            self._event("button.press", result=context["result"])
+            return
         self._event("button.press", result=result)
-        self._take(step, {"reason": "button"})
+        self._take(step, context)
 
     def _on_hold(self) -> None:
         step = self._check("hold", {})
@@ -354,6 +375,8 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
             return "start_same" if body["meeting_id"] == current else "start_new"
         if action == "meeting.end":
             return "end_current" if body["meeting_id"] == current else "end_other"
+        if action in ("floor.grant", "floor.revoke"):
+            return action.replace(".", "_") if body["meeting_id"] == current else "floor_other"
         return action
 
     def _check(self, action: str, body: dict[str, Any]) -> Step:
@@ -400,20 +423,22 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
     def _meeting_from(self, body: dict[str, Any]) -> Meeting:
         # check_command hands over the URLs rebuilt, `{site}` already replaced by this site's id.
         return Meeting(body["meeting_id"], body["title"], body["program_url"], body["ingest_url"],
-                       bool(body.get("auto_join")))
+                       bool(body.get("auto_join")), body.get("floor", fl.MODERATED))
 
     def _forget_meeting(self, context: dict[str, Any]) -> None:
         self.meeting = None
 
     def _forget_meeting_and_leave(self, context: dict[str, Any]) -> None:
+        self._floor_end(self.meeting.meeting_id if self.meeting else None)
         self.meeting = None
         self._begin_leave(context)
 
     def _begin_join(self, context: dict[str, Any]) -> None:
         assert self.meeting is not None
         self._abandon_selftest("the site joined a meeting")
+        self._floor_begin()
         if self.settings.camera_enabled:
-            self._emit(io.StartUplink(self.meeting.ingest_url))
+            self._emit(io.StartUplink(self.meeting.ingest_url, microphone_live=self._microphone_live()))
         if self.settings.display_enabled:
             self._emit(io.StartProgram(self.meeting.program_url))
         self._state_deadline = self.clock.monotonic() + self.settings.join_timeout_s
@@ -431,6 +456,7 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow):
 
     def _begin_leave(self, context: dict[str, Any]) -> None:
         self._leave_reason = context.get("reason", "")
+        self._floor_end(self.meeting.meeting_id if self.meeting else None)
         if self.settings.camera_enabled:
             self._emit(io.StopUplink())
         if self.settings.display_enabled:
@@ -501,6 +527,9 @@ ACTIONS: dict[str, Callable[[ApplianceCore, dict[str, Any]], None]] = {
     "begin_leave": ApplianceCore._begin_leave,
     "finish_leaving": ApplianceCore._finish_leaving,
     "selftest": SelftestFlow._start_selftest,
+    "floor_press": FloorFlow._floor_press,
+    "floor_grant": FloorFlow._floor_grant,
+    "floor_revoke": FloorFlow._floor_revoke,
     "notice_no_meeting": _notice("no_meeting"),
     "notice_nothing_to_leave": _notice("nothing_to_leave"),
     "notice_hold_to_leave": _notice("hold_to_leave"),

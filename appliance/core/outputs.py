@@ -29,7 +29,8 @@ class OutputsFlow:
 
     def _led_pattern(self: ApplianceCore) -> led.LedPattern:
         testing_panel = bool(self.selftest and self.selftest.waiting_press)
-        return led_pattern(self.state, self.broker_connected, self._broken(), testing_panel)
+        floor_status = self.floor.status if self._floor_shown() and self.floor else None
+        return led_pattern(self.state, self.broker_connected, self._broken(), testing_panel, floor_status)
 
     def _screen(self: ApplianceCore) -> tuple[str, dict[str, Any]]:
         site_name = self.settings.site_name or self.settings.site_id
@@ -38,6 +39,7 @@ class OutputsFlow:
             return "selftest", selftest
         screen = screen_name(self.state, self.broker_connected, self._is_broken("camera"), self.health,
                              bool(self.provision_problems))
+        floor = self._floor_payload()
         info = {
             "problems": list(self.provision_problems),
             "site_name": site_name,
@@ -47,6 +49,8 @@ class OutputsFlow:
             "uplink": self.health["uplink"],
             "program": self.health["program"],
             "camera": self.health["camera"],
+            "floor": floor["status"] if floor else None,
+            "floor_mode": floor["mode"] if floor else None,
         }
         return screen, info
 
@@ -57,6 +61,7 @@ class OutputsFlow:
             "online": True,
             "state": self.state,
             "meeting": {"meeting_id": self.meeting.meeting_id, "title": self.meeting.title} if self.meeting else None,
+            "floor": self._floor_payload(),
             "since": rfc3339(self.since),
             "version": self.settings.version,
             "boot_id": self.settings.boot_id,
@@ -68,7 +73,7 @@ class OutputsFlow:
         """Emit whatever derived output changed, then hand the accumulated effects over."""
         self.uptime.observe(self.clock.monotonic(), self.broker_connected, self.state == IN_MEETING)
         # Compared cheaply on every step; the payload (with its timestamps) is built only on a change.
-        fingerprint = (self.state, self.meeting, tuple(self.health.items()))
+        fingerprint = (self.state, self.meeting, self.floor, tuple(self.health.items()))
         if fingerprint != self._published:
             self._published = fingerprint
             payload = self._state_payload()
@@ -76,6 +81,10 @@ class OutputsFlow:
             if self.broker_connected:
                 self._emit(io.Publish(self.topics.state, payload, retain=True))
             self._emit(io.NotifyStatus(f"{self.state}; broker {self.health['broker']}"))
+        microphone = self._microphone_live()
+        if microphone != self._microphone_shown:
+            self._microphone_shown = microphone
+            self._emit(io.SetMicrophone(microphone))
         if self._connect_checkpoint:
             self._connect_checkpoint = False
             self._checkpoint(publish=True)

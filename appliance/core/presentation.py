@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from appliance.core import led
+from appliance.core.floor import REQUESTED
 from appliance.core.transitions import IDLE, IN_MEETING, JOINING, LEAVING, MEETING_AVAILABLE
 
 PROGRAM_LOST = ("retrying", "buffering", "failed")
@@ -18,12 +19,14 @@ NOT_PROVISIONED = "not_provisioned"
 NOT_PROVISIONED_LED = led.DOUBLE_BLINK
 
 
-def led_pattern(state: str, broker_connected: bool, broken: bool, panel_test: bool = False) -> led.LedPattern:
+def led_pattern(state: str, broker_connected: bool, broken: bool, panel_test: bool = False,
+                floor_status: str | None = None) -> led.LedPattern:
     # The self-test waiting for a press shows every kind of step, so the technician sees the LED work.
     if panel_test:
         return led.TEST
     if state == IN_MEETING:
-        return led.ON
+        # Listening and speaking are both steady: speaking is told by the on-air LED and the screen.
+        return led.REQUESTED if floor_status == REQUESTED else led.ON
     if state in (JOINING, LEAVING):
         return led.FAST_BLINK
     if state == MEETING_AVAILABLE:

@@ -17,6 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from appliance.core.clock import parse_rfc3339, rfc3339
+from appliance.core.floor import FLOOR_MODES  # meeting.start's `floor`; absent = moderated
 from appliance.core.signing import sign_command, verify_command
 from appliance.core.urls import URL_SCHEMES, clean_url
 
@@ -31,7 +32,7 @@ SITE_KINDS = ("kecamatan", "desa", "other")
 # A parsed command may nest this deep (the contract's own commands: 3 levels). Deeper is `bad_json`:
 # re-encoding it for the signature check would run out of recursion.
 MAX_JSON_DEPTH = 32
-COMMAND_TYPES = ("meeting.start", "meeting.end", "join", "leave", "selftest", "ping")
+COMMAND_TYPES = ("meeting.start", "meeting.end", "join", "leave", "selftest", "ping", "floor.grant", "floor.revoke")
 MAX_TITLE_CHARS = 200
 # The last level of a site's own topics, and which of them the device publishes retained.
 DEVICE_TOPICS = ("state", "ack", "event", "telemetry", "uptime", "selftest")
@@ -288,7 +289,11 @@ def _check_body(command: Command, reject: Callable[[str, str], CommandRejected])
         required = {"meeting_id": str, "title": str, "program_url": str, "ingest_url": str}
         if "auto_join" in body and not isinstance(body["auto_join"], bool):
             raise reject(BAD_SCHEMA, f"body.auto_join: expected true or false, got {_describe(body['auto_join'])}")
-    elif command.type == "meeting.end":
+        if "floor" in body and body["floor"] not in FLOOR_MODES:
+            value = body["floor"]
+            shown = repr(value[:20]) if isinstance(value, str) and value.isprintable() else _describe(value)
+            raise reject(BAD_SCHEMA, f"body.floor: expected \"moderated\" or \"open\", got {shown}")
+    elif command.type in ("meeting.end", "floor.grant", "floor.revoke"):
         required = {"meeting_id": str}
     for key, kind in required.items():
         if not isinstance(body.get(key), kind) or not body[key]:

@@ -7,8 +7,12 @@ is complete over STATES x TRIGGERS, and a test checks that.
 
 Some triggers carry a condition the machine has already resolved, so the table can name one next
 state: `meeting.start` is `start_new` or `start_same` (the meeting the site already has),
-`meeting.end` is `end_current` or `end_other`, and the end of leaving (the media stopped, or the
-leave timeout passed) is `left_meeting_goes_on` or `left_no_meeting`.
+`meeting.end` is `end_current` or `end_other`, `floor.grant`/`floor.revoke` are `floor_grant`/
+`floor_revoke` for the current meeting and `floor_other` for any other, and the end of leaving (the
+media stopped, or the leave timeout passed) is `left_meeting_goes_on` or `left_no_meeting`.
+
+Within `in_meeting`, the floor (who may speak) has its own table in `floor.py`: this one only says
+where floor inputs are taken at all.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ STATES = (IDLE, MEETING_AVAILABLE, JOINING, IN_MEETING, LEAVING)
 TRIGGERS = (
     "start_new", "start_same", "end_current", "end_other", "join", "leave", "selftest", "ping",
     "press", "hold", "media_ready", "media_degraded", "left_meeting_goes_on", "left_no_meeting",
+    "floor_grant", "floor_revoke", "floor_other",
 )
 
 
@@ -59,6 +64,10 @@ BUSY_OTHER = "already in meeting {current!r}; end it first"
 NOT_CURRENT = "meeting {requested!r} is not the current meeting (current: {current})"
 NO_SELFTEST = "no self-test: not during a meeting; leave the meeting first"
 STILL_LEAVING = "still leaving the previous meeting; try again in a moment"
+FLOOR_NOT_JOINED = "not in meeting {requested!r}: the site has not joined it"
+FLOOR_JOINING = "still joining meeting {requested!r}; the floor can be given once it has joined"
+FLOOR_LEAVING = "leaving meeting {requested!r}"
+FLOOR_OTHER = "not in meeting {requested!r} (current: {current})"
 
 TRANSITIONS: dict[str, dict[str, Step]] = {
     IDLE: {
@@ -76,6 +85,9 @@ TRANSITIONS: dict[str, dict[str, Step]] = {
         "media_degraded": _stay(IDLE),
         "left_meeting_goes_on": _stay(IDLE),
         "left_no_meeting": _stay(IDLE),
+        "floor_grant": _refuse(IDLE, FLOOR_NOT_JOINED),
+        "floor_revoke": _refuse(IDLE, FLOOR_NOT_JOINED),
+        "floor_other": _refuse(IDLE, FLOOR_OTHER),
     },
     MEETING_AVAILABLE: {
         "start_new": Step(MEETING_AVAILABLE, "announce"),
@@ -92,6 +104,9 @@ TRANSITIONS: dict[str, dict[str, Step]] = {
         "media_degraded": _stay(MEETING_AVAILABLE),
         "left_meeting_goes_on": _stay(MEETING_AVAILABLE),
         "left_no_meeting": _stay(MEETING_AVAILABLE),
+        "floor_grant": _refuse(MEETING_AVAILABLE, FLOOR_NOT_JOINED),
+        "floor_revoke": _refuse(MEETING_AVAILABLE, FLOOR_NOT_JOINED),
+        "floor_other": _refuse(MEETING_AVAILABLE, FLOOR_OTHER),
     },
     JOINING: {
         "start_new": _refuse(JOINING, BUSY_OTHER),
@@ -108,6 +123,9 @@ TRANSITIONS: dict[str, dict[str, Step]] = {
         "media_degraded": Step(IN_MEETING, "enter_meeting_degraded"),
         "left_meeting_goes_on": _stay(JOINING),
         "left_no_meeting": _stay(JOINING),
+        "floor_grant": _refuse(JOINING, FLOOR_JOINING),
+        "floor_revoke": _refuse(JOINING, FLOOR_JOINING),
+        "floor_other": _refuse(JOINING, FLOOR_OTHER),
     },
     IN_MEETING: {
         "start_new": _refuse(IN_MEETING, BUSY_OTHER),
@@ -118,12 +136,15 @@ TRANSITIONS: dict[str, dict[str, Step]] = {
         "leave": Step(LEAVING, "begin_leave"),
         "selftest": _refuse(IN_MEETING, NO_SELFTEST),
         "ping": _stay(IN_MEETING),
-        "press": _stay(IN_MEETING, "notice_hold_to_leave"),
+        "press": _stay(IN_MEETING, "floor_press"),  # ask for the floor, or withdraw: see floor.py
         "hold": Step(LEAVING, "begin_leave"),
         "media_ready": _stay(IN_MEETING),
         "media_degraded": _stay(IN_MEETING),
         "left_meeting_goes_on": _stay(IN_MEETING),
         "left_no_meeting": _stay(IN_MEETING),
+        "floor_grant": _stay(IN_MEETING, "floor_grant"),
+        "floor_revoke": _stay(IN_MEETING, "floor_revoke"),
+        "floor_other": _refuse(IN_MEETING, FLOOR_OTHER),
     },
     LEAVING: {
         # Offered again as soon as the old meeting is left.
@@ -142,6 +163,9 @@ TRANSITIONS: dict[str, dict[str, Step]] = {
         # The meeting goes on without this site: offer it again.
         "left_meeting_goes_on": Step(MEETING_AVAILABLE, "finish_leaving"),
         "left_no_meeting": Step(IDLE, "finish_leaving"),
+        "floor_grant": _refuse(LEAVING, FLOOR_LEAVING),
+        "floor_revoke": _refuse(LEAVING, FLOOR_LEAVING),
+        "floor_other": _refuse(LEAVING, FLOOR_OTHER),
     },
 }
 

@@ -8,6 +8,9 @@ The camera and encoder run for the whole meeting; ffmpeg (the pusher, which also
 microphone as AAC) is the part that fails and is retried, by the shared supervisor. While ffmpeg
 restarts, encoded frames are dropped and the next pusher starts at a keyframe (one per second),
 which carries its SPS/PPS because of `repeat=True`.
+
+The microphone (ALSA, or a silent track when there is none) goes through the same runtime gain
+as every camera (`azmq` + `volume@mic`, see uplink.py): muting never restarts the pusher.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from appliance.core.io import HealthReport
+from appliance.media.microphone import microphone_filters
 from appliance.media.uplink import FfmpegUplink, PermanentError, aac_args, base_args
 
 log = logging.getLogger("appliance.picamera")
@@ -44,7 +48,7 @@ class PicameraUplink(FfmpegUplink):
             return f"libcamera cannot list cameras: {exc}"
         return None if cameras else "no camera is connected (check the ribbon cable)"
 
-    def command_with(self, output: list[str]) -> list[str]:
+    def command_with(self, output: list[str], audio_filters: str = microphone_filters(False)) -> list[str]:
         s = self.settings
         # ffmpeg stamps frames as they arrive from the pipe, exactly as picamera2's FfmpegOutput does.
         # Small probe: the stream starts at a keyframe with its SPS/PPS, so ffmpeg needs no 5 s look-ahead.
@@ -55,7 +59,7 @@ class PicameraUplink(FfmpegUplink):
                      "-itsoffset", "-0.3", "-i", s.audio_device]
         else:  # no microphone: a silent track keeps the stream's shape the centre expects
             audio = ["-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono"]
-        return [*base_args(), *video, *audio, "-map", "0:v", "-map", "1:a",
+        return [*base_args(), *video, *audio, "-map", "0:v", "-map", "1:a", "-af", audio_filters,
                 "-c:v", "copy", *aac_args(s), *output]
 
     def stdin(self) -> int | None:

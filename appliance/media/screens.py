@@ -35,7 +35,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "camera_missing": "Kamera tidak terdeteksi",
         "camera_hint": "Periksa kabel kamera. Rapat tetap bisa ditonton.",
         "program_reconnecting": "Siaran terputus",
-        "program_hint": "Menyambung ulang otomatis, tidak perlu menekan tombol",
+        "program_hint": "Menyambung ulang otomatis, tidak perlu keluar dari rapat",
         "connected": "Terhubung ke pusat",
         "disconnected": "Tidak terhubung ke pusat",
         "camera_live": "Kamera: tersiar",
@@ -56,6 +56,11 @@ TEXTS: dict[str, dict[str, str]] = {
                                 "yang benar ke partisi boot kartu SD (periksa dengan appliance check-config), "
                                 "lalu nyalakan ulang.",
         "not_provisioned_waiting": "Menunggu pengaturan yang sah; tidak perlu menekan tombol",
+        "floor_listening": "Mikrofon mati · Tekan tombol sekali untuk minta bicara",
+        "floor_requested": "Menunggu giliran bicara · Tekan lagi untuk batal",
+        "floor_speaking": "Silakan bicara · Mikrofon menyala",
+        "floor_open_listening": "Mikrofon dimatikan oleh pusat · Tekan tombol untuk minta bicara",
+        "floor_open_speaking": "● Mikrofon menyala",
     },
     "en": {
         "idle": "No meeting",
@@ -73,7 +78,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "camera_missing": "Camera not detected",
         "camera_hint": "Check the camera cable. You can still watch the meeting.",
         "program_reconnecting": "Broadcast lost",
-        "program_hint": "Reconnecting automatically, no need to press the button",
+        "program_hint": "Reconnecting automatically, no need to leave the meeting",
         "connected": "Connected to the centre",
         "disconnected": "Not connected to the centre",
         "camera_live": "Camera: on air",
@@ -94,6 +99,11 @@ TEXTS: dict[str, dict[str, str]] = {
                                 "to the SD card's boot partition (check it with appliance check-config), "
                                 "then restart.",
         "not_provisioned_waiting": "Waiting for valid settings; no need to press the button",
+        "floor_listening": "Microphone off · Press the button once to ask to speak",
+        "floor_requested": "Waiting for your turn to speak · Press again to cancel",
+        "floor_speaking": "Please speak · Microphone on",
+        "floor_open_listening": "Microphone muted by the centre · Press the button to ask to speak",
+        "floor_open_speaking": "● Microphone on",
     },
 }
 
@@ -110,6 +120,15 @@ CARD_BARS = ((235, 235, 235), (235, 235, 16), (16, 235, 235), (16, 235, 16), (23
 TEXT_COLOUR = (255, 255, 255)
 NOTICE_BACKGROUND = (250, 210, 40)
 NOTICE_COLOUR = (0, 0, 0)
+# The floor in a meeting (info["floor"], info["floor_mode"]): a badge on the screens of a joined site.
+FLOOR_SCREENS = ("in_meeting", "program_reconnecting")
+FLOOR_STATUSES = ("listening", "requested", "speaking")
+# (background, text): red "on air" while speaking, amber while waiting for the turn, grey while listening.
+FLOOR_COLOURS = {
+    "speaking": ((200, 20, 20), (255, 255, 255)),
+    "requested": ((255, 150, 0), (0, 0, 0)),
+    "listening": ((85, 85, 85), (255, 255, 255)),
+}
 
 _FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/dejavu")
 
@@ -160,6 +179,32 @@ class _Canvas:
     def box(self, y0: int, y1: int, colour: tuple[int, int, int]) -> None:
         self.draw.rectangle((0, y0, self.width, y1), fill=colour)
 
+    def badge(self, parts: list[tuple[str, float]], y: int, colours: tuple[tuple[int, int, int], ...],
+              full: bool = True) -> int:
+        """Rows of bold words (each part wrapped, at its own size) on a rounded box of their own colour,
+        as wide as the text area (or as the words when not `full`), centred; return the y below it."""
+        background, colour = colours
+        rows = []
+        for words, size_frac in parts:
+            face = font(max(12, int(self.height * size_frac)), True)
+            rows.extend((row, face) for row in self._wrap(words, face))
+        pitch = [sum(face.getmetrics()) for _, face in rows]  # even rows, whatever the letters
+        pad = self.height // 50
+        widest = max(int(self.draw.textlength(row, font=face)) for row, face in rows)
+        half = min(self.width // 2 - self.margin // 2, widest // 2 + 2 * pad)
+        x0, x1 = (self.margin // 2, self.width - self.margin // 2) if full else (self.width // 2 - half,
+                                                                                 self.width // 2 + half)
+        bottom = y + 2 * pad + sum(pitch)
+        self.draw.rounded_rectangle((x0, y, x1, bottom), radius=2 * pad, fill=background)
+        y += pad
+        for (row, face), step in zip(rows, pitch, strict=True):
+            left, top, right, bottom_ = self.draw.textbbox((0, 0), row, font=face)
+            x = (self.width - (right - left)) // 2
+            self.draw.text((x - left, y), row, font=face, fill=colour)
+            self.result.texts.append((row, (x, y + top, x + right - left, y + bottom_), colour))
+            y += step
+        return bottom
+
     def _cut(self, words: str, face: Any) -> str:
         limit = self.width - 2 * self.margin
         if self.draw.textlength(words, font=face) <= limit:
@@ -201,14 +246,24 @@ def render(screen: str, info: dict[str, Any], language: str = "id", size: tuple[
     canvas.line(info.get("site_name") or "", height // 25, 0.06, bold=True, align="left")
     canvas.line(now.strftime("%H:%M"), height // 25, 0.06, bold=True, align="right")
 
+    floor = _floor_words(screen, info, t)
     headline = {"idle": t("idle"), "meeting_available": t("meeting_available"), "joining": t("joining"),
                 "in_meeting": t("in_meeting"), "leaving": t("leaving"),
                 "broker_unreachable": t("broker_unreachable"), "camera_missing": t("camera_missing"),
                 "program_reconnecting": t("program_reconnecting"), "provision_error": t("provision_error")}[screen]
-    y = canvas.line(headline, int(height * 0.24), 0.11, bold=True)
+    # With a floor badge to fit, everything starts higher.
+    y = canvas.line(headline, int(height * (0.14 if floor else 0.24)), 0.11, bold=True)
     title = info.get("title")
     if title and screen in ("meeting_available", "joining", "in_meeting", "program_reconnecting"):
-        y = canvas.line(f"“{title}”", y + height // 40, 0.07)
+        # One row (cut short with …) when the floor badge needs the room.
+        y = canvas.line(f"“{title}”", y + height // 40, 0.07, wrap=not floor)
+    if floor:
+        # What a joined site must know in a moderated meeting: can it be heard, and what the button
+        # does now; big, on its own colour. In an open meeting speaking is the normal state: small.
+        words, colours, big = floor
+        parts = words.split(" · ")  # the status on its own row, then what to do
+        sizes = [0.085] + [0.06] * (len(parts) - 1) if big else [0.05]
+        y = canvas.badge(list(zip(parts, sizes, strict=True)), y + height // 30, colours, full=big)
     body = {
         "idle": [t("idle_button")],
         "meeting_available": [t("press_to_join")],
@@ -222,7 +277,8 @@ def render(screen: str, info: dict[str, Any], language: str = "id", size: tuple[
     }[screen]
     big_body = screen == "meeting_available"  # the one thing to do: make it impossible to miss
     for words in body:
-        y = canvas.line(words, y + height // 30, 0.09 if big_body else 0.06, bold=big_body)
+        # A little smaller beside a floor badge, so the hint fits one row (still above the 1/20 minimum).
+        y = canvas.line(words, y + height // 30, 0.09 if big_body else 0.055 if floor else 0.06, bold=big_body)
     if screen == "provision_error":
         # The technician's first clue: the first problem as appliance check-config words it, file name cut off.
         for problem in (info.get("problems") or [])[1:2]:
@@ -276,6 +332,19 @@ def _not_provisioned(canvas: _Canvas, info: dict[str, Any], t: Any, now: dt.date
         y = canvas.line(problem.rsplit("/", 1)[-1], y + height // 60, 0.045, wrap=False)
     canvas.line(t("not_provisioned_waiting"), int(height * 0.9), 0.05)
     return canvas.result
+
+
+def _floor_words(screen: str, info: dict[str, Any], t: Any) \
+        -> tuple[str, tuple[tuple[int, int, int], tuple[int, int, int]], bool] | None:
+    """The floor badge for this screen: its words, colours and whether it is big; None = no badge."""
+    status = info.get("floor")
+    if screen not in FLOOR_SCREENS or status not in FLOOR_STATUSES:
+        return None
+    if info.get("floor_mode") == "open" and status != "requested":
+        # Open meeting: speaking is the normal state (a small indicator), listening means the centre muted us.
+        return (t("floor_open_speaking"), FLOOR_COLOURS["speaking"], False) if status == "speaking" else \
+            (t("floor_open_listening"), FLOOR_COLOURS["listening"], True)
+    return t(f"floor_{status}"), FLOOR_COLOURS[status], True
 
 
 def _camera_words(info: dict[str, Any], t: Any) -> str:

@@ -1,6 +1,8 @@
 """`testsrc` camera: ffmpeg's test pattern and a tone, the site's name burnt in, pushed like a real camera.
 
 Used by `--simulate`, the demo and the tests; same codecs, GOP and URL handling as the Pi camera.
+The tone is the "microphone": a continuous 440 Hz sine (-21 dBFS RMS) with a short beep each
+second, through the same runtime gain (`volume@mic`, see uplink.py) as the real microphone.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from appliance.media import proc, screens
+from appliance.media.microphone import microphone_filters
 from appliance.media.uplink import FfmpegUplink, aac_args, base_args, h264_args
 
 
@@ -29,7 +32,7 @@ class TestsrcUplink(FfmpegUplink):
         screens.banner(self.site_name, self.settings.width).save(self._banner)
         return None
 
-    def command_with(self, output: list[str]) -> list[str]:
+    def command_with(self, output: list[str], audio_filters: str = microphone_filters(False)) -> list[str]:
         s = self.settings
         if not os.path.exists(self._banner):
             self.check()
@@ -38,8 +41,8 @@ class TestsrcUplink(FfmpegUplink):
             "-re", "-f", "lavfi", "-i", f"testsrc2=size={s.width}x{s.height}:rate={s.fps}",
             "-re", "-f", "lavfi", "-i", "sine=frequency=440:beep_factor=4:sample_rate=48000",
             "-i", self._banner,
-            "-filter_complex", "[0:v][2:v]overlay=x=0:y=main_h-overlay_h:eof_action=repeat[v]",
-            "-map", "[v]", "-map", "1:a",
+            "-filter_complex", f"[0:v][2:v]overlay=x=0:y=main_h-overlay_h:eof_action=repeat[v];[1:a]{audio_filters}[a]",
+            "-map", "[v]", "-map", "[a]",
             *h264_args(s), *aac_args(s), *output,
         ]
 

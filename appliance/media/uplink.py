@@ -4,6 +4,13 @@ One session thread per meeting owns the ffmpeg child: it starts it, reads `-prog
 declares the uplink `live` once bytes really leave for the server, notices a dead or stalled
 pusher within `STALL_S`, and retries with jittered back-off. Everything it learns goes to the
 daemon as `MediaStatus("uplink", ...)` through `post`; it never touches the core.
+
+The microphone is muted and unmuted inside the running ffmpeg, never by restarting it (the centre
+must keep one unbroken stream): the audio chain is `azmq` (a ZeroMQ REP socket at `ipc://` in a
+private 0700 directory of the session, one socket per ffmpeg) followed by `volume@mic`. Each
+ffmpeg starts with the gain wanted at that moment; a change is sent by a small worker thread of
+the session (`MicrophoneControl`) and confirmed by ffmpeg's "0 Success". When ffmpeg cannot be
+told, that ffmpeg is killed and the next one starts at the wanted gain: the mute fails closed.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import os
 import select
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +32,7 @@ from appliance.core.backoff import Backoff
 from appliance.core.io import HealthReport, MediaStatus, SelftestCheckDone
 from appliance.core.urls import INGEST_SCHEMES, clean_url, redact_text, redact_url
 from appliance.media import proc
+from appliance.media.microphone import MIC_REPLY_S, Attempt, MicrophoneControl, control_parent, microphone_filters
 
 log = logging.getLogger("appliance.uplink")
 
@@ -101,6 +110,11 @@ class FfmpegUplink:
         self._lock = threading.Lock()
         self._session: _Session | None = None
         self._closed = False
+        self._microphone_live = False  # the gain wanted now; every ffmpeg starts with it
+
+    @property
+    def microphone_wanted(self) -> bool:
+        return self._microphone_live
 
     # --- the CameraBackend interface (called on the daemon's loop thread: must not block) -------
     def open(self) -> None:
@@ -108,14 +122,46 @@ class FfmpegUplink:
         problem = problem or self.check()
         self._post(HealthReport("camera", "missing" if problem else "ok", problem or f"{self.name} ready"))
 
-    def start(self, url: str) -> None:
+    def start(self, url: str, microphone_live: bool = False) -> None:
+        """Push to `url`; every ffmpeg of this session starts with the gain wanted at its start.
+
+        `microphone_live` is that gain now (muted unless said otherwise), until `set_microphone`.
+        """
         with self._lock:
             if self._closed:
                 return
+            self._microphone_live = bool(microphone_live)
             if self._session is not None:
                 self._session.stop()
             self._session = _Session(self, url)
             self._session.start()
+
+    def set_microphone(self, live: bool) -> None:
+        """Mute or unmute without restarting the encoder. Never blocks: the session's worker tells ffmpeg.
+
+        If the running ffmpeg does not confirm the change within `MIC_REPLY_S` (control socket gone,
+        error reply, hung), it is killed and the next attempt starts at the wanted gain (fail closed).
+        Without a session it only records the wanted gain (`start` then says its own). Same value: no-op.
+        """
+        live = bool(live)
+        with self._lock:
+            if live == self._microphone_live:
+                return
+            self._microphone_live = live
+            session = self._session
+        log.info("microphone %s wanted", "live" if live else "muted")
+        if session is not None:
+            session.microphone_changed()
+
+    @property
+    def microphone_confirmed(self) -> bool | None:
+        """The gain the running encoder has: the one it was started with, or the last it confirmed.
+
+        None while no ffmpeg is live (between meetings, between attempts, before the first bytes).
+        """
+        with self._lock:
+            session = self._session
+        return session.microphone_confirmed() if session is not None else None
 
     def stop(self) -> None:
         with self._lock:
@@ -196,11 +242,14 @@ class FfmpegUplink:
         """A reason the source cannot work at all (shown as camera health `missing`), or None."""
         return None
 
-    def command(self, url: str) -> list[str]:
-        return self.command_with(output_args(url))
+    def command(self, url: str, microphone_live: bool = False, control_socket: str | None = None) -> list[str]:
+        return self.command_with(output_args(url), microphone_filters(microphone_live, control_socket))
 
-    def command_with(self, output: list[str]) -> list[str]:
-        """The ffmpeg command line, ending in `output` (container options and target)."""
+    def command_with(self, output: list[str], audio_filters: str = microphone_filters(False)) -> list[str]:
+        """The ffmpeg command line, ending in `output` (container options and target).
+
+        `audio_filters` (see `microphone_filters`) go between the microphone and the AAC encoder.
+        """
         raise NotImplementedError
 
     def stdin(self) -> int | None:
@@ -229,6 +278,11 @@ class _Session(threading.Thread):
         self.child: subprocess.Popen | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=6)
         self.status = "starting"
+        self.cond = threading.Condition()     # guards `attempt` and its fields; never held while blocking
+        self.attempt: Attempt | None = None
+        self.control_dir = ""                 # private (0700): only the daemon's user can change the gain
+        self.attempts = 0
+        self.microphone = MicrophoneControl(self)
 
     def post(self, status: str, detail: str = "") -> None:
         # A replaced session (leave then join again at once) must not report over its successor.
@@ -243,6 +297,8 @@ class _Session(threading.Thread):
 
     def stop(self) -> None:
         self.stopping.set()
+        with self.cond:
+            self.cond.notify_all()
         child = self.child
         if child is not None and child.poll() is None:
             try:
@@ -250,20 +306,33 @@ class _Session(threading.Thread):
             except ProcessLookupError:
                 pass
 
+    def microphone_changed(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+    def microphone_confirmed(self) -> bool | None:
+        with self.cond:
+            attempt = self.attempt
+            return attempt.gain if attempt is not None and attempt.live_at is not None else None
+
     def run(self) -> None:
         backoff = Backoff(base_s=1.0, cap_s=30.0)
         failures = 0
         self.post("starting", f"pushing to {self.shown_url}")
         try:
+            self.microphone.start()
             while not self.stopping.is_set():
                 try:
-                    was_live, reason = self._attempt()
+                    was_live, reason, restart_now = self._attempt()
                 except PermanentError as exc:
                     self.post("failed", str(exc))
                     self.stopping.wait()
                     break
                 if self.stopping.is_set():
                     break
+                if restart_now:  # the gain could not be changed: the next ffmpeg starts with it, at once
+                    self.post("retrying", f"{reason}; encoder restarted at once")
+                    continue
                 if was_live:
                     backoff.reset()
                     failures = 0
@@ -273,31 +342,61 @@ class _Session(threading.Thread):
                 self.post(status, f"{reason}; attempt {failures + 1} in {delay:.1f} s")
                 self.stopping.wait(delay)
         finally:
+            self.stopping.set()
+            with self.cond:
+                self.cond.notify_all()
+            if self.microphone.is_alive():
+                self.microphone.join(MIC_REPLY_S + 1.0)
+            if self.control_dir:
+                shutil.rmtree(self.control_dir, ignore_errors=True)
             self.owner.session_ended()
             self.post("idle", "stopped")
 
-    def _attempt(self) -> tuple[bool, str]:
-        cmd = self.owner.command(self.url)
+    def _attempt(self) -> tuple[bool, str, bool]:
+        """One ffmpeg: (whether it went live, why it ended, whether to restart it at once)."""
+        self.attempts += 1
+        if not os.path.isdir(self.control_dir):  # the first attempt, or a cleaner removed it: a new one
+            try:
+                self.control_dir = tempfile.mkdtemp(prefix="appliance-mic-", dir=control_parent())  # 0700
+            except OSError as exc:
+                raise PermanentError(f"cannot make the microphone's control directory: {exc}") from exc
+        control = os.path.join(self.control_dir, f"mic{self.attempts}.sock")  # never one a dead ffmpeg left
+        gain = self.owner.microphone_wanted  # read before the command: a later change is sent by the worker
+        cmd = self.owner.command(self.url, gain, control)
         log.debug("uplink: %s", redact_text(" ".join(cmd)))
         try:
             child = proc.spawn(cmd, stdin=self.owner.stdin(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except (OSError, ValueError) as exc:  # ValueError: an argument the OS cannot take (an embedded NUL)
             raise PermanentError(f"cannot run ffmpeg: {redact_text(str(exc))}") from exc
         self.child = child
+        attempt = Attempt(child, control, gain)
+        with self.cond:
+            self.attempt = attempt
+            self.cond.notify_all()
         drain = threading.Thread(target=self._drain_stderr, args=(child,), daemon=True)
         drain.start()
         try:
             self.owner.attached(child)
             if self.stopping.is_set():
-                return False, "stopped"
-            return self._watch(child)
+                return False, "stopped", False
+            was_live, reason = self._watch(child, attempt)
+            with self.cond:
+                restart = attempt.restart_reason
+            return (was_live, restart, True) if restart and not self.stopping.is_set() else (was_live, reason, False)
         finally:
+            with self.cond:  # before the child is reaped: the worker kills only the attempt it still sees here
+                self.attempt = None
+                self.cond.notify_all()
             proc.kill(child, STOP_GRACE_S)
             self.child = None
             self.owner.detached()
             drain.join(1.0)
+            try:
+                os.unlink(control)
+            except OSError:
+                pass
 
-    def _watch(self, child: subprocess.Popen) -> tuple[bool, str]:
+    def _watch(self, child: subprocess.Popen, attempt: Attempt) -> tuple[bool, str]:
         """Follow ffmpeg's progress reports until it dies, stalls or is stopped."""
         assert child.stdout is not None
         fd = child.stdout.fileno()
@@ -327,6 +426,9 @@ class _Session(threading.Thread):
                         last_size, last_change = size, now
                         if not live and size > 0 and frames > 0:
                             live = True
+                            with self.cond:
+                                attempt.live_at = now
+                                self.cond.notify_all()
                             self.post("live", f"sending to {self.shown_url}")
                     if value == "end":
                         return live, self._why("ffmpeg ended the stream")

@@ -31,7 +31,7 @@ EXPECTED = {
 def ink_in(image, box, colour):
     """Pixels of the text colour inside the text's box: the words were really drawn there."""
     region = image.crop(box)
-    return sum(count for count, rgb in region.getcolors(maxcolors=1 << 22)
+    return sum(count for count, rgb in region.getcolors(maxcolors=region.width * region.height)
                if all(abs(a - b) < 40 for a, b in zip(rgb, colour, strict=False)))
 
 
@@ -126,3 +126,129 @@ def test_selftest_results_fit_one_row_each():
         assert a[2] <= SIZE[0] and a[3] <= SIZE[1]
         for b in boxes[i + 1:]:
             assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+
+
+# The floor in a moderated meeting: a badge on the screens of a joined site, Bahasa Indonesia first.
+FLOOR_WORDS = {
+    ("id", "listening"): ("Mikrofon mati", "Tekan tombol sekali untuk minta bicara"),
+    ("id", "requested"): ("Menunggu giliran bicara", "Tekan lagi untuk batal"),
+    ("id", "speaking"): ("Silakan bicara", "Mikrofon menyala"),
+    ("en", "listening"): ("Microphone off", "Press the button once to ask to speak"),
+    ("en", "requested"): ("Waiting for your turn to speak", "Press again to cancel"),
+    ("en", "speaking"): ("Please speak", "Microphone on"),
+}
+LONG_TITLE = "Musyawarah perencanaan pembangunan kecamatan tahun anggaran 2027 bersama seluruh kepala desa"
+
+
+def assert_readable(rendered, size):
+    """Every text inside the picture, big enough, really drawn, and none on top of another."""
+    for words, box, colour in rendered.texts:
+        left, top, right, bottom = box
+        assert 0 <= left < right <= size[0] and 0 <= top < bottom <= size[1], (words, box)
+        assert bottom - top >= size[1] // 30, f"{words!r} is too small to read across a room"
+        assert ink_in(rendered.image, box, colour) > 20 * len(words), words
+    boxes = [box for _, box, _ in rendered.texts]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+
+
+def areas(image):
+    """Pixels of each colour."""
+    return {rgb: count for count, rgb in image.getcolors(maxcolors=image.width * image.height)}
+
+
+def area_of(image, colour):
+    return areas(image).get(colour, 0)
+
+
+def on_badge(rendered, box):
+    """The colour just left of a row of text: the badge it is written on."""
+    return rendered.image.getpixel((box[0] - 4, (box[1] + box[3]) // 2))
+
+
+@pytest.mark.parametrize(("notice", "size"), [(None, SIZE), ("hold_to_leave", SIZE), ("hold_to_leave", (1920, 1080))])
+@pytest.mark.parametrize("language", ["id", "en"])
+@pytest.mark.parametrize("status", ["listening", "requested", "speaking"])
+@pytest.mark.parametrize("screen", ["in_meeting", "program_reconnecting"])
+def test_moderated_floor_badge_says_what_the_button_does(screen, status, language, notice, size):
+    info = {**INFO, "title": LONG_TITLE, "notice": notice, "floor": status, "floor_mode": "moderated"}
+    rendered = screens.render(screen, info, language, size, now=NOW, hold_s=3.0)
+    background, colour = screens.FLOOR_COLOURS[status]
+    headline, action = FLOOR_WORDS[(language, status)]
+    # Both halves on the badge, in its colours: what is happening (big), then what the button does.
+    written = " ".join(rendered.all_text().split())
+    assert f"{headline} {action}" in written
+    rows = {words: (box, text_colour) for words, box, text_colour in rendered.texts}
+    for words in (headline, action):
+        box, text_colour = rows[words]
+        assert text_colour == colour and on_badge(rendered, box) == background, words
+    assert rows[headline][0][3] - rows[headline][0][1] >= size[1] // 20, "the floor must read across a hall"
+    pixels = areas(rendered.image)
+    assert pixels.get(background, 0) > size[0] * size[1] // 20
+    for other, (other_background, _) in screens.FLOOR_COLOURS.items():
+        if other != status:
+            assert pixels.get(other_background, 0) < size[0] * size[1] // 1000, other
+    # The rest of the screen is still there, and everything still fits.
+    assert screens.text(language, screen) in written
+    if screen == "in_meeting":
+        assert screens.text(language, "hold_to_leave_hint", hold="3") in written
+    else:
+        assert screens.text(language, "program_hint") in written
+    if notice:
+        assert screens.text(language, notice, hold="3") in written
+    assert_readable(rendered, size)
+    assert rendered.image.getpixel((2, size[1] // 2)) == screens.BACKGROUNDS[screen]
+
+
+def test_floor_colours_tell_the_statuses_apart():
+    speaking, requested, listening = (screens.FLOOR_COLOURS[status][0]
+                                      for status in ("speaking", "requested", "listening"))
+    assert speaking[0] > 150 and max(speaking[1:]) < 60, "speaking is red, like on air"
+    assert requested[0] > 200 and 100 < requested[1] < 200 and requested[2] < 60, "requested is amber"
+    assert listening[0] == listening[1] == listening[2], "listening is grey"
+    assert requested != screens.NOTICE_BACKGROUND
+
+
+@pytest.mark.parametrize("language", ["id", "en"])
+def test_open_meeting_speaking_is_a_small_indicator_not_a_banner(language):
+    info = {**INFO, "floor": "speaking", "floor_mode": "open"}
+    rendered = screens.render("in_meeting", info, language, SIZE, now=NOW)
+    written = " ".join(rendered.all_text().split())
+    please, microphone_on = FLOOR_WORDS[(language, "speaking")]
+    assert please not in written and microphone_on in written
+    indicator = [box for words, box, _ in rendered.texts if microphone_on in words]
+    moderated = screens.render("in_meeting", {**info, "floor_mode": "moderated"}, language, SIZE, now=NOW)
+    banner = [box for words, box, _ in moderated.texts if words == please]
+    assert len(indicator) == 1 and indicator[0][3] - indicator[0][1] < banner[0][3] - banner[0][1]
+    red = screens.FLOOR_COLOURS["speaking"][0]
+    assert 0 < area_of(rendered.image, red) < area_of(moderated.image, red) // 2
+    assert screens.text(language, "hold_to_leave_hint", hold="3") in written
+    assert_readable(rendered, SIZE)
+
+
+@pytest.mark.parametrize(("language", "words"), [
+    ("id", "Mikrofon dimatikan oleh pusat Tekan tombol untuk minta bicara"),
+    ("en", "Microphone muted by the centre Press the button to ask to speak")])
+def test_open_meeting_listening_means_the_centre_muted_the_site(language, words):
+    rendered = screens.render("in_meeting", {**INFO, "floor": "listening", "floor_mode": "open"}, language, SIZE,
+                              now=NOW)
+    assert words in " ".join(rendered.all_text().split())
+    assert FLOOR_WORDS[(language, "listening")][0] not in rendered.all_text()
+    assert area_of(rendered.image, screens.FLOOR_COLOURS["listening"][0]) > SIZE[0] * SIZE[1] // 20
+    assert_readable(rendered, SIZE)
+    requested = screens.render("in_meeting", {**INFO, "floor": "requested", "floor_mode": "open"}, language, SIZE,
+                               now=NOW)
+    assert " ".join(FLOOR_WORDS[(language, "requested")]) in " ".join(requested.all_text().split())
+
+
+def test_floor_badge_only_on_a_joined_sites_screens_and_bahasa_first():
+    speaking = {**INFO, "floor": "speaking", "floor_mode": "moderated"}
+    assert "Silakan bicara" in screens.render("in_meeting", speaking, size=SIZE, now=NOW).all_text()
+    assert "Please speak" in screens.render("in_meeting", speaking, "en", SIZE, now=NOW).all_text()
+    for screen in ("in_meeting", "program_reconnecting"):
+        today = screens.render(screen, INFO, "id", SIZE, now=NOW)
+        no_floor = screens.render(screen, {**INFO, "floor": None, "floor_mode": None}, "id", SIZE, now=NOW)
+        assert no_floor.all_text() == today.all_text() and no_floor.image.tobytes() == today.image.tobytes()
+    for screen in ("idle", "meeting_available", "joining", "leaving", "broker_unreachable", "camera_missing"):
+        assert "bicara" not in screens.render(screen, speaking, "id", SIZE, now=NOW).all_text(), screen

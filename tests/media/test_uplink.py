@@ -127,7 +127,11 @@ def test_the_pusher_dies_with_a_killed_daemon(make_config, rtmp_server, tmp_path
         "while uplink._session.child is None: time.sleep(0.05)\n"
         "print(uplink._session.child.pid, uplink._workdir, flush=True)\n"
         "time.sleep(60)\n")
-    daemon = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    # Its microphone control socket goes where systemd's RuntimeDirectory would be: here, cleaned with tmp_path.
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    daemon = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "RUNTIME_DIRECTORY": str(runtime)})
     workdir = ""
     try:
         pid, workdir = daemon.stdout.readline().split()
