@@ -120,6 +120,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "fps": Key(int, 30, _between(5, 60)),
         "bitrate_kbps": Key(int, 1500, _between(100, 20000)),
         "audio_device": Key(str, "default"),  # ALSA capture device; "" = no microphone (silent track)
+        # testsrc only: its "microphone" is a tone, or (engine) what the audio engine captures, as a Pi's would be.
+        "test_audio": Key(str, "tone", _choice("tone", "engine")),
+    },
+    "audio": {
+        # How the meeting's sound from the speaker is kept out of the microphone (docs/media.md, "Echo"):
+        # aec = PipeWire's WebRTC echo canceller; duck = the program quieter while the site speaks;
+        # device = a speakerphone cancels it itself; off = nothing.
+        "echo": Key(str, "aec", _choice("aec", "duck", "device", "off")),
+        "duck_db": Key((int, float), 24, _between(20, 60)),
     },
     "display": {
         "backend": Key(str, "vlc", _choice("vlc", "none")),
@@ -129,7 +138,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "width": Key(int, 1280, _between(160, 3840)),   # screens are drawn at this size, then scaled
         "height": Key(int, 720, _between(120, 2160)),
         "network_caching_ms": Key(int, 200, _between(0, 10000)),
-        "audio_device": Key(str, ""),  # ALSA output for the program's sound; "" = VLC's default
+        "audio_device": Key(str, ""),  # ALSA output for the program's sound; "" = VLC's default; "pulse" = the audio engine
         "frames_dir": Key(str, ""),    # headless only: where display.jpg snapshots go
     },
     "telemetry": {

@@ -22,6 +22,7 @@ from typing import Any
 
 from appliance import __version__
 from appliance.adapters import sysinfo
+from appliance.adapters.audio import AudioEngine
 from appliance.adapters.control import ControlRequest, ControlServer
 from appliance.adapters.ledger import LedgerStore
 from appliance.adapters.media import BackendUnavailable, create_camera, create_display
@@ -83,6 +84,7 @@ def settings_from(config: Config) -> CoreSettings:
         timezone=config["time"]["timezone"],
         uptime_publish_s=float(config["telemetry"]["uptime_publish_s"]),
         language=config["display"]["language"],
+        echo_mode=config["audio"]["echo"],
     )
 
 
@@ -99,7 +101,7 @@ def panel_from_config(config: Config, post: Post) -> Panel:
 class Daemon:
     def __init__(self, config: Config, *, clock: Clock | None = None, settings: CoreSettings | None = None,
                  mqtt: Factory | None = None, panel: Factory | None = None, camera: Factory | None = None,
-                 display: Factory | None = None, probes: Factory | None = None) -> None:
+                 display: Factory | None = None, probes: Factory | None = None, audio: Factory | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.loop = EventLoop(self._dispatch, self.clock.monotonic)
@@ -118,6 +120,10 @@ class Daemon:
         self.camera = self._backend(camera or create_camera, "camera")
         self.display = self._backend(display or create_display, "display")
         self.probes = (probes or Probes)(config, post)
+        self.audio = (audio or AudioEngine)(config, post)
+        if self.camera is not None:  # the uplink picks its microphone input by the engine's health
+            self.camera.audio_engine = self.audio
+            self.audio.on_change.append(self.camera.audio_changed)
         self.mqtt = mqtt(config, post) if mqtt else _mqtt_from_config(config, post, self.core.topics)
         self.control = ControlServer(config["paths"]["control_socket"], post)
         self._clock_synced: bool | None = None
@@ -131,6 +137,7 @@ class Daemon:
             io.ShowScreen: lambda e: self.display and self.display.show_screen(e.screen, e.info),
             io.StartUplink: lambda e: self.camera and self.camera.start(e.url, microphone_live=e.microphone_live),
             io.SetMicrophone: self._set_microphone,
+            io.DuckProgram: lambda e: self.display and self.display.duck_program(e.ducked),
             io.StopUplink: lambda e: self.camera and self.camera.stop(),
             io.StartProgram: lambda e: self.display and self.display.start_program(e.url),
             io.StopProgram: lambda e: self.display and self.display.stop_program(),
@@ -250,6 +257,7 @@ class Daemon:
         for backend in (self.camera, self.display):
             if backend is not None:
                 backend.open()
+        self.audio.open()
         # After the backends' first health reports, so the first LED pattern is already the true one.
         self.loop.post(lambda: self._execute(self.core.start()))
         problems = read_provision_error(self.config["paths"]["state_dir"])
@@ -272,6 +280,7 @@ class Daemon:
         self._execute(self.core.handle(io.CheckpointDue()))  # a clean stop loses no up time at all
         self.ledger_store.close()
         self.control.close()
+        self.audio.close()
         for backend in (self.camera, self.display):
             if backend is not None:
                 backend.close()

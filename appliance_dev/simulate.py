@@ -34,6 +34,7 @@ from appliance.core.io import (
     ButtonDown,
     ButtonUp,
     CommandStored,
+    DuckProgram,
     Log,
     MessageReceived,
     NotifyStatus,
@@ -58,7 +59,8 @@ from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, CommandPolicy, Topics
 from appliance.core.signing import public_key_from_base64
 
 # What a site without panel, screen, media, disk or systemd simply does not do.
-IGNORED_EFFECTS = (SetLed, ShowScreen, StartUplink, StopUplink, StartProgram, StopProgram, SetMicrophone, NotifyStatus,
+IGNORED_EFFECTS = (SetLed, ShowScreen, StartUplink, StopUplink, StartProgram, StopProgram, SetMicrophone, DuckProgram,
+                   NotifyStatus,
                    SaveUptime, SelftestDone, Log)
 NO_HARDWARE = {"ok": None, "detail": "simulated site: no hardware"}
 T = TypeVar("T")

@@ -307,3 +307,20 @@ def test_a_restarted_core_has_no_floor_and_rejoins_listening() -> None:
     assert [e.microphone_live for e in effects if isinstance(e, io.StartUplink)] == [False]
     restarted.handle(io.MediaStatus("uplink", "live"))
     assert _microphone(effects) == [] and _floor(restarted)["status"] == "listening"
+
+
+def _ducks(effects: list) -> list[bool]:
+    return [effect.ducked for effect in effects if isinstance(effect, io.DuckProgram)]
+
+
+@pytest.mark.parametrize("echo_mode, expected", [("duck", [True]), ("aec", []), ("off", [])])
+def test_duck_mode_lowers_the_program_only_while_the_site_speaks(echo_mode: str, expected: list) -> None:
+    core, clock = make_core(camera=True, display=True, echo_mode=echo_mode)
+    announce(core)
+    effects = command(core, "join")[1]
+    effects += core.handle(io.MediaStatus("uplink", "live")) + core.handle(io.MediaStatus("program", "playing"))
+    assert core.state == IN_MEETING and _ducks(effects) == []  # listening: the program at full volume
+    assert _ducks(_grant(core)[1]) == expected
+    assert _ducks(_revoke(core)[1]) == [not ducked for ducked in expected]
+    _grant(core)
+    assert _ducks(press(core, clock, 3.2)) == [not ducked for ducked in expected]  # leaving restores it too

@@ -210,7 +210,8 @@ class ScriptUplink(FfmpegUplink):
     not there (the URL, then the error) and exits. Records every argument list it was given."""
 
     def __init__(self, post: Any) -> None:
-        super().__init__({"site": {"id": SITE, "name": "Kalibaru"}, "camera": {}}, post)
+        super().__init__({"site": {"id": SITE, "name": "Kalibaru"}, "camera": {"audio_device": ""},
+                          "audio": {"echo": "off"}}, post)
         self.commands: list[list[str]] = []
 
     def command_with(self, output: list[str], audio_filters: str = "") -> list[str]:

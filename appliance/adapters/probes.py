@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from appliance.adapters import sysinfo
+from appliance.adapters.audio_checks import capture_devices, engine_selftest
 from appliance.adapters.storage import write_atomic
 from appliance.core.io import SelftestCheckDone
 from appliance.core.selftest import Result, result
+from appliance.media.audio_route import uses_engine
 
 MIN_FREE_MB = 200.0
 AUDIO_CAPTURE_S = 1
@@ -66,13 +68,6 @@ def check_disk(state_dir: str, free_mb: float | None) -> Result:
     return result(True, f"{free_mb:g} MB free, write probe ok")
 
 
-def capture_devices(pcm: Path = Path("/proc/asound/pcm")) -> list[str]:
-    try:
-        return [line.strip() for line in pcm.read_text().splitlines() if "capture" in line]
-    except OSError:
-        return []
-
-
 def check_audio(device: str, run: Callable[..., Any] = subprocess.run) -> Result:
     if not device:
         return result(None, "no microphone configured (camera.audio_device = \"\")")
@@ -111,7 +106,13 @@ class Probes:
     def __init__(self, config: Any, post: Callable[[Any], None]) -> None:
         self.state_dir = config["paths"]["state_dir"]
         self.audio_device = config["camera"]["audio_device"]
+        self.config = config
         self._post = post
+
+    def _audio(self) -> Result:
+        if uses_engine(self.config):  # aec: the engine, its canceller, and the cleaned microphone's level
+            return engine_selftest(self.config)
+        return check_audio(self.audio_device)
 
     def run(self, names: tuple[str, ...]) -> None:
         """Loop thread: start the worker and return at once."""
@@ -119,7 +120,7 @@ class Probes:
             "clock": lambda: check_clock(sysinfo.clock_synced()),
             "power": lambda: check_power(sysinfo.throttled()),
             "disk": lambda: check_disk(self.state_dir, sysinfo.disk_free_mb(self.state_dir)),
-            "audio": lambda: check_audio(self.audio_device),
+            "audio": self._audio,
         }
         unknown = set(names) - set(probes)
         if unknown:

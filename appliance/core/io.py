@@ -155,6 +155,14 @@ class StopProgram:
 
 
 @dataclass(frozen=True)
+class DuckProgram:
+    """`audio.echo = duck`: the program quieter (by `audio.duck_db`) while the site speaks, so the
+    microphone picks up less of it; back to normal when it listens again."""
+
+    ducked: bool
+
+
+@dataclass(frozen=True)
 class RememberCommand:
     """A command id that must survive a restart until it expires (replay protection), and the ids
     that have expired since. Answered at once, before anything else, with CommandStored: the core
@@ -219,7 +227,7 @@ EVENTS = (
 )
 EFFECTS = (
     Publish, SetLed, ShowScreen, StartUplink, StopUplink, StartProgram, StopProgram, SetMicrophone,
-    RememberCommand, NotifyStatus, RunProbes, ProbeCamera, SelftestDone, SaveUptime, Log,
+    DuckProgram, RememberCommand, NotifyStatus, RunProbes, ProbeCamera, SelftestDone, SaveUptime, Log,
 )
 Event = (
     BrokerConnected | BrokerDisconnected | MessageReceived | PublishDenied | PublishAcked | ButtonDown | ButtonUp
@@ -228,5 +236,5 @@ Event = (
 )
 Effect = (
     Publish | SetLed | ShowScreen | StartUplink | StopUplink | StartProgram | StopProgram | SetMicrophone
-    | RememberCommand | NotifyStatus | RunProbes | ProbeCamera | SelftestDone | SaveUptime | Log
+    | DuckProgram | RememberCommand | NotifyStatus | RunProbes | ProbeCamera | SelftestDone | SaveUptime | Log
 )

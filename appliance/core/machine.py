@@ -76,6 +76,7 @@ class CoreSettings:
     floor_debounce_s: float = 0.5
     # A speaking site whose broker has been gone this long mutes itself: the centre cannot revoke.
     floor_offline_mute_s: float = 5.0
+    echo_mode: str = "aec"  # audio.echo: "duck" makes the core lower the program while the site speaks
 
 
 @dataclass
@@ -98,6 +99,7 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow):
         self._floor_pressed_at: float | None = None
         self._broker_lost_at: float | None = None
         self._microphone_shown: bool | None = None  # None: not told yet, so the first _finish says "muted"
+        self._ducked_shown = False
         self.since = clock.wall()
         self.started_at = clock.monotonic()
         self.broker_connected = False
@@ -113,6 +115,8 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow):
             "uplink": "idle",
             "program": "idle",
             "clock": "unsynced",
+            # The microphone's path (adapters/audio.py): the echo canceller in the audio engine, or ALSA.
+            "audio": "missing" if settings.camera_enabled else "disabled",
             "disk": "ok",  # the state directory (the uptime ledger): "error" while saves cannot reach it
         }
         self._replay = ReplayMemory(replay_memory, clock.wall(), clock.monotonic())

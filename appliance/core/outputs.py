@@ -85,6 +85,10 @@ class OutputsFlow:
         if microphone != self._microphone_shown:
             self._microphone_shown = microphone
             self._emit(io.SetMicrophone(microphone))
+        ducked = microphone and self.settings.echo_mode == "duck" and self.settings.display_enabled
+        if ducked != self._ducked_shown:
+            self._ducked_shown = ducked
+            self._emit(io.DuckProgram(ducked))
         if self._connect_checkpoint:
             self._connect_checkpoint = False
             self._checkpoint(publish=True)

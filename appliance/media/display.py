@@ -28,7 +28,7 @@ from appliance.adapters.media import BackendUnavailable
 from appliance.core.backoff import Backoff
 from appliance.core.io import HealthReport, MediaStatus
 from appliance.core.urls import PROGRAM_SCHEMES, clean_url, redact_text, redact_url
-from appliance.media import screens
+from appliance.media import audio_route, screens
 from appliance.media.frames import FrameSink
 from appliance.media.proc import scratch_dir
 
@@ -43,23 +43,21 @@ SNAPSHOT_S = 1.0
 VOUT_GRACE_S = 1.0      # a screen with no video output after this long = the display is broken
 
 
-def vlc_args(display: dict[str, Any]) -> list[str]:
+def vlc_args(display: dict[str, Any], echo: str = "off") -> list[str]:
     caching = str(display.get("network_caching_ms", 200))
     args = ["--quiet", "--intf=dummy", "--no-video-title-show", "--no-osd", "--no-snapshot-preview",
             f"--network-caching={caching}", f"--live-caching={caching}", "--clock-jitter=0",
             "--no-lua", "--stats"]
     output = display.get("output", "drm")
     if output == "headless":
-        args += ["--no-xlib", "--no-audio", "--avcodec-hw=none"]
+        args += ["--no-xlib", "--avcodec-hw=none"]
     elif output == "x11":
         # Fullscreen needs a window manager; without one (bare X, Xvfb) the window has the video's size.
         args += ["--fullscreen", "--mouse-hide-timeout=0"]
     else:  # drm: Raspberry Pi OS Lite, no X; only one process may hold the screen (DRM master)
         args += ["--no-xlib", "--vout=drm_vout", f"--drm-vout-display={display.get('drm_connector', 'HDMI-A-1')}",
                  "--drm-vout-no-modeset"]
-    if display.get("audio_device") and output != "headless":
-        args += ["--aout=alsa", f"--alsa-audio-device={display['audio_device']}"]
-    return args
+    return args + audio_route.vlc_audio_args(display, echo)
 
 
 def media_options(url: str) -> tuple[str, list[str]]:
@@ -80,6 +78,7 @@ class VlcDisplay:
             raise BackendUnavailable(f"python-vlc cannot load libvlc: {exc}") from exc
 
         display = config["display"]
+        self.config = config
         self.settings = dict(display)
         self.output = display.get("output", "drm")
         self.language = display.get("language", "id")
@@ -96,6 +95,8 @@ class VlcDisplay:
         self.sink = FrameSink(self.size, display.get("frames_dir") or "") if self.output == "headless" else None
         # What the worker is doing; read by tests and benchmarks (plain attributes, written by one thread).
         self.status = "idle"
+        self.ducked = False
+        self.volume: int | None = None  # what the player was last set to (tests read it)
         self.showing = "nothing"
         self.shown_screen = ""
         self.attempt_started = 0.0
@@ -115,6 +116,10 @@ class VlcDisplay:
     def stop_program(self) -> None:
         self._commands.put(("stop",))
 
+    def duck_program(self, ducked: bool) -> None:
+        """`audio.echo = duck`: the program `audio.duck_db` quieter while the site speaks."""
+        self._commands.put(("duck", ducked))
+
     def close(self) -> None:
         if self._thread.is_alive():
             self._commands.put(("close",))
@@ -126,7 +131,8 @@ class VlcDisplay:
         import vlc
 
         self.vlc = vlc
-        self.instance = vlc.Instance(vlc_args(self.settings))
+        os.environ.update(audio_route.vlc_environment(self.config))  # before libvlc loads libpulse
+        self.instance = vlc.Instance(vlc_args(self.settings, audio_route.effective_echo(self.config)))
         if self.instance is None:
             reason = f"libvlc cannot start with output {self.output!r} (an option or plugin is missing"
             reason += "; drm needs Raspberry Pi OS's VLC)" if self.output == "drm" else ")"
@@ -200,12 +206,24 @@ class VlcDisplay:
             self.backoff.reset()
             self._set_status("buffering", f"opening {self.url}")
             self._attempt()
+            self._apply_volume()
+        elif command[0] == "duck":
+            self.ducked = command[1]
+            self._apply_volume()
         elif command[0] == "stop":
             self._stop_probe()
             self.url = None
             self.player.stop()  # the centre must see us leave now, before any screen is drawn
             self._set_status("idle", "stopped")
             self._show_current_screen()
+
+    def _apply_volume(self) -> None:
+        volume = audio_route.duck_volume(float(self.config["audio"]["duck_db"])) if self.ducked else 100
+        if self.player.audio_set_volume(volume) == 0:
+            self.volume = volume
+            log.info("program volume %d%% (%s)", volume, "ducked while the site speaks" if self.ducked else "normal")
+        else:
+            log.warning("the player refused volume %d%%", volume)
 
     def _supervise(self) -> None:
         now = time.monotonic()

@@ -54,11 +54,9 @@ class PicameraUplink(FfmpegUplink):
         # Small probe: the stream starts at a keyframe with its SPS/PPS, so ffmpeg needs no 5 s look-ahead.
         video = ["-use_wallclock_as_timestamps", "1", "-thread_queue_size", "64", "-probesize", "32768",
                  "-analyzeduration", "0", "-f", "h264", "-i", "pipe:0"]
-        if s.audio_device:
-            audio = ["-f", "alsa", "-channels", "1", "-sample_rate", "48000", "-thread_queue_size", "1024",
-                     "-itsoffset", "-0.3", "-i", s.audio_device]
-        else:  # no microphone: a silent track keeps the stream's shape the centre expects
-            audio = ["-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono"]
+        audio = self.microphone_input()
+        if audio[:2] == ["-f", "alsa"]:  # ALSA's capture runs ~0.3 s behind the camera's wall-clock stamps
+            audio[2:2] = ["-itsoffset", "-0.3"]
         return [*base_args(), *video, *audio, "-map", "0:v", "-map", "1:a", "-af", audio_filters,
                 "-c:v", "copy", *aac_args(s), *output]
 

@@ -39,12 +39,18 @@ class TestsrcUplink(FfmpegUplink):
         return [
             *base_args(),
             "-re", "-f", "lavfi", "-i", f"testsrc2=size={s.width}x{s.height}:rate={s.fps}",
-            "-re", "-f", "lavfi", "-i", "sine=frequency=440:beep_factor=4:sample_rate=48000",
+            *self.microphone_input(),
             "-i", self._banner,
             "-filter_complex", f"[0:v][2:v]overlay=x=0:y=main_h-overlay_h:eof_action=repeat[v];[1:a]{audio_filters}[a]",
             "-map", "[v]", "-map", "[a]",
             *h264_args(s), *aac_args(s), *output,
         ]
+
+    def microphone_input(self) -> list[str]:
+        """A tone, or (`camera.test_audio = "engine"`) the microphone a Pi would capture: the echo tests' rig."""
+        if self.config["camera"]["test_audio"] == "engine":
+            return super().microphone_input()
+        return ["-re", "-f", "lavfi", "-i", "sine=frequency=440:beep_factor=4:sample_rate=48000"]
 
     def release(self) -> None:
         shutil.rmtree(self._workdir, ignore_errors=True)

@@ -20,6 +20,7 @@ import logging
 import os
 import select
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -31,7 +32,7 @@ from typing import Any
 from appliance.core.backoff import Backoff
 from appliance.core.io import HealthReport, MediaStatus, SelftestCheckDone
 from appliance.core.urls import INGEST_SCHEMES, clean_url, redact_text, redact_url
-from appliance.media import proc
+from appliance.media import audio_route, proc
 from appliance.media.microphone import MIC_REPLY_S, Attempt, MicrophoneControl, control_parent, microphone_filters
 
 log = logging.getLogger("appliance.uplink")
@@ -109,6 +110,8 @@ class FfmpegUplink:
         self._post = post
         self._lock = threading.Lock()
         self._session: _Session | None = None
+        self.audio_engine: Any = None  # set by the daemon: its `.ok` says whether the audio engine works
+        self._engine_input_failed = False
         self._closed = False
         self._microphone_live = False  # the gain wanted now; every ffmpeg starts with it
 
@@ -255,6 +258,24 @@ class FfmpegUplink:
     def stdin(self) -> int | None:
         return subprocess.DEVNULL
 
+    def microphone_input(self) -> list[str]:
+        """ffmpeg's audio input for the next attempt (audio_route: the engine, ALSA or a silent track).
+        An engine input whose ffmpeg died before sending anything is not tried again until the
+        engine is reported back (`audio_changed`): the video must go, with a silent track if need be."""
+        engine_ok = self.audio_engine.ok if self.audio_engine is not None else None
+        if self._engine_input_failed:
+            engine_ok = False
+        return audio_route.microphone_args(self.config, engine_ok)
+
+    def audio_changed(self) -> None:
+        """The audio engine came or went (any thread): an encoder on the wrong input restarts at once."""
+        with self._lock:
+            session = self._session
+        if self.audio_engine is None or self.audio_engine.ok:
+            self._engine_input_failed = False
+        if session is not None:
+            session.audio_changed()
+
     def attached(self, child: subprocess.Popen) -> None:
         """Called on the session thread once an ffmpeg is running (the Pi camera feeds it here)."""
 
@@ -282,6 +303,7 @@ class _Session(threading.Thread):
         self.attempt: Attempt | None = None
         self.control_dir = ""                 # private (0700): only the daemon's user can change the gain
         self.attempts = 0
+        self.audio_input: list[str] | None = None  # the microphone input of the current (or last) ffmpeg
         self.microphone = MicrophoneControl(self)
 
     def post(self, status: str, detail: str = "") -> None:
@@ -310,6 +332,19 @@ class _Session(threading.Thread):
         with self.cond:
             self.cond.notify_all()
 
+    def audio_changed(self) -> None:
+        wanted = self.owner.microphone_input()
+        with self.cond:
+            attempt = self.attempt
+            if attempt is None or attempt.restart_reason is not None or self.audio_input == wanted:
+                return
+            attempt.restart_reason = "the microphone's input changed (the audio engine came or went)"
+            try:  # under `cond`, as the microphone worker does: the child is not reaped yet
+                os.killpg(attempt.child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.info("uplink: %s; restarting the encoder at once", attempt.restart_reason)
+
     def microphone_confirmed(self) -> bool | None:
         with self.cond:
             attempt = self.attempt
@@ -328,8 +363,19 @@ class _Session(threading.Thread):
                     self.post("failed", str(exc))
                     self.stopping.wait()
                     break
+                except Exception as exc:  # noqa: BLE001 - a bug here must say so, not leave "starting" forever
+                    log.exception("uplink session failed")
+                    self.post("failed", f"internal error: {type(exc).__name__}: {exc}")
+                    self.stopping.wait()
+                    break
                 if self.stopping.is_set():
                     break
+                if not was_live and self.audio_input == audio_route.engine_capture_args(self.owner.config):
+                    # The engine's source did not work (not running, no canceller): video with a
+                    # silent track rather than no stream at all; the engine's return restarts it.
+                    self.owner._engine_input_failed = True
+                    restart_now = True
+                    reason += "; sending a silent track until the audio engine works"
                 if restart_now:  # the gain could not be changed: the next ffmpeg starts with it, at once
                     self.post("retrying", f"{reason}; encoder restarted at once")
                     continue
@@ -362,6 +408,7 @@ class _Session(threading.Thread):
                 raise PermanentError(f"cannot make the microphone's control directory: {exc}") from exc
         control = os.path.join(self.control_dir, f"mic{self.attempts}.sock")  # never one a dead ffmpeg left
         gain = self.owner.microphone_wanted  # read before the command: a later change is sent by the worker
+        self.audio_input = self.owner.microphone_input()
         cmd = self.owner.command(self.url, gain, control)
         log.debug("uplink: %s", redact_text(" ".join(cmd)))
         try:

@@ -98,7 +98,8 @@ def srt_program():
 
 @pytest.fixture
 def make_config(tmp_path):
-    def build(camera: dict[str, Any] | None = None, display: dict[str, Any] | None = None) -> Any:
+    def build(camera: dict[str, Any] | None = None, display: dict[str, Any] | None = None,
+              audio: dict[str, Any] | None = None) -> Any:
         camera = {"backend": "testsrc", "width": WIDTH, "height": HEIGHT, "fps": FPS, "bitrate_kbps": 300,
                   **(camera or {})}
         display = {"backend": "vlc", "output": "headless", "width": WIDTH, "height": HEIGHT,
@@ -107,7 +108,9 @@ def make_config(tmp_path):
                  '[broker]', 'url = "mqtt://127.0.0.1:1"', '[security]', 'allow_unsigned = true',
                  'allowed_media_hosts = ["127.0.0.1"]', '[panel]', 'backend = "mock"',
                  '[paths]', f'state_dir = "{tmp_path}/state"', f'control_socket = "{tmp_path}/control.sock"']
-        for section, values in (("camera", camera), ("display", display)):
+        # The picamera2 tests capture through ALSA: no echo canceller (that is tests/audio/).
+        audio = {"echo": "off", **(audio or {})}
+        for section, values in (("camera", camera), ("display", display), ("audio", audio)):
             lines.append(f"[{section}]")
             lines += [f"{key} = {value!r}" if not isinstance(value, str) else f'{key} = "{value}"'
                       for key, value in values.items()]

@@ -1,0 +1,102 @@
+"""The audio path's checks, shared by the health watcher (`audio.py`) and the self-test's probes:
+the audio engine and its echo canceller (`audio.echo = aec`, through PipeWire's `pactl`), or the
+ALSA microphone (the other modes), in words a technician can act on. Blocking: never on the loop.
+"""
+
+from __future__ import annotations
+
+import array
+import math
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from appliance.media.audio_route import ECHO_SINK, ECHO_SOURCE, uses_engine
+
+LEVEL_CAPTURE_S = 1.0
+SILENCE_DBFS = -60.0
+PACTL_TIMEOUT_S = 3.0
+ENGINE_HINT = "the audio engine (PipeWire) runs as appliance-audio.service: `systemctl status appliance-audio`"
+
+
+def audio_health(config: Any, run: Callable[..., Any] = subprocess.run) -> tuple[str, str]:
+    """(health value, detail) of the audio path now."""
+    if config["camera"]["backend"] == "none":
+        return "disabled", "no camera, so no microphone is sent (camera.backend = none)"
+    if not uses_engine(config):
+        value, detail = _alsa_health(config)
+        if config["audio"]["echo"] == "aec" and value == "ok":  # asked for, but not on this device
+            return "missing", ("no audio engine installed (PipeWire), so no echo cancellation: " + detail +
+                               " is used directly; install the engine or set audio.echo")
+        return value, detail
+    return _engine_health(config, run)
+
+def _alsa_health(config: Any) -> tuple[str, str]:
+    camera = config["camera"]
+    if camera["backend"] == "testsrc" and camera["test_audio"] == "tone":
+        return "ok", "test tone (camera.backend = testsrc)"
+    if not camera["audio_device"]:
+        return "disabled", "no microphone configured (camera.audio_device = \"\"): a silent track is sent"
+    if not capture_devices():
+        return "missing", "no microphone found: plug in the USB webcam or microphone"
+    mode = config["audio"]["echo"]
+    return "ok", f"ALSA microphone {camera['audio_device']!r} (audio.echo = {mode})"
+
+def _engine_health(config: Any, run: Callable[..., Any]) -> tuple[str, str]:
+    info = _pactl(run, "info")
+    if info.returncode != 0:
+        why = (info.stderr or info.stdout or "").strip().splitlines()
+        return "error", f"the audio engine does not answer ({why[-1] if why else 'no reply'}); {ENGINE_HINT}"
+    sources = _names(run, "sources")
+    sinks = _names(run, "sinks")
+    if ECHO_SOURCE not in sources or ECHO_SINK not in sinks:
+        return "error", (f"the audio engine runs but its echo canceller is not loaded ({ECHO_SOURCE} and "
+                         f"{ECHO_SINK} missing): check /etc/pipewire/pipewire.conf.d/ and restart appliance-audio")
+    microphones = [name for name in sources if name != ECHO_SOURCE and not name.endswith(".monitor")]
+    if not microphones:
+        return "missing", "no microphone found: plug in the USB webcam or microphone"
+    return "ok", f"echo cancellation running; microphone {microphones[0]}"
+
+def _pactl(run: Callable[..., Any], *args: str) -> Any:
+    try:
+        return run(["pactl", *args], capture_output=True, text=True, timeout=PACTL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(args, 1, "", f"no answer within {PACTL_TIMEOUT_S:g} s")
+
+def _names(run: Callable[..., Any], kind: str) -> list[str]:
+    listing = _pactl(run, "list", "short", kind)
+    if listing.returncode != 0:
+        return []
+    return [line.split("\t")[1] for line in listing.stdout.splitlines() if line.count("\t") >= 1]
+
+
+def capture_devices(pcm: Path = Path("/proc/asound/pcm")) -> list[str]:
+    try:
+        return [line.strip() for line in pcm.read_text().splitlines() if "capture" in line]
+    except OSError:
+        return []
+
+
+def engine_selftest(config: Any, run: Callable[..., Any] = subprocess.run) -> dict[str, Any]:
+    """The self-test's audio check in `aec` mode: the engine and its canceller, then one second of
+    the cleaned microphone (what the uplink sends) and its level."""
+    value, detail = audio_health(config, run)
+    if value != "ok":
+        return {"ok": False, "detail": f"audio {value}: {detail}"}
+    try:
+        done = run(["parec", "-d", ECHO_SOURCE, "--raw", "--format=s16le", "--rate=16000", "--channels=1"],
+                   capture_output=True, timeout=LEVEL_CAPTURE_S)
+        data = done.stdout
+    except subprocess.TimeoutExpired as expired:  # parec records until stopped: the timeout is the stop
+        data = expired.stdout or b""
+    except OSError as exc:
+        return {"ok": False, "detail": f"cannot record from the echo canceller: {exc}"}
+    samples = array.array("h", data[: len(data) // 2 * 2])
+    if len(samples) < 1600:
+        return {"ok": False, "detail": f"{detail}; but recording from {ECHO_SOURCE} gave no sound data"}
+    rms = math.sqrt(sum(sample * sample for sample in samples) / len(samples)) / 32768
+    level = 20 * math.log10(rms) if rms > 0 else -math.inf
+    if level < SILENCE_DBFS:
+        return {"ok": False, "detail": f"{detail}; but the microphone is silent ({level:.0f} dBFS): is it muted or unplugged?"}
+    return {"ok": True, "detail": f"{detail}; microphone level {level:.0f} dBFS"}
