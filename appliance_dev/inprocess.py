@@ -27,10 +27,11 @@ class InProcessSite:
         self.site_id = core_settings.site_id
         self.daemon = Daemon.without_broker(config, settings=core_settings).start()
 
-    def announce(self, program_url: str, ingest_url: str, meeting_id: str = "musrenbang", timeout: float = 5.0) -> None:
+    def announce(self, program_url: str, ingest_url: str, meeting_id: str = "musrenbang", timeout: float = 5.0,
+                 floor: str = "moderated") -> None:
         """A meeting.start as the console would send it (unsigned: the test configs allow that)."""
         body = {"meeting_id": meeting_id, "title": meeting_id.title(), "program_url": program_url,
-                "ingest_url": ingest_url, "auto_join": False}
+                "ingest_url": ingest_url, "auto_join": False, "floor": floor}
         command = build_command("meeting.start", body, to=[self.site_id], issued_at=time.time(), ttl_s=3600)
         self.daemon.post(MessageReceived(self.daemon.core.topics.cmd, json.dumps(command).encode()))
         self.wait_state("meeting_available", timeout)

@@ -79,5 +79,7 @@ def vlc_environment(config: Any) -> dict[str, str]:
 
 
 def duck_volume(duck_db: float) -> int:
-    """libvlc's volume (percent of linear amplitude) for the program `duck_db` quieter."""
-    return max(0, round(100 * 10 ** (-duck_db / 20)))
+    """libvlc's volume (percent) for the program `duck_db` quieter. VLC's volume is cubic (as
+    PulseAudio's): the gain is (percent/100)^3, so 40 % is -24 dB (measured at the rig's speaker:
+    `tests/audio/test_duck.py`); 6 % would be -72 dB, a mute rather than a duck."""
+    return max(0, round(100 * 10 ** (-duck_db / 60)))

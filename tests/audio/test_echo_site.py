@@ -1,0 +1,104 @@
+"""A whole site in `audio.echo = aec` mode on the echo rig: its uplink captures the canceller's source,
+and the centre (nginx-rtmp, measured by `AudioMeter`) hears the meeting's echo removed, next to the
+same site with the canceller's plumbing but no cancellation (the null canceller). Restarting the
+canceller under the running meeting recovers without a command."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+
+import pytest
+
+from appliance.media.audio_route import ECHO_SINK, ECHO_SOURCE
+from appliance_dev.audio_rig import NULL, TUNED, AudioRig, calibrated, echo_delay
+from appliance_dev.central_media import AudioMeter
+from appliance_dev.inprocess import InProcessSite
+from appliance_dev.waiting import wait_until
+
+pytestmark = pytest.mark.usefixtures("gpio_mock")
+
+
+@pytest.fixture
+def gpio_mock(monkeypatch):
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+
+
+def _named(spec):  # the product's node names (appliance/media/audio_route.py)
+    return replace(spec, source_name=ECHO_SOURCE, sink_name=ECHO_SINK)
+
+
+def _mean_dbfs(meter: AudioMeter, since: float, until: float) -> float:
+    windows = meter.windows(since=since, until=until)
+    assert len(windows) > 50, f"only {len(windows)} windows of sound reached the server"
+    power = sum(10 ** (w.dbfs / 10) for w in windows if w.dbfs != -math.inf) / len(windows)
+    return 10 * math.log10(power) if power > 0 else -math.inf
+
+
+def test_the_centre_hears_the_meeting_echo_cancelled(make_config, rtmp_server, monkeypatch) -> None:
+    with AudioRig() as rig:
+        delay = echo_delay(rig)
+        rig.set_canceller(_named(calibrated(TUNED, delay)))
+        for name, value in rig.env.items():
+            monkeypatch.setenv(name, value)
+        config = make_config(camera={"test_audio": "engine"}, display={"backend": "none"}, audio={"echo": "aec"})
+        site = InProcessSite(config)
+        meter = None
+        try:
+            wait_until(lambda: site.health.get("audio") == "ok", 10, what=lambda: f"audio ok: {site.health}")
+            site.announce("srt://127.0.0.1:9/program", rtmp_server.url(), floor="open")  # open: the site speaks
+            site.press()
+            site.wait_state("in_meeting", 15)
+            meter = AudioMeter(rtmp_server.url("kalibaru"), video=False).start()
+            publisher = rtmp_server.publisher("kalibaru")
+
+            rig.program(True)  # the meeting's speech on the TV, nobody talking in the room
+            time.sleep(2.5)  # convergence
+            began = time.monotonic()
+            time.sleep(3.0)
+            cancelled = _mean_dbfs(meter, began, time.monotonic())
+            assert rtmp_server.publisher("kalibaru") == publisher, "the uplink reconnected"
+
+            # The canceller restarts (the audio engine's part crashing) with the null library:
+            # the uplink loses its source, comes back to it by itself, and now the echo goes through.
+            rig.set_canceller(_named(NULL))
+            rig.program(True)
+            wait_until(lambda: site.health["uplink"] == "live" and meter.windows(since=time.monotonic() - 0.5),
+                       20, what=lambda: f"the uplink back after the canceller restarted: {site.health}")
+            time.sleep(2.0)
+            began = time.monotonic()
+            time.sleep(3.0)
+            echo = _mean_dbfs(meter, began, time.monotonic())
+        finally:
+            if meter is not None:
+                meter.close()
+            site.close()
+    print(f"at the server: echo {echo:.1f} dBFS without cancelling, {cancelled:.1f} dBFS with: "
+          f"{echo - cancelled:.1f} dB")
+    assert echo > -45, f"the rig's echo did not reach the server ({echo:.1f} dBFS): the test cannot tell"
+    assert echo - cancelled >= 20, f"echo {echo:.1f} dBFS, cancelled {cancelled:.1f} dBFS"
+
+
+def test_without_a_working_engine_the_site_still_joins_and_sends_video(make_config, rtmp_server, monkeypatch,
+                                                                        tmp_path) -> None:
+    monkeypatch.setenv("PULSE_SERVER", f"unix:{tmp_path}/no-engine/native")  # installed, but not running
+    config = make_config(camera={"test_audio": "engine"}, display={"backend": "none"}, audio={"echo": "aec"})
+    site = InProcessSite(config)
+    try:
+        wait_until(lambda: site.health.get("audio") == "error", 10, what=lambda: f"audio error: {site.health}")
+        site.announce("srt://127.0.0.1:9/program", rtmp_server.url(), floor="open")
+        site.press()
+        site.wait_state("in_meeting", 20)
+        joined = site.events("meeting.joined")[-1]
+        assert joined["degraded"] is False and site.health["uplink"] == "live"
+        meter = AudioMeter(rtmp_server.url("kalibaru")).start()
+        try:
+            began = time.monotonic()
+            time.sleep(1.0)
+            assert meter.video_pts(since=began), "no video reached the server"
+            assert meter.windows(since=began) and meter.loudest(since=began) < -60  # a silent track, not noise
+        finally:
+            meter.close()
+    finally:
+        site.close()
