@@ -355,7 +355,8 @@ class Feeder:
     """A pulse playback stream (pacat) fed 10 ms blocks by a thread: a signal when on, silence when off.
 
     Switchable at runtime (`set`); one-shot sounds (`inject`) go in place of the next blocks. The
-    pipe to pacat is shrunk to one page, so a switch is heard within ~60 ms (pipe + pacat's 30 ms).
+    pipe to pacat is shrunk to one page, so a switch is heard ~60 ms later (pipe + pacat's 30 ms);
+    that path moves by tens of ms now and then (pulse buffering), so time sounds in the recording.
     """
 
     def __init__(self, env: dict[str, str], device: str, name: str, signal: array.array, loop: bool = True) -> None:
@@ -684,6 +685,7 @@ class AudioRig:
         wait_until(lambda: self._linked("rig_speaker:monitor_MONO", "rig_room_in:input_MONO")
                    and self._linked("rig_room_out:output_MONO", "rig_micbus:playback_MONO")
                    and self._linked("rig_micbus:monitor_MONO", "rig_mic_in:input_MONO")
+                   and self._linked("rig_talker:monitor_MONO", "rig_talker_in:input_MONO")
                    and self._linked("rig_talker_out:output_MONO", "rig_micbus:playback_MONO"), 10,
                    what=lambda: f"the room's links ({self.links()!r}; {self.log_tail('wireplumber')})")
         self.program_signal = speech(*PROGRAM_SPEECH)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import array
 import math
+import select
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,11 +87,7 @@ def engine_selftest(config: Any, run: Callable[..., Any] = subprocess.run) -> di
     if value != "ok":
         return {"ok": False, "detail": f"audio {value}: {detail}"}
     try:
-        done = run(["parec", "-d", ECHO_SOURCE, "--raw", "--format=s16le", "--rate=16000", "--channels=1"],
-                   capture_output=True, timeout=LEVEL_CAPTURE_S)
-        data = done.stdout
-    except subprocess.TimeoutExpired as expired:  # parec records until stopped: the timeout is the stop
-        data = expired.stdout or b""
+        data = record(ECHO_SOURCE, LEVEL_CAPTURE_S)
     except OSError as exc:
         return {"ok": False, "detail": f"cannot record from the echo canceller: {exc}"}
     samples = array.array("h", data[: len(data) // 2 * 2])
@@ -100,3 +98,25 @@ def engine_selftest(config: Any, run: Callable[..., Any] = subprocess.run) -> di
     if level < SILENCE_DBFS:
         return {"ok": False, "detail": f"{detail}; but the microphone is silent ({level:.0f} dBFS): is it muted or unplugged?"}
     return {"ok": True, "detail": f"{detail}; microphone level {level:.0f} dBFS"}
+
+
+def record(source: str, seconds: float, rate: int = 16000) -> bytes:
+    """`seconds` of mono 16-bit PCM from an engine source. parec records until stopped and loses what
+    it buffered when killed, so the bytes are read as they come and it is stopped once enough arrived."""
+    wanted = int(rate * seconds) * 2
+    reader = subprocess.Popen(["parec", "-d", source, "--raw", "--format=s16le", f"--rate={rate}", "--channels=1",
+                               "--latency-msec=20"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    data = b""
+    try:
+        assert reader.stdout is not None
+        deadline = time.monotonic() + seconds + PACTL_TIMEOUT_S
+        while len(data) < wanted and time.monotonic() < deadline:
+            ready, _, _ = select.select([reader.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = reader.stdout.read1(wanted - len(data)) if ready else b""
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        reader.kill()
+        reader.wait()
+    return data

@@ -6,11 +6,11 @@ from __future__ import annotations
 import array
 import json
 import math
-import subprocess
 import time
 
 import pytest
 
+from appliance.adapters.audio_checks import record
 from appliance.core.io import MessageReceived
 from appliance.core.protocol import build_command
 from appliance_dev.audio_rig import AudioRig
@@ -26,21 +26,8 @@ def gpio_mock(monkeypatch):
 
 
 def speaker_dbfs(rig: AudioRig, seconds: float = 1.0) -> float:
-    """What the TV speaker plays now: its monitor's RMS level over `seconds`."""
-    wanted = int(48000 * seconds) * 2
-    reader = subprocess.Popen(["parec", "-d", "rig_speaker.monitor", "--raw", "--format=s16le", "--rate=48000",
-                               "--channels=1", "--latency-msec=20"], env=rig.env, stdout=subprocess.PIPE)
-    data = b""
-    try:
-        deadline = time.monotonic() + seconds + 3
-        while len(data) < wanted and time.monotonic() < deadline:
-            chunk = reader.stdout.read1(wanted - len(data))
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        reader.kill()
-        reader.wait()
+    """What the TV speaker plays now: its monitor's RMS level over `seconds` (the rig's env is set)."""
+    data = record("rig_speaker.monitor", seconds, rate=48000)
     samples = array.array("h", data[: len(data) // 2 * 2])
     assert len(samples) > 4800, "nothing recorded from the speaker"
     rms = math.sqrt(sum(s * s for s in samples) / len(samples)) / 32768

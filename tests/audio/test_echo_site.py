@@ -102,3 +102,23 @@ def test_without_a_working_engine_the_site_still_joins_and_sends_video(make_conf
             meter.close()
     finally:
         site.close()
+
+
+def test_the_self_test_reports_the_canceller_and_the_microphone_level(make_config, monkeypatch) -> None:
+    from appliance.adapters.audio_checks import engine_selftest
+
+    config = make_config(camera={"test_audio": "engine"}, audio={"echo": "aec"})
+    with AudioRig() as rig:
+        for name, value in rig.env.items():
+            monkeypatch.setenv(name, value)
+        missing = engine_selftest(config)  # the engine runs, but no canceller is loaded
+        assert missing["ok"] is False and "echo canceller is not loaded" in missing["detail"], missing
+        rig.set_canceller(_named(TUNED))
+        rig.talker(True)  # someone speaks in the room
+        heard = engine_selftest(config)
+        rig.talker(False)
+        time.sleep(0.5)
+        silent = engine_selftest(config)
+    assert heard["ok"] is True and "echo cancellation running" in heard["detail"], heard
+    assert "microphone level" in heard["detail"], heard
+    assert silent["ok"] is False and "silent" in silent["detail"], silent
