@@ -16,6 +16,7 @@ health says why (`adapters/audio.py`).
 
 from __future__ import annotations
 
+import os
 import shutil
 from typing import Any
 
@@ -45,6 +46,20 @@ def engine_capture_args(config: Any) -> list[str]:
     # A small fragment size keeps the engine's part of the microphone's delay to a few ms.
     return ["-f", "pulse", "-fragment_size", "1920", "-sample_rate", "48000", "-channels", "1",
             "-thread_queue_size", "1024", "-i", source]
+
+
+# Without this, a PulseAudio-protocol server moves a recording stream whose source vanished (the
+# canceller restarting) to the default source: the raw microphone, echo and all, would go to the
+# centre until the health watcher noticed. With it the stream fails, ffmpeg ends, and the uplink
+# restarts on a silent track (measured on the rig: moved to the raw mic without, ended with).
+CAPTURE_ENVIRONMENT = {"PULSE_PROP": "node.dont-reconnect=true"}
+
+
+def capture_environment(capture_args: list[str]) -> dict[str, str] | None:
+    """The environment for an ffmpeg with these audio input args (None: inherit the daemon's)."""
+    if capture_args[:2] != ["-f", "pulse"]:
+        return None
+    return {**os.environ, **CAPTURE_ENVIRONMENT}
 
 
 def alsa_capture_args(device: str) -> list[str]:

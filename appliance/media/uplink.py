@@ -412,7 +412,8 @@ class _Session(threading.Thread):
         cmd = self.owner.command(self.url, gain, control)
         log.debug("uplink: %s", redact_text(" ".join(cmd)))
         try:
-            child = proc.spawn(cmd, stdin=self.owner.stdin(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            child = proc.spawn(cmd, stdin=self.owner.stdin(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=audio_route.capture_environment(self.audio_input))
         except (OSError, ValueError) as exc:  # ValueError: an argument the OS cannot take (an embedded NUL)
             raise PermanentError(f"cannot run ffmpeg: {redact_text(str(exc))}") from exc
         self.child = child

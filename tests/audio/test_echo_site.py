@@ -122,3 +122,46 @@ def test_the_self_test_reports_the_canceller_and_the_microphone_level(make_confi
     assert heard["ok"] is True and "echo cancellation running" in heard["detail"], heard
     assert "microphone level" in heard["detail"], heard
     assert silent["ok"] is False and "silent" in silent["detail"], silent
+
+
+def test_the_uplink_goes_silent_when_the_canceller_is_gone_and_takes_the_microphone_back_when_it_returns(
+        make_config, rtmp_server, monkeypatch) -> None:
+    with AudioRig() as rig:
+        rig.set_canceller(_named(TUNED))
+        for name, value in rig.env.items():
+            monkeypatch.setenv(name, value)
+        config = make_config(camera={"test_audio": "engine"}, display={"backend": "none"}, audio={"echo": "aec"})
+        site = InProcessSite(config)
+        meter = None
+        try:
+            wait_until(lambda: site.health.get("audio") == "ok", 10, what=lambda: f"audio ok: {site.health}")
+            site.announce("srt://127.0.0.1:9/program", rtmp_server.url(), floor="open")
+            site.press()
+            site.wait_state("in_meeting", 15)
+            meter = AudioMeter(rtmp_server.url("kalibaru")).start()
+            rig.talker(True)  # someone in the room speaks: the centre hears them
+            meter.wait_level(loud=True, after=time.monotonic(), timeout=10)
+
+            rig.set_canceller("off")  # the canceller is gone (its nodes vanish from the engine)
+            gone = time.monotonic()
+            wait_until(lambda: site.health["audio"] == "error", 10, what=lambda: f"audio error: {site.health}")
+            # The uplink falls back to a silent track (never the raw microphone) and keeps sending video.
+            # (the watcher's report restarts it at once; an encoder that fails on the engine's input first does too)
+            wait_until(lambda: any("input changed" in event["detail"] or "silent track" in event["detail"]
+                                   for event in site.events("media.error")), 15,
+                       what=lambda: f"the uplink on a silent track: {site.events('media.error')}")
+            silent = meter.wait_level(loud=False, after=gone, timeout=15)
+            time.sleep(1.0)
+            assert meter.loudest(since=silent + 0.2) < -60, "the site was heard while the canceller was gone"
+            assert meter.video_pts(since=silent), "no video while the canceller was gone"
+            assert site.health["uplink"] == "live", site.health
+
+            rig.set_canceller(_named(TUNED))  # back: no command, the uplink captures the microphone again
+            back = time.monotonic()
+            wait_until(lambda: site.health["audio"] == "ok", 10, what=lambda: f"audio ok again: {site.health}")
+            heard = meter.wait_level(loud=True, after=back, timeout=15)
+        finally:
+            if meter is not None:
+                meter.close()
+            site.close()
+    assert heard - back < 10
