@@ -284,3 +284,9 @@ def test_uplink_reports_and_logs_hide_stream_keys(url: str, secrets: list[str], 
     shown = [event.detail for event in posted.events if isinstance(event, io.MediaStatus)] + caplog.messages
     leaks = [text for text in shown for secret in secrets if secret in text]
     assert not leaks, leaks
+
+
+def test_a_query_option_whose_name_is_no_name_is_hidden_whole() -> None:
+    # Found by the property test below: after the first `?` everything is the query, stream key included.
+    shown = redact_url("rtmp://0?@media.example.go.id/live/BBBBBBBBBBBB?mode=caller")
+    assert "BBBBBBBBBBBB" not in shown and shown == "rtmp://0?***=***"

@@ -34,6 +34,7 @@ def audio_health(config: Any, run: Callable[..., Any] = subprocess.run) -> tuple
         return value, detail
     return _engine_health(config, run)
 
+
 def _alsa_health(config: Any) -> tuple[str, str]:
     camera = config["camera"]
     if camera["backend"] == "testsrc" and camera["test_audio"] == "tone":
@@ -45,14 +46,16 @@ def _alsa_health(config: Any) -> tuple[str, str]:
     mode = config["audio"]["echo"]
     return "ok", f"ALSA microphone {camera['audio_device']!r} (audio.echo = {mode})"
 
+
 def _engine_health(config: Any, run: Callable[..., Any]) -> tuple[str, str]:
-    info = _pactl(run, "info")
-    if info.returncode != 0:
-        why = (info.stderr or info.stdout or "").strip().splitlines()
+    # Two `pactl` runs per check (the watcher's every 2 s): listing the sources also says whether
+    # the engine answers at all, so no separate `pactl info`.
+    listing = _pactl(run, "list", "short", "sources")
+    if listing.returncode != 0:
+        why = (listing.stderr or listing.stdout or "").strip().splitlines()
         return "error", f"the audio engine does not answer ({why[-1] if why else 'no reply'}); {ENGINE_HINT}"
-    sources = _names(run, "sources")
-    sinks = _names(run, "sinks")
-    if ECHO_SOURCE not in sources or ECHO_SINK not in sinks:
+    sources = _names(listing)
+    if ECHO_SOURCE not in sources or ECHO_SINK not in _names(_pactl(run, "list", "short", "sinks")):
         return "error", (f"the audio engine runs but its echo canceller is not loaded ({ECHO_SOURCE} and "
                          f"{ECHO_SINK} missing): check /etc/pipewire/pipewire.conf.d/ and restart appliance-audio")
     microphones = [name for name in sources if name != ECHO_SOURCE and not name.endswith(".monitor")]
@@ -60,14 +63,16 @@ def _engine_health(config: Any, run: Callable[..., Any]) -> tuple[str, str]:
         return "missing", "no microphone found: plug in the USB webcam or microphone"
     return "ok", f"echo cancellation running; microphone {microphones[0]}"
 
+
 def _pactl(run: Callable[..., Any], *args: str) -> Any:
     try:
         return run(["pactl", *args], capture_output=True, text=True, timeout=PACTL_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return subprocess.CompletedProcess(args, 1, "", f"no answer within {PACTL_TIMEOUT_S:g} s")
 
-def _names(run: Callable[..., Any], kind: str) -> list[str]:
-    listing = _pactl(run, "list", "short", kind)
+
+def _names(listing: Any) -> list[str]:
+    """The node names of a `pactl list short ...` answer (none when it failed)."""
     if listing.returncode != 0:
         return []
     return [line.split("\t")[1] for line in listing.stdout.splitlines() if line.count("\t") >= 1]
@@ -90,11 +95,9 @@ def engine_selftest(config: Any, run: Callable[..., Any] = subprocess.run) -> di
         data = record(ECHO_SOURCE, LEVEL_CAPTURE_S)
     except OSError as exc:
         return {"ok": False, "detail": f"cannot record from the echo canceller: {exc}"}
-    samples = array.array("h", data[: len(data) // 2 * 2])
-    if len(samples) < 1600:
+    if len(data) < 3200:
         return {"ok": False, "detail": f"{detail}; but recording from {ECHO_SOURCE} gave no sound data"}
-    rms = math.sqrt(sum(sample * sample for sample in samples) / len(samples)) / 32768
-    level = 20 * math.log10(rms) if rms > 0 else -math.inf
+    level = level_dbfs(data)
     if level < SILENCE_DBFS:
         return {"ok": False, "detail": f"{detail}; but the microphone is silent ({level:.0f} dBFS): is it muted or unplugged?"}
     return {"ok": True, "detail": f"{detail}; microphone level {level:.0f} dBFS"}
@@ -120,3 +123,12 @@ def record(source: str, seconds: float, rate: int = 16000) -> bytes:
         reader.kill()
         reader.wait()
     return data
+
+
+def level_dbfs(data: bytes) -> float:
+    """RMS level of signed 16-bit PCM in dB full scale; -inf for digital silence (or no data)."""
+    samples = array.array("h", data[: len(data) // 2 * 2])
+    if not samples:
+        return -math.inf
+    rms = math.sqrt(sum(sample * sample for sample in samples) / len(samples)) / 32768
+    return 20 * math.log10(rms) if rms > 0 else -math.inf

@@ -107,6 +107,9 @@ PUBLIC_URL_OPTIONS = frozenset({
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
 
 
+OPTION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 def redact_url(url: str) -> str:
     """A media URL as logs and `media.error` events may show it: stream keys and passwords hidden.
 
@@ -132,9 +135,11 @@ def redact_url(url: str) -> str:
     for option in parts.query.split("&") if parts.query else []:
         key, equals, value = option.partition("=")
         public = unquote_plus(key).lower() in PUBLIC_URL_OPTIONS
-        if not equals and not public:
-            key = REDACTED  # a bare token (no name=value) may itself be the key
-        elif equals and value and not public:
+        if not OPTION_NAME.fullmatch(unquote_plus(key)) or (not equals and not public):
+            # A bare token (no name=value) may itself be the key, and so may a "name" that is no name:
+            # in `rtmp://0?@host/live/KEY?mode=caller` everything after the first `?` is the query.
+            key = REDACTED
+        if equals and value and not public:
             value = REDACTED
         options.append(f"{key}{equals}{value}")
     text = f"{parts.scheme}://{netloc}{path}" if parts.scheme else f"{netloc}{path}"

@@ -3,14 +3,12 @@ speaker, is at least 20 dB quieter while the site speaks, and back to full volum
 
 from __future__ import annotations
 
-import array
 import json
-import math
 import time
 
 import pytest
 
-from appliance.adapters.audio_checks import record
+from appliance.adapters.audio_checks import level_dbfs, record
 from appliance.core.io import MessageReceived
 from appliance.core.protocol import build_command
 from appliance_dev.audio_rig import AudioRig
@@ -28,10 +26,8 @@ def gpio_mock(monkeypatch):
 def speaker_dbfs(rig: AudioRig, seconds: float = 1.0) -> float:
     """What the TV speaker plays now: its monitor's RMS level over `seconds` (the rig's env is set)."""
     data = record("rig_speaker.monitor", seconds, rate=48000)
-    samples = array.array("h", data[: len(data) // 2 * 2])
-    assert len(samples) > 4800, "nothing recorded from the speaker"
-    rms = math.sqrt(sum(s * s for s in samples) / len(samples)) / 32768
-    return 20 * math.log10(rms) if rms else -math.inf
+    assert len(data) > 9600, "nothing recorded from the speaker"
+    return level_dbfs(data)
 
 
 def floor_command(site: InProcessSite, command_type: str) -> None:
