@@ -12,11 +12,11 @@ Development tool for the tests and benchmarks; never installed on the Pi.
 What it builds, all inside one temporary directory (mode 0700: runtime dir, config, state, D-Bus
 socket), so any number of rigs can run at once without seeing each other:
 
-    program feeder --> [sink] --(canceller: ec_sink -> webrtc -> ec_playback)--> rig_speaker
+    program feeder --> [sink] --(canceller: ec_sink -> webrtc -> rapat_ec_playback)--> rig_speaker
     rig_speaker.monitor --> room (convolver: delay, level, reflections, reverberant tail) --> rig_micbus
     talker feeder --> rig_talker --(loopback)--> rig_micbus        noise feeder --> rig_micbus
     rig_micbus.monitor --(loopback)--> rig_mic (Audio/Source: the "microphone")
-    rig_mic --> [canceller: ec_capture -> webrtc -> ec_source] --> what a client captures (`rig.source`)
+    rig_mic --> [canceller: rapat_ec_capture -> webrtc -> ec_source] --> what a client captures (`rig.source`)
 
 - The room runs inside the PipeWire graph (module-filter-chain's builtin convolver with an impulse
   response written by `RoomSpec`), so its delay is exact and stable: the echo reaches the mic
@@ -71,7 +71,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from appliance.media import proc
+from appliance.media import echo_canceller, proc
 from appliance_dev.waiting import wait_until
 
 RATE = 48000            # the rig's graph rate; the canceller may run at another (CancellerSpec.rate)
@@ -227,23 +227,12 @@ class CancellerSpec:
         return replace(self, aec_args=tuple(merged.items()))
 
     def module_args(self, capture_target: str, playback_target: str) -> str:
-        """The module's arguments in PipeWire's config syntax, exactly as the rig loads them."""
-        aec = " ".join(f"{key} = {value}" for key, value in self.aec_args)
-        capture = f'node.name = "ec_capture" target.object = "{capture_target}" node.dont-reconnect = true'
-        playback = f'node.name = "ec_playback" target.object = "{playback_target}" node.dont-reconnect = true'
-        lines = [f"library.name = {self.library}",
-                 f"aec.args = {{ {aec} }}" if aec else "",
-                 f"audio.rate = {self.rate}",
-                 "audio.channels = 1",
-                 "audio.position = [ MONO ]",
-                 f"node.latency = {self.node_latency}" if self.node_latency else "",
-                 f"buffer.play_delay = {round(self.play_delay * self.rate)}/{self.rate}" if self.play_delay else "",
-                 f"buffer.max_size = {self.max_buffer_ms}" if self.max_buffer_ms else "",
-                 f"capture.props = {{ {capture} }}",
-                 f'source.props = {{ node.name = "{self.source_name}" node.description = "Echo-cancelled microphone" }}',
-                 f'sink.props = {{ node.name = "{self.sink_name}" node.description = "Echo-cancel sink" }}',
-                 f"playback.props = {{ {playback} }}"]
-        return "\n".join(line for line in lines if line)
+        """The module's arguments in PipeWire's config syntax: the product's own (media/echo_canceller)."""
+        return echo_canceller.module_args(capture_target=capture_target, playback_target=playback_target,
+                                          play_delay_s=self.play_delay, aec_args=self.aec_args, library=self.library,
+                                          rate=self.rate, node_latency=self.node_latency,
+                                          max_buffer_ms=self.max_buffer_ms, source_name=self.source_name,
+                                          sink_name=self.sink_name)
 
     def describe(self) -> str:
         parts = [self.mode, f"{self.rate // 1000} kHz"]
@@ -255,7 +244,7 @@ class CancellerSpec:
         return ", ".join(parts)
 
 
-# What STACK.md measured first (11-15 dB): webrtc with its defaults, nothing told about the echo's delay.
+# The first measurement (11-15 dB): webrtc with its defaults, nothing told about the echo's delay.
 AEC = CancellerSpec()
 # The module with the pass-through library: the plumbing (4 streams, ring buffers) without any cancelling.
 NULL = CancellerSpec(mode="null", aec_args=())
@@ -264,8 +253,7 @@ NULL = CancellerSpec(mode="null", aec_args=())
 # mode (in webrtc-audio-processing 0.3 it starts correcting only after 15 s and did not find a 120 ms
 # delay in 45 s), high-pass on (off, the filter diverged), noise suppression off (+6 ms latency, a
 # slightly distorted talker; `TUNED_NS` has it on: the room noise goes too).
-TUNED_ARGS = (("webrtc.extended_filter", "true"), ("webrtc.delay_agnostic", "false"), ("webrtc.high_pass_filter", "true"),
-              ("webrtc.noise_suppression", "false"), ("webrtc.gain_control", "false"))
+TUNED_ARGS = echo_canceller.CALIBRATED_ARGS  # what the product runs once the self-test measured the delay
 TUNED = CancellerSpec(aec_args=TUNED_ARGS, play_delay=0.050)
 TUNED_NS = TUNED.with_args(noise_suppression=True)
 
@@ -278,21 +266,6 @@ def calibrated(spec: CancellerSpec, echo_delay_s: float) -> CancellerSpec:
     """
     return replace(spec, play_delay=round(echo_delay_s, 3))
 
-
-CLIENT_CONF = """context.properties = {{ log.level = 2 }}
-context.spa-libs = {{ audio.convert.* = audioconvert/libspa-audioconvert support.* = support/libspa-support }}
-context.modules = [
-  {{ name = libpipewire-module-rt args = {{ }} flags = [ ifexists nofail ] }}
-  {{ name = libpipewire-module-protocol-native }}
-  {{ name = libpipewire-module-client-node }}
-  {{ name = libpipewire-module-adapter }}
-  {{ name = libpipewire-module-echo-cancel
-    args = {{
-{args}
-    }}
-  }}
-]
-"""
 
 # The rig's nodes, added to the private daemon's default configuration as a drop-in.
 DAEMON_DROPIN = """context.properties = {{
@@ -462,11 +435,7 @@ class Recording:
             self._data += chunk
 
     def stop(self) -> Take:
-        self.child.send_signal(signal.SIGINT)
-        try:
-            self.child.wait(3)
-        except subprocess.TimeoutExpired:
-            proc.kill(self.child)
+        proc.interrupt(self.child)
         self._reader.join(3)
         count = len(self.ports)
         samples = array.array("f")
@@ -674,6 +643,25 @@ class AudioRig:
         bus = os.path.join(self.runtime, "bus")
         self._spawn("dbus", ["dbus-daemon", "--session", "--nofork", "--nopidfile", f"--address=unix:path={bus}"])
         wait_until(lambda: os.path.exists(bus) or self._died("dbus"), 5, what="the session bus")
+        self._start_engine()
+        # The TV speaker and the microphone are the engine's defaults, as the USB microphone and the
+        # HDMI output are on a site: the product's canceller finds them that way.
+        self.run("pactl", "set-default-sink", "rig_speaker")
+        self.run("pactl", "set-default-source", "rig_mic")
+        self.program_signal = speech(*PROGRAM_SPEECH)
+        if self.program_gain_db:
+            gain = 10 ** (self.program_gain_db / 20)
+            self.program_signal = array.array("f", [x * gain for x in self.program_signal])
+        self.talker_signal = scaled(speech(*TALKER_SPEECH), self.talker_dbfs)
+        self._start_feeders()
+
+    def _start_feeders(self) -> None:
+        self._talker = Feeder(self.env, "rig_talker", "talker", self.talker_signal)
+        if self.noise_dbfs > -150:
+            self._noise = Feeder(self.env, "rig_micbus", "noise", room_noise(2.0, self.noise_dbfs))
+            self._noise.set(True)
+
+    def _start_engine(self) -> None:
         self._spawn("pipewire", ["pipewire"])
         wait_until(lambda: os.path.exists(os.path.join(self.runtime, "pipewire-0")) or self._died("pipewire"), 5,
                    what=lambda: f"pipewire's socket ({self.log_tail('pipewire')})")
@@ -688,15 +676,28 @@ class AudioRig:
                    and self._linked("rig_talker:monitor_MONO", "rig_talker_in:input_MONO")
                    and self._linked("rig_talker_out:output_MONO", "rig_micbus:playback_MONO"), 10,
                    what=lambda: f"the room's links ({self.links()!r}; {self.log_tail('wireplumber')})")
-        self.program_signal = speech(*PROGRAM_SPEECH)
-        if self.program_gain_db:
-            gain = 10 ** (self.program_gain_db / 20)
-            self.program_signal = array.array("f", [x * gain for x in self.program_signal])
-        self.talker_signal = scaled(speech(*TALKER_SPEECH), self.talker_dbfs)
-        self._talker = Feeder(self.env, "rig_talker", "talker", self.talker_signal)
-        if self.noise_dbfs > -150:
-            self._noise = Feeder(self.env, "rig_micbus", "noise", room_noise(2.0, self.noise_dbfs))
-            self._noise.set(True)
+
+    def restart_engine(self) -> float:
+        """The audio engine crashes and comes back, as systemd restarts appliance-audio.service: every
+        client loses it (a rig canceller, the feeders, the product's streams); the room's nodes come
+        back from the configuration, the talker and noise as they were. Returns when it was killed."""
+        talking = self._talker is not None and self._talker.on
+        for feeder in (self._program, self._talker, self._noise):
+            if feeder is not None:
+                feeder.close()
+        self._program = self._talker = self._noise = None
+        self.canceller_child = None
+        self.canceller = None
+        for name in ("pipewire-pulse", "wireplumber", "pipewire", "canceller"):
+            child = self.children.pop(name, None)
+            if child is not None and child.poll() is None:
+                child.send_signal(signal.SIGKILL)
+                child.wait(5)
+        killed = time.monotonic()
+        self._start_engine()
+        self._start_feeders()
+        self._talker.set(talking)
+        return killed
 
     def _died(self, name: str) -> bool:
         child = self.children.get(name)
@@ -766,30 +767,35 @@ class AudioRig:
         if spec is None:
             return self.source
         conf = os.path.join(self.dir, f"ec-{next(self._serial)}.conf")
-        Path(conf).write_text(CLIENT_CONF.format(args=self.module_args(spec)))
+        Path(conf).write_text(echo_canceller.client_conf(self.module_args(spec)))
         self.canceller_child = self._spawn("canceller", ["pipewire", "-c", conf])
         wait_until(lambda: self._died("canceller") or (
-                   self._linked("rig_mic:capture_MONO", "ec_capture:input_MONO")
-                   and self._linked("ec_playback:output_MONO", "rig_speaker:playback_MONO")), 10,
+                   self._linked("rig_mic:capture_MONO", "rapat_ec_capture:input_MONO")
+                   and self._linked("rapat_ec_playback:output_MONO", "rig_speaker:playback_MONO")), 10,
                    what=lambda: f"the canceller's links ({self.links()!r}; {self.log_tail('canceller')})")
         return self.source
 
     def module_args(self, spec: CancellerSpec) -> str:
-        return "\n".join(f"      {line}" for line in spec.module_args("rig_mic", "rig_speaker").splitlines())
+        return spec.module_args("rig_mic", "rig_speaker")
 
     def _stop_canceller(self) -> None:
         if self.canceller_child is not None:
             proc.kill(self.canceller_child, 1.0)
             self.children.pop("canceller", None)
             self.canceller_child = None
-            wait_until(lambda: "ec_capture" not in self.links(), 5, what="the canceller's nodes to go")
+            wait_until(lambda: "rapat_ec_capture" not in self.links(), 5, what="the canceller's nodes to go")
         self.canceller = None
 
     # --- sound --------------------------------------------------------------------------------------------
-    def program(self, on: bool = True, restart: bool = True) -> float:
-        """The far end (the meeting's program) into `sink`, from its start unless `restart=False`."""
+    def program(self, on: bool = True, restart: bool = True, sink: str | None = None) -> float:
+        """The far end (the meeting's program) into `sink` (default: the rig canceller's or the speaker),
+        from its start unless `restart=False`. A product's canceller: its sink, as VLC plays there."""
+        target = sink or self.sink
+        if self._program is not None and self._program.device != target:
+            self._program.close()
+            self._program = None
         if self._program is None:
-            self._program = Feeder(self.env, self.sink, "program", self.program_signal)
+            self._program = Feeder(self.env, target, "program", self.program_signal)
         return self._program.set(on, restart=restart and on)
 
     def talker(self, on: bool = True, restart: bool = False) -> float:

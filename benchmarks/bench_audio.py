@@ -18,9 +18,12 @@ then the talker alone. Figures:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from dataclasses import replace
 
+from appliance.adapters.echo_delay import measure_echo_delay
 from appliance_dev.audio_rig import (
     AEC,
     NULL,
@@ -56,10 +59,35 @@ def line(label: str, result: Result, off: Result, null: Result | None) -> str:
             f"{result.added_latency_s * 1000:5.1f}   {cpu}")
 
 
+def product_delay(rig: AudioRig) -> tuple[float, float]:
+    """The self-test's own measurement (adapters/echo_delay.py) in this rig, and how long it took."""
+    saved = dict(os.environ)
+    os.environ.update(rig.env)
+    try:
+        started = time.monotonic()
+        return measure_echo_delay("rig_speaker", "rig_mic"), time.monotonic() - started
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def calibration_rows() -> list[str]:
+    """The self-test's echo delay against the rig's reference (one click, read off the same recording)
+    and the room's true delay, for rooms like a fast monitor, a TV and a slow TV."""
+    rows = []
+    for room_delay in (0.020, 0.070, 0.150):
+        with AudioRig(room=RoomSpec(delay_s=room_delay)) as rig:
+            reference = echo_delay(rig)
+            measured, seconds = product_delay(rig)
+            rows.append(f"  room {room_delay * 1000:5.1f} ms: self-test {measured * 1000:6.2f} ms in {seconds:.1f} s, "
+                        f"rig reference {reference * 1000:6.2f} ms (error {1000 * (measured - room_delay):+.2f} ms)")
+    return rows
+
+
 def run(args: argparse.Namespace) -> tuple[dict[str, Result], float, list[float]]:
     results: dict[str, Result] = {}
     with AudioRig() as rig:
-        delay = echo_delay(rig)
+        delay, _ = product_delay(rig)  # as a site's self-test measures it
         configs = [("off", "off"), ("null", NULL), ("webrtc untuned", AEC),
                    ("webrtc tuned", calibrated(TUNED, delay)), ("webrtc tuned + NS", calibrated(TUNED_NS, delay))]
         for label, spec in configs:
@@ -97,7 +125,8 @@ def main(argv: list[str]) -> int:
           f"(echo path {room.gain_db():.1f} dB); program speech ~-23 dBFS, talker -30 dBFS (echo and talker about "
           f"equal), noise -70 dBFS; far end only {args.far:g} s, double talk {args.double:g} s, "
           f"near end only {args.near:g} s; 48 kHz mono")
-    print(f"echo delay measured (click, speaker monitor -> raw mic): {delay * 1000:.1f} ms -> buffer.play_delay")
+    print(f"echo delay measured by the self-test's clicks (adapters/echo_delay.py): {delay * 1000:.1f} ms "
+          "-> buffer.play_delay")
     print("  config                  ERLE  vs off vs null  double talk (mic)  near   latency  CPU")
     print("                           dB     dB     dB     corr               corr   ms      1 core")
     off, null = results["off"], results["null"]
@@ -119,6 +148,9 @@ def main(argv: list[str]) -> int:
             print(f"  CPU {label}: {here:.1f}% of one core here (x86); Raspberry Pi 4 estimate {low:.0f}-{high:.0f}% "
                   f"of one of its 4 cores (x {ARM_OVER_X86[0]:.1f}-{ARM_OVER_X86[1]:.1f}: WebRTC's own ARM/x86 "
                   "figures for this AEC, see ARM_OVER_X86)")
+    print("the self-test's echo delay measurement (what the tuned canceller is told):")
+    for row in calibration_rows():
+        print(row)
     if args.robustness:
         print("robustness: tuned canceller when the real echo delay differs from buffer.play_delay")
         for row in robustness(args):

@@ -30,7 +30,10 @@ WHEEL_PLATFORMS = [f"manylinux_2_{minor}_aarch64" for minor in range(36, 16, -1)
 OVERLAY_INIT = "/usr/lib/rapat-appliance/overlay-init"
 DATA_LABEL = "rapat-data"
 UNPROVISIONED_HOSTNAME = "rapat-unprovisioned"
-ENABLE = ["appliance.service", "appliance-provision.service"]
+ENABLE = ["appliance.service", "appliance-provision.service", "appliance-audio.service"]
+# The audio engine's launcher and configuration (systemd/audio/; see appliance-audio.service).
+AUDIO_ENGINE = "/usr/lib/rapat-appliance/audio-engine"
+AUDIO_CONFIG = "/usr/share/rapat-appliance/audio"
 # Present on Pi OS Lite, not needed by an unattended appliance. userconfig is the interactive
 # first-boot user wizard: it would stop the boot at a prompt nobody answers.
 MASK = ["bluetooth.service", "hciuart.service", "avahi-daemon.service", "avahi-daemon.socket",
@@ -214,6 +217,10 @@ def install_system(root: Path, repo: Path, defaults: Path | None, read_only: boo
     for kind in ("sysusers.d", "tmpfiles.d"):
         for conf in (units / kind).glob("*.conf"):
             _install(conf, root / "usr/lib" / kind / conf.name, 0o644)
+    _install(units / "audio/rapat-audio-engine", root / AUDIO_ENGINE.lstrip("/"), 0o755)
+    for conf in sorted((units / "audio").rglob("*")):
+        if conf.is_file() and conf.suffix in (".conf", ".lua"):
+            _install(conf, root / AUDIO_CONFIG.lstrip("/") / conf.relative_to(units / "audio"), 0o644)
     for doc in ("technician.md", "image.md", "security.md"):
         if (repo / "docs" / doc).exists():
             _install(repo / "docs" / doc, root / "usr/share/doc/rapat-appliance" / doc, 0o644)

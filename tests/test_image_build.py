@@ -195,13 +195,20 @@ def test_image_holds_units_users_permissions_and_config(stand_in_images, stand_i
         assert "dtparam=watchdog=on" in image.boot_file("config.txt")
         assert "init=/usr/lib/raspberrypi-sys-mods/firstboot" in image.boot_file("cmdline.txt")
 
-        for unit in ("appliance.service", "appliance-provision.service"):
+        for unit in ("appliance.service", "appliance-provision.service", "appliance-audio.service"):
             assert (root / "usr/lib/systemd/system" / unit).read_text() == (source / "systemd" / unit).read_text()
             link = root / "etc/systemd/system/multi-user.target.wants" / unit
             assert os.readlink(link).endswith(f"/systemd/system/{unit}")
         for unit in synthetic.PI_OS_SERVICES:
             assert os.readlink(root / "etc/systemd/system" / unit) == "/dev/null", unit
             assert not os.path.lexists(root / "etc/systemd/system/multi-user.target.wants" / unit), unit
+        engine = root / "usr/lib/rapat-appliance/audio-engine"
+        assert engine.read_text() == (source / "systemd/audio/rapat-audio-engine").read_text()
+        assert engine.stat().st_mode & 0o777 == 0o755
+        audio = root / "usr/share/rapat-appliance/audio"
+        engine_conf = "pipewire/rapat-engine.conf"
+        assert (audio / engine_conf).read_text() == (source / "systemd/audio" / engine_conf).read_text()
+        assert "v4l2_monitor.enabled = false" in (audio / "wireplumber/main.lua.d/60-rapat-appliance.lua").read_text()
         assert "RuntimeWatchdogSec=14" in (root / "etc/systemd/system.conf.d/10-rapat-watchdog.conf").read_text()
         assert "Storage=volatile" in (root / "etc/systemd/journald.conf.d/10-rapat-volatile.conf").read_text()
 

@@ -54,13 +54,16 @@ def verify_root(tmp_path_factory) -> Path:
     for name, target in (("appliance", VENV_BIN / "appliance"), ("python", Path(sys.executable))):
         (bin_dir / name).write_text(f'#!/bin/sh\nexec {target} "$@"\n')
         (bin_dir / name).chmod(0o755)
+    (root / "usr/bin").mkdir(parents=True)  # the audio engine's launcher (Debian package dbus-daemon)
+    (root / "usr/bin/dbus-run-session").write_text("#!/bin/sh\nexit 0\n")
+    (root / "usr/bin/dbus-run-session").chmod(0o755)
     return root
 
 
 @needs_systemd_analyze
 def test_verify_prints_nothing(verify_root: Path) -> None:
     names = [unit.name for unit in SERVICES]
-    assert names == ["appliance-provision.service", "appliance.service"]
+    assert names == ["appliance-audio.service", "appliance-provision.service", "appliance.service"]
     result = subprocess.run(["systemd-analyze", "verify", f"--root={verify_root}", *names],
                             capture_output=True, text=True)
     # verify exits 0 on unknown keys and bad values: any output at all is a failure.
@@ -122,6 +125,29 @@ def test_daemon_unit_keeps_hardware_access() -> None:
     assert unit_values(unit, "Unit", "StartLimitAction") == ["reboot"]
     assert unit_values(unit, "Service", "RuntimeDirectory") == ["appliance"]
     assert unit_values(unit, "Service", "StateDirectory") == ["appliance"]
+
+
+def test_the_audio_engine_unit_serves_the_daemon_and_never_reboots() -> None:
+    """The engine runs as the daemon's user, headless, where the daemon looks for it; restarted for
+    ever (the uplink sends silence meanwhile) and never a reason to reboot."""
+    engine, daemon = UNITS / "appliance-audio.service", UNITS / "appliance.service"
+    assert unit_values(engine, "Service", "User") == unit_values(daemon, "Service", "User") == ["appliance"]
+    assert unit_values(engine, "Service", "Restart") == ["always"]
+    assert unit_values(engine, "Unit", "StartLimitIntervalSec") == ["0"]
+    assert unit_values(engine, "Unit", "StartLimitAction") == []
+    assert "/usr/bin/pipewire" in unit_values(engine, "Unit", "ConditionPathExists")
+    assert unit_values(engine, "Service", "DeviceAllow") == ["char-alsa rw"]
+    runtime = "/run/" + unit_values(engine, "Service", "RuntimeDirectory")[0]
+    env = {}
+    for value in unit_values(engine, "Service", "Environment"):
+        env.update(item.split("=", 1) for item in shlex.split(value))
+    assert env["PIPEWIRE_RUNTIME_DIR"] == env["XDG_RUNTIME_DIR"] == runtime
+    assert unit_environment()["PULSE_SERVER"] == f"unix:{runtime}/pulse/native"
+    assert unit_environment()["PIPEWIRE_RUNTIME_DIR"] == runtime
+    assert "appliance-audio.service" in unit_values(daemon, "Unit", "Wants")[-1].split()
+    config_home = Path(env["XDG_CONFIG_HOME"])
+    assert config_home == Path("/usr/share/rapat-appliance/audio")
+    assert (UNITS / "audio/pipewire/rapat-engine.conf").exists()  # what `-c rapat-engine.conf` finds there
 
 
 def test_provision_runs_before_the_daemon() -> None:

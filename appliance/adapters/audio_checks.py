@@ -11,9 +11,13 @@ import select
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from appliance.adapters.echo_canceller import describe_delay, load_delay, save_delay
+from appliance.adapters.echo_delay import EchoDelayError, measure_echo_delay
 from appliance.media.audio_route import ECHO_SINK, ECHO_SOURCE, uses_engine
 
 LEVEL_CAPTURE_S = 1.0
@@ -47,21 +51,62 @@ def _alsa_health(config: Any) -> tuple[str, str]:
     return "ok", f"ALSA microphone {camera['audio_device']!r} (audio.echo = {mode})"
 
 
-def _engine_health(config: Any, run: Callable[..., Any]) -> tuple[str, str]:
+@dataclass(frozen=True)
+class EngineStatus:
+    """What the engine says now: its sources and sinks (node names), or why it does not answer."""
+
+    answers: bool
+    why: str = ""
+    sources: tuple[str, ...] = ()
+    sinks: tuple[str, ...] = ()
+
+    @property
+    def canceller_loaded(self) -> bool:
+        return ECHO_SOURCE in self.sources and ECHO_SINK in self.sinks
+
+    @property
+    def microphones(self) -> list[str]:
+        return [name for name in self.sources if name != ECHO_SOURCE and not name.endswith(".monitor")]
+
+    @property
+    def speakers(self) -> list[str]:
+        # auto_null: what the PulseAudio protocol shows when the engine has no sink at all
+        return [name for name in self.sinks if name not in (ECHO_SINK, "auto_null")]
+
+
+def engine_status(run: Callable[..., Any] = subprocess.run) -> EngineStatus:
     # Two `pactl` runs per check (the watcher's every 2 s): listing the sources also says whether
     # the engine answers at all, so no separate `pactl info`.
     listing = _pactl(run, "list", "short", "sources")
     if listing.returncode != 0:
         why = (listing.stderr or listing.stdout or "").strip().splitlines()
-        return "error", f"the audio engine does not answer ({why[-1] if why else 'no reply'}); {ENGINE_HINT}"
-    sources = _names(listing)
-    if ECHO_SOURCE not in sources or ECHO_SINK not in _names(_pactl(run, "list", "short", "sinks")):
-        return "error", (f"the audio engine runs but its echo canceller is not loaded ({ECHO_SOURCE} and "
-                         f"{ECHO_SINK} missing): check /etc/pipewire/pipewire.conf.d/ and restart appliance-audio")
-    microphones = [name for name in sources if name != ECHO_SOURCE and not name.endswith(".monitor")]
-    if not microphones:
+        return EngineStatus(False, why[-1] if why else "no reply")
+    return EngineStatus(True, sources=tuple(_names(listing)), sinks=tuple(_names(_pactl(run, "list", "short", "sinks"))))
+
+
+def chosen_device(run: Callable[..., Any], kind: str, candidates: list[str]) -> str | None:
+    """The engine's default source/sink (`kind`) when it is one of `candidates` (a real device, not
+    the canceller's own node), else the first candidate; None when there is none."""
+    if not candidates:
+        return None
+    answer = _pactl(run, f"get-default-{kind}")
+    default = answer.stdout.strip() if answer.returncode == 0 else ""
+    return default if default in candidates else candidates[0]
+
+
+def engine_health(status: EngineStatus, state_dir: str) -> tuple[str, str]:
+    if not status.answers:
+        return "error", f"the audio engine does not answer ({status.why}); {ENGINE_HINT}"
+    if not status.microphones:
         return "missing", "no microphone found: plug in the USB webcam or microphone"
-    return "ok", f"echo cancellation running; microphone {microphones[0]}"
+    if not status.canceller_loaded:
+        return "error", (f"the audio engine runs but its echo canceller does not ({ECHO_SOURCE} and {ECHO_SINK} "
+                         "missing); the daemon restarts it, see its log: `journalctl -u appliance`")
+    return "ok", f"echo cancellation running ({describe_delay(state_dir)}); microphone {status.microphones[0]}"
+
+
+def _engine_health(config: Any, run: Callable[..., Any]) -> tuple[str, str]:
+    return engine_health(engine_status(run), config["paths"]["state_dir"])
 
 
 def _pactl(run: Callable[..., Any], *args: str) -> Any:
@@ -85,10 +130,15 @@ def capture_devices(pcm: Path = Path("/proc/asound/pcm")) -> list[str]:
         return []
 
 
-def engine_selftest(config: Any, run: Callable[..., Any] = subprocess.run) -> dict[str, Any]:
-    """The self-test's audio check in `aec` mode: the engine and its canceller, then one second of
-    the cleaned microphone (what the uplink sends) and its level."""
-    value, detail = audio_health(config, run)
+def engine_selftest(config: Any, run: Callable[..., Any] = subprocess.run,
+                    measure: Callable[[str, str], float] = measure_echo_delay) -> dict[str, Any]:
+    """The self-test's audio check in `aec` mode: the engine and its canceller, one second of the
+    cleaned microphone (what the uplink sends) and its level, then the echo delay measured with
+    three clicks on the TV and saved for the canceller (which the watcher then restarts with it).
+    Clicks heard prove the microphone too, in a quiet room; else a silent microphone is named."""
+    state_dir = config["paths"]["state_dir"]
+    status = engine_status(run)
+    value, detail = engine_health(status, state_dir)
     if value != "ok":
         return {"ok": False, "detail": f"audio {value}: {detail}"}
     try:
@@ -98,9 +148,22 @@ def engine_selftest(config: Any, run: Callable[..., Any] = subprocess.run) -> di
     if len(data) < 3200:
         return {"ok": False, "detail": f"{detail}; but recording from {ECHO_SOURCE} gave no sound data"}
     level = level_dbfs(data)
-    if level < SILENCE_DBFS:
-        return {"ok": False, "detail": f"{detail}; but the microphone is silent ({level:.0f} dBFS): is it muted or unplugged?"}
-    return {"ok": True, "detail": f"{detail}; microphone level {level:.0f} dBFS"}
+    microphone = chosen_device(run, "source", status.microphones)
+    speaker = chosen_device(run, "sink", status.speakers)
+    heard = f"microphone {microphone}, level {level:.0f} dBFS"
+    if speaker is None:
+        return {"ok": False, "detail": f"{heard}; no speaker found: connect the TV (HDMI) and turn its sound on"}
+    before = load_delay(state_dir)
+    try:
+        delay = measure(speaker, microphone or "")
+    except EchoDelayError as exc:
+        if level < SILENCE_DBFS:
+            return {"ok": False, "detail": f"{heard}: the microphone is silent: is it muted or unplugged? ({exc})"}
+        if before is None:
+            return {"ok": False, "detail": f"{heard}; echo delay not measured: {exc}"}
+        return {"ok": True, "detail": f"{heard}; echo delay {before * 1000:.0f} ms kept from before ({exc})"}
+    save_delay(state_dir, delay, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return {"ok": True, "detail": f"echo cancellation running; {heard}; echo delay {delay * 1000:.0f} ms measured now"}
 
 
 def record(source: str, seconds: float, rate: int = 16000) -> bytes:

@@ -52,6 +52,16 @@ def kill(proc: subprocess.Popen | None, grace_s: float = 0.0) -> None:
         pass
 
 
+def interrupt(proc: subprocess.Popen, grace_s: float = 3.0) -> None:
+    """SIGINT (a recorder then flushes what it holds and ends), killed if it has not ended in `grace_s`."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            kill(proc)
+
+
 def scratch_dir() -> str | None:
     """Where short-lived media files go: /dev/shm (RAM) when there is one, else the default temp dir."""
     return "/dev/shm" if os.access("/dev/shm", os.W_OK) else None

@@ -1,7 +1,8 @@
-"""A whole site in `audio.echo = aec` mode on the echo rig: its uplink captures the canceller's source,
-and the centre (nginx-rtmp, measured by `AudioMeter`) hears the meeting's echo removed, next to the
-same site with the canceller's plumbing but no cancellation (the null canceller). Restarting the
-canceller under the running meeting recovers without a command."""
+"""A whole site in `audio.echo = aec` mode on the echo rig, running its own echo canceller (started by
+its audio watcher, told the echo delay its self-test measured): the centre (nginx-rtmp, measured by
+`AudioMeter`) hears the meeting's echo removed, next to the echo at the raw microphone in the same
+seconds. The audio engine restarting, or the canceller dying, under a running meeting recovers
+without a command."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
 
-from appliance.media.audio_route import ECHO_SINK, ECHO_SOURCE
-from appliance_dev.audio_rig import NULL, TUNED, AudioRig, calibrated, echo_delay
+from appliance.adapters.echo_canceller import load_delay
+from appliance.media.audio_route import ECHO_SINK
+from appliance_dev.audio_rig import AudioRig, RoomSpec
 from appliance_dev.central_media import AudioMeter
 from appliance_dev.inprocess import InProcessSite
 from appliance_dev.waiting import wait_until
@@ -27,15 +28,11 @@ def gpio_mock(monkeypatch):
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
 
 
-def _named(spec):  # the product's node names (appliance/media/audio_route.py)
-    return replace(spec, source_name=ECHO_SOURCE, sink_name=ECHO_SINK)
-
-
 @contextlib.contextmanager
 def _speaking_aec_site(rig: AudioRig, make_config, rtmp_server, monkeypatch,  # noqa: ANN001
-                       video: bool = True) -> Iterator[tuple[InProcessSite, AudioMeter]]:
+                       video: bool = True, calibrate: bool = False) -> Iterator[tuple[InProcessSite, AudioMeter]]:
     """A site in `aec` mode on the rig, joined to an open meeting (its microphone live), and the
-    centre's meter on its uplink."""
+    centre's meter on its uplink; with `calibrate`, its self-test measured the echo delay first."""
     for name, value in rig.env.items():
         monkeypatch.setenv(name, value)
     config = make_config(camera={"test_audio": "engine"}, display={"backend": "none"}, audio={"echo": "aec"})
@@ -43,6 +40,13 @@ def _speaking_aec_site(rig: AudioRig, make_config, rtmp_server, monkeypatch,  # 
     meter = None
     try:
         wait_until(lambda: site.health.get("audio") == "ok", 10, what=lambda: f"audio ok: {site.health}")
+        if calibrate:
+            checks = site.daemon.request({"cmd": "selftest"}, timeout=60)["result"]["checks"]
+            assert checks["audio"]["ok"] is True and "measured now" in checks["audio"]["detail"], checks["audio"]
+            measured = load_delay(config["paths"]["state_dir"])
+            wait_until(lambda: getattr(_canceller(site).targets, "delay_s", None) == measured, 15,
+                       what=lambda: f"the canceller restarted with {measured}: {_canceller(site).targets}")
+            wait_until(lambda: site.health.get("audio") == "ok", 10, what=lambda: f"audio ok: {site.health}")
         site.announce("srt://127.0.0.1:9/program", rtmp_server.url(), floor="open")  # open: the site speaks
         site.press()
         site.wait_state("in_meeting", 15)
@@ -61,40 +65,54 @@ def _mean_dbfs(meter: AudioMeter, since: float, until: float) -> float:
     return 10 * math.log10(power) if power > 0 else -math.inf
 
 
+def _canceller(site: InProcessSite):  # noqa: ANN202
+    return site.daemon.audio.canceller
+
+
+def _settled(rtmp_server, meter: AudioMeter) -> bool:  # noqa: ANN001
+    """One publish has lasted 2 s and the centre's listener hears it steadily (the uplink may restart
+    more than once while the audio path comes back)."""
+    publisher = rtmp_server.publisher("kalibaru")
+    time.sleep(2.0)
+    return (publisher is not None and rtmp_server.publisher("kalibaru") == publisher
+            and len(meter.windows(since=time.monotonic() - 1.0)) > 80)
+
+
 def test_the_centre_hears_the_meeting_echo_cancelled(make_config, rtmp_server, monkeypatch) -> None:
-    with AudioRig() as rig:
-        delay = echo_delay(rig)
-        rig.set_canceller(_named(calibrated(TUNED, delay)))
-        with _speaking_aec_site(rig, make_config, rtmp_server, monkeypatch, video=False) as (site, meter):
+    with AudioRig(room=RoomSpec(delay_s=0.070)) as rig:
+        with _speaking_aec_site(rig, make_config, rtmp_server, monkeypatch, video=False, calibrate=True) as (site, meter):
+            measured = _canceller(site).targets.delay_s
             publisher = rtmp_server.publisher("kalibaru")
-
-            rig.program(True)  # the meeting's speech on the TV, nobody talking in the room
+            rig.program(True, sink=ECHO_SINK)  # the meeting on the TV (as VLC plays it), nobody talking
             time.sleep(2.5)  # convergence
+            recording = rig.record()
             began = time.monotonic()
             time.sleep(3.0)
-            cancelled = _mean_dbfs(meter, began, time.monotonic())
+            ended = time.monotonic()
+            take = recording.stop()
+            cancelled = _mean_dbfs(meter, began, ended)
             assert rtmp_server.publisher("kalibaru") == publisher, "the uplink reconnected"
-
-            # The canceller restarts (the audio engine's part crashing) with the null library:
-            # the uplink loses its source, comes back to it by itself, and now the echo goes through.
-            rig.set_canceller(_named(NULL))
-            rig.program(True)
-            # Back when one publish has lasted 2 s and the centre's listener hears it steadily again
-            # (the uplink may restart more than once while the canceller comes back).
-            def settled() -> bool:
-                publisher = rtmp_server.publisher("kalibaru")
-                time.sleep(2.0)
-                return (publisher is not None and rtmp_server.publisher("kalibaru") == publisher
-                        and len(meter.windows(since=time.monotonic() - 1.0)) > 80)
-
-            wait_until(settled, 40, what=lambda: f"the uplink back after the canceller restarted: {site.health}")
-            began = time.monotonic()
-            time.sleep(3.0)
-            echo = _mean_dbfs(meter, began, time.monotonic())
-    print(f"at the server: echo {echo:.1f} dBFS without cancelling, {cancelled:.1f} dBFS with: "
-          f"{echo - cancelled:.1f} dB")
-    assert echo > -45, f"the rig's echo did not reach the server ({echo:.1f} dBFS): the test cannot tell"
+    echo = take.dbfs("mic", take.index(began), take.index(ended))  # the same seconds at the raw microphone
+    print(f"echo delay measured by the self-test {measured * 1000:.1f} ms (room 70 ms); echo at the microphone "
+          f"{echo:.1f} dBFS, at the server {cancelled:.1f} dBFS: {echo - cancelled:.1f} dB")
+    assert abs(measured - 0.070) <= 0.002, measured
+    assert echo > -45, f"the rig's echo did not reach the microphone ({echo:.1f} dBFS): the test cannot tell"
     assert echo - cancelled >= 20, f"echo {echo:.1f} dBFS, cancelled {cancelled:.1f} dBFS"
+
+
+def test_an_engine_restart_under_a_meeting_recovers_without_a_command(make_config, rtmp_server, monkeypatch) -> None:
+    with AudioRig() as rig, _speaking_aec_site(rig, make_config, rtmp_server, monkeypatch) as (site, meter):
+        first = _canceller(site).pid()
+        rig.talker(True)  # someone in the room speaks: the centre hears them
+        meter.wait_level(loud=True, after=time.monotonic(), timeout=10)
+        crashed = rig.restart_engine()  # PipeWire, WirePlumber and the pulse server die and come back
+        wait_until(lambda: _canceller(site).pid() not in (None, first) and site.health["audio"] == "ok", 20,
+                   what=lambda: f"a new canceller and audio ok: {site.health}, {_canceller(site).targets}")
+        wait_until(lambda: _settled(rtmp_server, meter), 40, what=lambda: f"the uplink back: {site.health}")
+        heard = meter.wait_level(loud=True, after=time.monotonic() - 1.0, timeout=15)
+        assert site.daemon.status()["state"] == "in_meeting"
+        assert meter.video_pts(since=crashed), "no video after the engine restarted"
+    print(f"the talker heard again at the server {heard - crashed:.1f} s after the engine died")
 
 
 def test_without_a_working_engine_the_site_still_joins_and_sends_video(make_config, rtmp_server, monkeypatch,
@@ -121,50 +139,78 @@ def test_without_a_working_engine_the_site_still_joins_and_sends_video(make_conf
         site.close()
 
 
-def test_the_self_test_reports_the_canceller_and_the_microphone_level(make_config, monkeypatch) -> None:
+def test_the_self_test_reports_the_canceller_and_measures_the_echo_delay(make_config, monkeypatch) -> None:
+    from appliance.adapters.audio import AudioEngine
     from appliance.adapters.audio_checks import engine_selftest
 
     config = make_config(camera={"test_audio": "engine"}, audio={"echo": "aec"})
-    with AudioRig() as rig:
+    state_dir = config["paths"]["state_dir"]
+    with AudioRig(room=RoomSpec(delay_s=0.090)) as rig:
         for name, value in rig.env.items():
             monkeypatch.setenv(name, value)
-        missing = engine_selftest(config)  # the engine runs, but no canceller is loaded
-        assert missing["ok"] is False and "echo canceller is not loaded" in missing["detail"], missing
-        rig.set_canceller(_named(TUNED))
-        rig.talker(True)  # someone speaks in the room
-        heard = engine_selftest(config)
-        rig.talker(False)
-        time.sleep(0.5)
-        silent = engine_selftest(config)
+        missing = engine_selftest(config)  # the engine runs, but nothing started the canceller
+        assert missing["ok"] is False and "echo canceller does not" in missing["detail"], missing
+        reports: list = []
+        watcher = AudioEngine(config, reports.append)
+        watcher.open()
+        try:
+            wait_until(lambda: watcher.health and watcher.health[0] == "ok", 10, what=lambda: f"{watcher.health}")
+            assert "not measured yet" in watcher.health[1] and watcher.canceller.targets.delay_s is None
+            rig.talker(True)  # someone speaks in the room
+            heard = engine_selftest(config)
+            wait_until(lambda: getattr(watcher.canceller.targets, "delay_s", None) == load_delay(state_dir), 15,
+                       what=lambda: f"the canceller restarted with the delay: {watcher.canceller.targets}")
+            rig.talker(False)
+            time.sleep(0.5)
+            quiet = engine_selftest(config)  # a quiet room: the clicks' echo proves the microphone
+        finally:
+            watcher.close()
     assert heard["ok"] is True and "echo cancellation running" in heard["detail"], heard
-    assert "microphone level" in heard["detail"], heard
-    assert silent["ok"] is False and "silent" in silent["detail"], silent
+    assert "level" in heard["detail"] and "echo delay 90 ms measured now" in heard["detail"], heard
+    assert abs(load_delay(state_dir) - 0.090) <= 0.002
+    assert quiet["ok"] is True and "measured now" in quiet["detail"], quiet
+    assert watcher.canceller.child is None, "the canceller outlived its watcher"
 
 
-def test_the_uplink_goes_silent_when_the_canceller_is_gone_and_takes_the_microphone_back_when_it_returns(
-        make_config, rtmp_server, monkeypatch) -> None:
-    with AudioRig() as rig:
-        rig.set_canceller(_named(TUNED))
-        with _speaking_aec_site(rig, make_config, rtmp_server, monkeypatch) as (site, meter):
-            rig.talker(True)  # someone in the room speaks: the centre hears them
-            meter.wait_level(loud=True, after=time.monotonic(), timeout=10)
+def test_a_tv_that_is_not_heard_is_named_and_the_old_delay_kept(make_config, monkeypatch) -> None:
+    from appliance.adapters.audio_checks import engine_selftest
+    from appliance.adapters.echo_canceller import CancellerProcess, CancellerTargets, save_delay
 
-            rig.set_canceller("off")  # the canceller is gone (its nodes vanish from the engine)
-            gone = time.monotonic()
-            wait_until(lambda: site.health["audio"] == "error", 10, what=lambda: f"audio error: {site.health}")
-            # The uplink falls back to a silent track (never the raw microphone) and keeps sending video.
-            # (the watcher's report restarts it at once; an encoder that fails on the engine's input first does too)
-            wait_until(lambda: any("input changed" in event["detail"] or "silent track" in event["detail"]
-                                   for event in site.events("media.error")), 15,
-                       what=lambda: f"the uplink on a silent track: {site.events('media.error')}")
-            silent = meter.wait_level(loud=False, after=gone, timeout=15)
-            time.sleep(1.0)
-            assert meter.loudest(since=silent + 0.2) < -60, "the site was heard while the canceller was gone"
-            assert meter.video_pts(since=silent), "no video while the canceller was gone"
-            assert site.health["uplink"] == "live", site.health
+    config = make_config(camera={"test_audio": "engine"}, audio={"echo": "aec"})
+    state_dir = config["paths"]["state_dir"]
+    with AudioRig(room=RoomSpec(direct_db=-90.0)) as rig:  # the TV's volume at zero: no echo at all
+        for name, value in rig.env.items():
+            monkeypatch.setenv(name, value)
+        canceller = CancellerProcess(state_dir, str(rig.dir))
+        canceller.start(CancellerTargets("rig_mic", "rig_speaker", None))
+        try:
+            wait_until(lambda: "rapat_echo_source" in rig.run("pactl", "list", "short", "sources").stdout, 10,
+                       what="the canceller's source")
+            silent = engine_selftest(config)  # nobody speaks and the TV is not heard: the microphone is named
+            rig.talker(True)
+            first = engine_selftest(config)
+            save_delay(state_dir, 0.061, "2026-12-01T08:00:00Z")
+            again = engine_selftest(config)
+        finally:
+            canceller.stop()
+    assert silent["ok"] is False and "the microphone is silent" in silent["detail"], silent
+    assert first["ok"] is False and "did not reach the microphone" in first["detail"], first
+    assert again["ok"] is True and "61 ms kept from before" in again["detail"], again
+    assert load_delay(state_dir) == 0.061
 
-            rig.set_canceller(_named(TUNED))  # back: no command, the uplink captures the microphone again
-            back = time.monotonic()
-            wait_until(lambda: site.health["audio"] == "ok", 10, what=lambda: f"audio ok again: {site.health}")
-            heard = meter.wait_level(loud=True, after=back, timeout=15)
-    assert heard - back < 10
+
+def test_a_canceller_that_dies_is_restarted_and_the_centre_hears_the_site_again(make_config, rtmp_server,
+                                                                                  monkeypatch) -> None:
+    with AudioRig() as rig, _speaking_aec_site(rig, make_config, rtmp_server, monkeypatch) as (site, meter):
+        rig.talker(True)
+        meter.wait_level(loud=True, after=time.monotonic(), timeout=10)
+        first = _canceller(site).child
+        first.kill()  # the canceller's process dies: its source vanishes under the uplink
+        died = time.monotonic()
+        wait_until(lambda: _canceller(site).pid() not in (None, first.pid) and site.health["audio"] == "ok", 20,
+                   what=lambda: f"a new canceller: {site.health}, {_canceller(site).targets}")
+        wait_until(lambda: _settled(rtmp_server, meter), 40, what=lambda: f"the uplink back: {site.health}")
+        heard = meter.wait_level(loud=True, after=time.monotonic() - 1.0, timeout=15)
+        assert meter.video_pts(since=died), "no video while the canceller came back"
+        assert site.health["uplink"] == "live", site.health
+    assert heard - died < 60
