@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,6 +82,14 @@ def _hosts(value: list[Any]) -> str | None:
     return None
 
 
+def _window(value: str) -> str | None:
+    if value and not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]", value):
+        return f"{value!r} must be HH:MM-HH:MM in the site's time zone (e.g. 01:00-04:00), or empty for any idle moment"
+    if value and value[:5] == value[6:]:
+        return f"{value!r} is an empty window"
+    return None
+
+
 SCHEMA: dict[str, dict[str, Key]] = {
     "site": {
         "id": Key(str, REQUIRED, _site_id),
@@ -146,6 +155,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
         # The 90-day uptime message is ~9 KB: every 60 s that is ~13 MB/day on a village link;
         # 900 s cuts it to ~1 MB. The ledger is saved to disk every 60 s either way.
         "uptime_publish_s": Key((int, float), 60, _between(60, 86400)),
+    },
+    "update": {
+        # Where update bundles may come from; empty: security.allowed_media_hosts.
+        "allowed_hosts": Key(list, [], _hosts),
+        # When a downloaded update may reboot the site: "" = the first idle moment.
+        "window": Key(str, "", _window),
+        # A new version not healthy (broker, its self-test) this long after its first boot is given back.
+        "health_timeout_s": Key((int, float), 300, _between(60, 3600)),
+        "rauc_config": Key(str, "/etc/rauc/system.conf"),
     },
     "paths": {
         "state_dir": Key(str, "/var/lib/appliance"),

@@ -31,6 +31,7 @@ from appliance.adapters.panel import Panel
 from appliance.adapters.probes import Probes
 from appliance.adapters.storage import ReplayStore
 from appliance.adapters.systemd import Notifier
+from appliance.adapters.updater import Updater
 from appliance.config import Config
 from appliance.core import io
 from appliance.core.clock import Clock, SystemClock
@@ -74,6 +75,7 @@ def settings_from(config: Config) -> CoreSettings:
             allow_unsigned=security["allow_unsigned"],
             allowed_media_hosts=tuple(security["allowed_media_hosts"]),
             max_command_age_s=float(security["max_command_age_s"]),
+            allowed_update_hosts=tuple(config["update"]["allowed_hosts"]) or None,
         ),
         topic_prefix=config["broker"]["topic_prefix"],
         hold_s=float(config["panel"]["hold_s"]),
@@ -85,6 +87,8 @@ def settings_from(config: Config) -> CoreSettings:
         uptime_publish_s=float(config["telemetry"]["uptime_publish_s"]),
         language=config["display"]["language"],
         echo_mode=config["audio"]["echo"],
+        update_window=config["update"]["window"],
+        update_health_timeout_s=float(config["update"]["health_timeout_s"]),
     )
 
 
@@ -101,7 +105,8 @@ def panel_from_config(config: Config, post: Post) -> Panel:
 class Daemon:
     def __init__(self, config: Config, *, clock: Clock | None = None, settings: CoreSettings | None = None,
                  mqtt: Factory | None = None, panel: Factory | None = None, camera: Factory | None = None,
-                 display: Factory | None = None, probes: Factory | None = None, audio: Factory | None = None) -> None:
+                 display: Factory | None = None, probes: Factory | None = None, audio: Factory | None = None,
+                 updater: Factory | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.loop = EventLoop(self._dispatch, self.clock.monotonic)
@@ -121,6 +126,7 @@ class Daemon:
         self.display = self._backend(display or create_display, "display")
         self.probes = (probes or Probes)(config, post)
         self.audio = (audio or AudioEngine)(config, post)
+        self.updater = (updater or (lambda cfg, post: Updater(cfg, post, version=settings.version)))(config, post)
         if self.camera is not None:  # the uplink picks its microphone input by the engine's health
             self.camera.audio_engine = self.audio
             self.audio.on_change.append(self.camera.audio_changed)
@@ -148,6 +154,12 @@ class Daemon:
             io.ProbeCamera: self._probe_camera,
             io.SelftestDone: self._selftest_done,
             io.Log: lambda e: log.log(logging.getLevelName(e.level.upper()), e.message),
+            io.FetchUpdate: lambda e: self.updater.fetch(e),
+            io.InstallUpdate: lambda e: self.updater.install(e),
+            io.RebootForUpdate: lambda e: self.updater.reboot_into(e),
+            io.CommitUpdate: lambda e: self.updater.commit(e),
+            io.RollBackUpdate: lambda e: self.updater.roll_back(e),
+            io.ForgetUpdate: lambda e: self.updater.forget(e),
         }
 
     @classmethod
@@ -258,6 +270,7 @@ class Daemon:
             if backend is not None:
                 backend.open()
         self.audio.open()
+        self.updater.open()
         # After the backends' first health reports, so the first LED pattern is already the true one.
         self.loop.post(lambda: self._execute(self.core.start()))
         problems = read_provision_error(self.config["paths"]["state_dir"])

@@ -30,7 +30,7 @@ WHEEL_PLATFORMS = [f"manylinux_2_{minor}_aarch64" for minor in range(36, 16, -1)
 OVERLAY_INIT = "/usr/lib/rapat-appliance/overlay-init"
 DATA_LABEL = "rapat-data"
 UNPROVISIONED_HOSTNAME = "rapat-unprovisioned"
-ENABLE = ["appliance.service", "appliance-provision.service", "appliance-audio.service"]
+ENABLE = ["appliance.service", "appliance-provision.service", "appliance-audio.service", "appliance-reboot.path"]
 # The audio engine's launcher and configuration (systemd/audio/; see appliance-audio.service).
 AUDIO_ENGINE = "/usr/lib/rapat-appliance/audio-engine"
 AUDIO_CONFIG = "/usr/share/rapat-appliance/audio"
@@ -209,8 +209,9 @@ def _unit_exists(root: Path, unit: str) -> bool:
 
 def install_system(root: Path, repo: Path, defaults: Path | None, read_only: bool, epoch: int) -> list[str]:
     units = repo / "systemd"
-    for unit in units.glob("*.service"):
+    for unit in [*units.glob("*.service"), *units.glob("*.path")]:
         _install(unit, root / "usr/lib/systemd/system" / unit.name, 0o644)
+    _install(units / "reboot-on-request", root / "usr/lib/rapat-appliance/reboot-on-request", 0o755)
     for drop_in in ("system.conf.d", "journald.conf.d"):
         for conf in (units / drop_in).glob("*.conf"):
             _install(conf, root / "etc/systemd" / drop_in / conf.name, 0o644)

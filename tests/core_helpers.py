@@ -21,10 +21,11 @@ def make_core(*, camera: bool = False, display: bool = False, clock: FakeClock |
               **settings: Any) -> tuple[ApplianceCore, FakeClock]:
     """`settings` override CoreSettings fields (e.g. language="en", uptime_publish_s=900)."""
     clock = clock or FakeClock()
+    settings.setdefault("version", "test")
+    settings.setdefault("policy", CommandPolicy(SITE, KEY.private.public_key(), allow_unsigned, ("127.0.0.1",), 86400))
     core_settings = CoreSettings(
         site_id=SITE, site_kind="kecamatan", site_name="Kecamatan Kalibaru",
-        policy=CommandPolicy(SITE, KEY.private.public_key(), allow_unsigned, ("127.0.0.1",), 86400),
-        camera_enabled=camera, display_enabled=display, version="test", boot_id="boot", **settings,
+        camera_enabled=camera, display_enabled=display, boot_id="boot", **settings,
     )
     core = ApplianceCore(core_settings, clock, replay, uptime)
     core.start()

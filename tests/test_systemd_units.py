@@ -20,6 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 UNITS = REPO / "systemd"
 SERVICES = sorted(UNITS.glob("*.service"))
+PATHS = sorted(UNITS.glob("*.path"))
 SECURITY_THRESHOLD = 2.5
 VENV_BIN = Path(sys.executable).parent
 
@@ -47,7 +48,7 @@ def verify_root(tmp_path_factory) -> Path:
     (verify checks that the programs exist inside --root); the launchers run this checkout."""
     root = tmp_path_factory.mktemp("verify-root")
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
-    for unit in SERVICES:
+    for unit in SERVICES + PATHS:
         shutil.copy(unit, root / "usr/lib/systemd/system" / unit.name)
     bin_dir = root / "opt/rapat-appliance/bin"
     bin_dir.mkdir(parents=True)
@@ -57,13 +58,16 @@ def verify_root(tmp_path_factory) -> Path:
     (root / "usr/bin").mkdir(parents=True)  # the audio engine's launcher (Debian package dbus-daemon)
     (root / "usr/bin/dbus-run-session").write_text("#!/bin/sh\nexit 0\n")
     (root / "usr/bin/dbus-run-session").chmod(0o755)
+    (root / "usr/lib/rapat-appliance").mkdir(parents=True)
+    shutil.copy(UNITS / "reboot-on-request", root / "usr/lib/rapat-appliance/reboot-on-request")
     return root
 
 
 @needs_systemd_analyze
 def test_verify_prints_nothing(verify_root: Path) -> None:
-    names = [unit.name for unit in SERVICES]
-    assert names == ["appliance-audio.service", "appliance-provision.service", "appliance.service"]
+    names = [unit.name for unit in SERVICES + PATHS]
+    assert names == ["appliance-audio.service", "appliance-provision.service", "appliance-reboot.service",
+                     "appliance.service", "appliance-reboot.path"]
     result = subprocess.run(["systemd-analyze", "verify", f"--root={verify_root}", *names],
                             capture_output=True, text=True)
     # verify exits 0 on unknown keys and bad values: any output at all is a failure.
@@ -148,6 +152,27 @@ def test_the_audio_engine_unit_serves_the_daemon_and_never_reboots() -> None:
     config_home = Path(env["XDG_CONFIG_HOME"])
     assert config_home == Path("/usr/share/rapat-appliance/audio")
     assert (UNITS / "audio/pipewire/rapat-engine.conf").exists()  # what `-c rapat-engine.conf` finds there
+
+
+def test_reboot_requests_reach_a_root_unit_that_only_reboots(tmp_path: Path) -> None:
+    """The daemon asks by writing a file where the path unit looks; the script reboots once per request,
+    with the firmware's tryboot flag only when asked for it (systemctl is a recorder here)."""
+    path_unit, daemon = UNITS / "appliance-reboot.path", UNITS / "appliance.service"
+    runtime = "/run/" + unit_values(daemon, "Service", "RuntimeDirectory")[0]
+    assert unit_values(path_unit, "Path", "PathExists") == [f"{runtime}/reboot-request"]
+    assert unit_values(UNITS / "appliance-reboot.service", "Service", "CapabilityBoundingSet") == ["CAP_SYS_BOOT"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\n')
+    (bin_dir / "systemctl").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    request = tmp_path / "reboot-request"
+    for kind in ("tryboot\n", "normal\n", "tryboot; rm -rf /\n"):
+        request.write_text(kind)
+        subprocess.run([str(UNITS / "reboot-on-request"), str(request)], env=env, check=True)
+        assert not request.exists()
+    subprocess.run([str(UNITS / "reboot-on-request"), str(request)], env=env, check=True)  # no request: nothing
+    assert (tmp_path / "calls").read_text().splitlines() == ["reboot --reboot-argument=0 tryboot", "reboot", "reboot"]
 
 
 def test_provision_runs_before_the_daemon() -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from appliance.console import admin, collect, floor, floor_cli, operate, rollout
+from appliance.console import admin, collect, floor, floor_cli, operate, rollout, update_cli
 from appliance.console.context import Context
 from appliance.console.errors import ConsoleError
 from appliance.console.home import ENV_HOME, Home, default_home
@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="this collector's name: its broker session (default main); run more with other names")
     collector.add_argument("--duration", metavar="DURATION", help="stop after this long (e.g. 10m)")
     collector.set_defaults(handler=collect.cmd_collect)
+
+    update_cli.add_commands(sub, commands)
 
     report = sub(commands, "rollout", "which sites are ready for the target and why not; travel avoided")
     rollout.add_arguments(report)

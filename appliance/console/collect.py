@@ -10,6 +10,8 @@
 - Manual acknowledgements: a message is PUBACKed only after the transaction holding it is
   committed, so a crash between delivery and commit means the broker delivers it again, and the
   idempotent tables (records.py) make that harmless.
+- Every few seconds (`TICK_S`) a cheap check moves active update rollouts on (update_rollout.py):
+  it sends the next ring once the previous committed, or records a halt. One read when none is active.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import signal
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +32,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from appliance.console import records
+from appliance.console import records, update_cli
 from appliance.console.commands import parse_duration
 from appliance.console.context import Context
 from appliance.console.errors import BadInput, Refused
@@ -43,6 +46,7 @@ log = logging.getLogger("appliance.console.collect")
 SESSION_EXPIRY_S = 7 * 86400
 SHARE_GROUP = "collect"
 MAX_BATCH = 2000
+TICK_S = 5.0  # how often active update rollouts are checked
 
 
 @dataclass
@@ -61,12 +65,14 @@ class Stats:
 
 class Collector:
     def __init__(self, url: str, username: str, password: str, ca_file: str | None, database: Any,
-                 name: str = "main", prefix: str = DEFAULT_TOPIC_PREFIX) -> None:
+                 name: str = "main", prefix: str = DEFAULT_TOPIC_PREFIX,
+                 tick: Callable[[], object] | None = None, tick_s: float = TICK_S) -> None:
         parts = urlsplit(url)
         self.url, self.prefix, self.name = url, prefix, name
         self.host, self.port = parts.hostname or "", parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         self.db = records.connect(database, any_thread=True)
         self.stats = Stats()
+        self.tick, self.tick_s, self._next_tick = tick, tick_s, 0.0
         self.client_id = f"console-collect-{name}"
         self._sync_topic = f"{prefix}/console/{self.client_id}/sync"
         self._inbox: queue.SimpleQueue[tuple[str, bytes, int, int]] = queue.SimpleQueue()
@@ -130,8 +136,21 @@ class Collector:
             batch = self._take(0.2)
             if batch:
                 self._store(batch)
+            self._tick()
         self._store(self._take(0.0))
         return self.stats
+
+    def _tick(self) -> None:
+        """The periodic work besides storing (update rollouts); its failures are logged, never fatal."""
+        if self.tick is None or time.monotonic() < self._next_tick:
+            return
+        self._next_tick = time.monotonic() + self.tick_s
+        try:
+            self.tick()
+        except Refused as exc:
+            log.warning("rollout check: %s", exc.message)
+        except Exception:
+            log.exception("rollout check failed")
 
     def stop(self) -> None:
         self._stop.set()
@@ -184,7 +203,7 @@ def cmd_collect(ctx: Context, args: argparse.Namespace) -> int:
     duration = parse_duration(args.duration, "--duration") if args.duration else None
     credentials = ctx.store.get_meta("console_credentials")
     collector = Collector(url, CONSOLE_USERNAME, credentials["password"], str(ctx.home.ca_cert), ctx.home.database,
-                          name=name, prefix=ctx.topic_prefix)
+                          name=name, prefix=ctx.topic_prefix, tick=lambda: update_cli.advance_active(ctx))
     collector.connect()
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     if threading.current_thread() is threading.main_thread():

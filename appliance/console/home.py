@@ -46,6 +46,23 @@ class Home:
     def server_key(self) -> Path:
         return self.root / "server" / "server-key.pem"
 
+    # The fleet's update signing keys (`update keys`), separate from the command key and the broker's CA.
+    @property
+    def update_ca_cert(self) -> Path:
+        return self.root / "update" / "ca.pem"
+
+    @property
+    def update_ca_key(self) -> Path:
+        return self.root / "update" / "ca-key.pem"
+
+    @property
+    def update_signing_cert(self) -> Path:
+        return self.root / "update" / "signing.pem"
+
+    @property
+    def update_signing_key(self) -> Path:
+        return self.root / "update" / "signing-key.pem"
+
     def ensure(self) -> None:
         # The home holds the signing key and every site's password: only its owner may enter.
         self.root.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,8 @@ log = logging.getLogger("appliance.console.schema")
 # Version 1: the layout from before this module (no version in `meta`): store.py's `seen`
 # (RFC 3339 text) next to records.py's `last_seen` (REAL). An empty file counts as version 1 too.
 # Version 2: one `last_seen` table (REAL epoch seconds).
-SCHEMA_VERSION = 2
+# Version 3: remote updates: `releases`, `site_rings`, `rollouts`, `rollout_sites` (new tables only).
+SCHEMA_VERSION = 3
 VERSION_KEY = "schema_version"  # in `meta`, JSON-encoded like every other `meta` value
 
 TABLES = """
@@ -65,7 +66,18 @@ CREATE TABLE IF NOT EXISTS uptime_days (site TEXT NOT NULL, date TEXT NOT NULL, 
     in_meeting_s REAL, meetings_joined INTEGER, boots INTEGER, reported_at REAL NOT NULL,
     PRIMARY KEY (site, date)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS selftests (site TEXT NOT NULL, at REAL NOT NULL, ok INTEGER, payload TEXT NOT NULL,
-    PRIMARY KEY (site, at)) WITHOUT ROWID
+    PRIMARY KEY (site, at)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS releases (version TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+    url TEXT NOT NULL, compatible TEXT NOT NULL, format TEXT NOT NULL, signer TEXT NOT NULL,
+    bundle TEXT NOT NULL, published_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS site_rings (site TEXT PRIMARY KEY, ring TEXT NOT NULL CHECK (ring IN ('canary', 'main')));
+CREATE TABLE IF NOT EXISTS rollouts (id INTEGER PRIMARY KEY, version TEXT NOT NULL, target TEXT NOT NULL,
+    allow_downgrade INTEGER NOT NULL, max_failures INTEGER NOT NULL, expires_s REAL NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('active', 'halted', 'done', 'stopped')), reason TEXT,
+    started_at REAL NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS rollout_sites (rollout INTEGER NOT NULL, site TEXT NOT NULL, ring TEXT NOT NULL,
+    command_id TEXT, sent_at REAL, ack_ok INTEGER, ack_error TEXT, ack_at REAL,
+    PRIMARY KEY (rollout, site)) WITHOUT ROWID
 """
 
 
@@ -137,4 +149,8 @@ def _merge_seen_into_last_seen(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE seen")
 
 
-_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _merge_seen_into_last_seen}
+def _nothing_to_move(db: sqlite3.Connection) -> None:
+    """Version 3 only adds tables (created above): no data moves."""
+
+
+_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _merge_seen_into_last_seen, 3: _nothing_to_move}

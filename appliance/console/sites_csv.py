@@ -10,7 +10,8 @@ from appliance.console.errors import BadInput
 from appliance.console.store import Site, check_site
 
 REQUIRED = ("id", "name", "kind")
-OPTIONAL = ("distance_km",)
+OPTIONAL = ("distance_km", "ring")
+RINGS = ("canary", "main")  # update rings, see update_rollout.py
 
 
 def parse(path: str | Path) -> list[Site]:
@@ -34,7 +35,7 @@ def parse(path: str | Path) -> list[Site]:
     missing = [column for column in REQUIRED if column not in header]
     if missing:
         problems.append(f"line 1: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                        f"(the header must name at least {','.join(REQUIRED)}[,distance_km])")
+                        f"(the header must name at least {','.join(REQUIRED)}[,distance_km][,ring])")
     duplicated = sorted({column for column in header if column and header.count(column) > 1})
     if duplicated:
         problems.append(f"line 1: column{'s' if len(duplicated) > 1 else ''} {', '.join(duplicated)} appear more than once")
@@ -55,12 +56,15 @@ def parse(path: str | Path) -> list[Site]:
         row = {column: value.strip() for column, value in zip(header, fields, strict=False)}
         site_id = row["id"]
         row_problems, distance = check_site(site_id, row["name"], row["kind"], row.get("distance_km"))
+        ring = (row["ring"].lower() or "main") if "ring" in row else None  # the column, when present, decides
+        if ring is not None and ring not in RINGS:
+            row_problems.append(f"ring {row['ring']!r} must be one of {', '.join(RINGS)} (or empty: main)")
         problems.extend(f"line {line}: {problem}" for problem in row_problems)
         if site_id in first_seen:
             problems.append(f"line {line}: id {site_id!r} already appears on line {first_seen[site_id]}")
         first_seen.setdefault(site_id, line)
         if not row_problems:
-            sites.append(Site(site_id, row["name"], row["kind"], distance))
+            sites.append(Site(site_id, row["name"], row["kind"], distance, ring))
     if problems:
         raise BadInput(f"{path}: {len(problems)} problem{'s' if len(problems) > 1 else ''}; nothing imported", problems)
     if not sites:

@@ -56,6 +56,7 @@ class Site:
     name: str
     kind: str
     distance_km: float | None
+    ring: str | None = None  # update ring (`canary` or `main`) from a CSV import; None: leave it as it is
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "kind": self.kind, "distance_km": self.distance_km}
@@ -182,6 +183,7 @@ class Store:
         with self.transaction():
             if self.db.execute("DELETE FROM sites WHERE id = ?", (site_id,)).rowcount == 0:
                 raise BadInput(f"unknown site: {site_id}; nothing changed")
+            self.db.execute("DELETE FROM site_rings WHERE site = ?", (site_id,))
 
     def upsert_sites(self, rows: list[Site]) -> dict[str, list[str]]:
         """Add new sites and update the name, kind and distance of known ones, all or nothing."""
@@ -198,7 +200,29 @@ class Store:
                     self.db.execute("UPDATE sites SET name = ?, kind = ?, distance_km = ? WHERE id = ?",
                                     (site.name, site.kind, site.distance_km, site.id))
                     result["updated"].append(site.id)
+                if site.ring is not None and self._set_ring(site.id, site.ring) and site.id in result["unchanged"]:
+                    result["unchanged"].remove(site.id)
+                    result["updated"].append(site.id)
         return result
+
+    def _set_ring(self, site_id: str, ring: str) -> bool:
+        """Put a site in an update ring (inside the caller's transaction); True when that changed it."""
+        old = self.db.execute("SELECT ring FROM site_rings WHERE site = ?", (site_id,)).fetchone()
+        if old is not None and old["ring"] == ring:
+            return False
+        self.db.execute("INSERT OR REPLACE INTO site_rings (site, ring) VALUES (?, ?)", (site_id, ring))
+        return (old["ring"] if old else "main") != ring
+
+    def set_rings(self, site_ids: list[str], ring: str) -> list[str]:
+        """Put known sites in an update ring, all or nothing; the ids whose ring changed."""
+        self.sites(site_ids)  # BadInput naming every unknown id
+        with self.transaction():
+            return [site_id for site_id in site_ids if self._set_ring(site_id, ring)]
+
+    def rings(self) -> dict[str, str]:
+        """site -> update ring for every registered site (`main` unless set)."""
+        rows = self.db.execute("SELECT s.id, r.ring FROM sites s LEFT JOIN site_rings r ON r.site = s.id").fetchall()
+        return {row[0]: row[1] or "main" for row in rows}
 
     def rotate_password(self, site_id: str) -> str:
         self.site(site_id)

@@ -106,6 +106,33 @@ class SelftestCheckDone:
 
 # --- effects ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class SoftwareReport:
+    """The updater at start: the running version, the other slot's, whether this boot is a trial
+    of a new slot (tryboot), and the record of an update it rebooted for (None: none pending)."""
+
+    running: str
+    other_slot: str | None
+    trying: bool = False
+    pending: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class UpdateProgress:
+    phase: str
+    progress: int
+
+
+@dataclass(frozen=True)
+class UpdateStepDone:
+    """One step of an update finished: `download` (fetched and verified), `install`, `commit`."""
+
+    version: str
+    step: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class Publish:
     topic: str
     payload: dict[str, Any]
@@ -214,6 +241,56 @@ class SaveUptime:
 
 
 @dataclass(frozen=True)
+class FetchUpdate:
+    """Download the bundle (resuming a partial one), check size and sha256, then the bundle's own
+    signature, compatible and version (RAUC); answer UpdateProgress and UpdateStepDone("download")."""
+
+    version: str
+    url: str
+    sha256: str
+    size: int
+    allow_downgrade: bool = False
+
+
+@dataclass(frozen=True)
+class InstallUpdate:
+    """Install the fetched bundle into the other slot; answer UpdateProgress and UpdateStepDone("install")."""
+
+    version: str
+
+
+@dataclass(frozen=True)
+class RebootForUpdate:
+    """Keep the record (version, the checks it must pass) on the data partition, then reboot into the
+    other slot once (tryboot)."""
+
+    version: str
+    required_checks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CommitUpdate:
+    """Keep the running (trial) slot: make it the one the firmware boots; answer UpdateStepDone("commit")."""
+
+    version: str
+
+
+@dataclass(frozen=True)
+class RollBackUpdate:
+    """Write the reason into the record, then reboot normally: the firmware boots the old slot."""
+
+    version: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ForgetUpdate:
+    """The centre has been told how the update ended: drop its record."""
+
+    version: str
+
+
+@dataclass(frozen=True)
 class Log:
     level: str  # debug | info | warning | error
     message: str
@@ -224,17 +301,20 @@ class Log:
 EVENTS = (
     BrokerConnected, BrokerDisconnected, MessageReceived, PublishDenied, PublishAcked, ButtonDown, ButtonUp,
     MediaStatus, HealthReport, TelemetryDue, CheckpointDue, ProvisionRejected, SelftestCheckDone, CommandStored,
+    SoftwareReport, UpdateProgress, UpdateStepDone,
 )
 EFFECTS = (
     Publish, SetLed, ShowScreen, StartUplink, StopUplink, StartProgram, StopProgram, SetMicrophone,
     DuckProgram, RememberCommand, NotifyStatus, RunProbes, ProbeCamera, SelftestDone, SaveUptime, Log,
+    FetchUpdate, InstallUpdate, RebootForUpdate, CommitUpdate, RollBackUpdate, ForgetUpdate,
 )
 Event = (
     BrokerConnected | BrokerDisconnected | MessageReceived | PublishDenied | PublishAcked | ButtonDown | ButtonUp
     | MediaStatus | HealthReport | TelemetryDue | CheckpointDue | ProvisionRejected | SelftestCheckDone
-    | CommandStored
+    | CommandStored | SoftwareReport | UpdateProgress | UpdateStepDone
 )
 Effect = (
     Publish | SetLed | ShowScreen | StartUplink | StopUplink | StartProgram | StopProgram | SetMicrophone
     | DuckProgram | RememberCommand | NotifyStatus | RunProbes | ProbeCamera | SelftestDone | SaveUptime | Log
+    | FetchUpdate | InstallUpdate | RebootForUpdate | CommitUpdate | RollBackUpdate | ForgetUpdate
 )

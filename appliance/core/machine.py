@@ -34,6 +34,7 @@ from appliance.core.protocol import (
 from appliance.core.replay import ReplayMemory
 from appliance.core.selftest_flow import SelftestFlow
 from appliance.core.transitions import IDLE, IN_MEETING, JOINING, LEAVING, MEETING_AVAILABLE, Step
+from appliance.core.update_flow import UpdateFlow
 from appliance.core.uptime import UptimeLedger
 from appliance.core.uptime_flow import UptimeFlow
 
@@ -77,6 +78,8 @@ class CoreSettings:
     # A speaking site whose broker has been gone this long mutes itself: the centre cannot revoke.
     floor_offline_mute_s: float = 5.0
     echo_mode: str = "aec"  # audio.echo: "duck" makes the core lower the program while the site speaks
+    update_window: str = ""  # update.window: "HH:MM-HH:MM" local time for the reboot into an update; "" = any idle moment
+    update_health_timeout_s: float = 300.0  # a new version not healthy this long after its boot is given back
 
 
 @dataclass
@@ -86,7 +89,7 @@ class Outcome:
     effects: list[io.Effect] = field(default_factory=list)
 
 
-class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow):
+class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow):
     def __init__(self, settings: CoreSettings, clock: Clock,
                  replay_memory: dict[str, float | tuple[float, float | None]] | None = None,
                  uptime: UptimeLedger | None = None) -> None:
@@ -138,6 +141,14 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow):
         self._published: tuple[Any, ...] | None = None
         self.uptime = uptime or UptimeLedger(settings.timezone)
         self._connect_checkpoint = False
+        # Remote updates (update_flow.py): the slots as the updater reports them, the update under way.
+        self.software: dict[str, Any] = {"running": settings.version, "other_slot": None}
+        self.update: Any = None  # update.Update while one is under way
+        self._update_busy = False  # an update effect is out and not answered yet
+        self._update_deadline: float | None = None  # a trial version must be healthy by then
+        self._update_selftest_started = False
+        self._passed_checks: tuple[str, ...] = ()  # of the last self-test: an update must pass them too
+        self._rolled_back: dict[str, str] | None = None  # a given-back update the centre has not heard of yet
         self._uptime_published_at: float | None = None
 
     # --- public API -----------------------------------------------------------------------------
@@ -176,7 +187,7 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow):
         return self._replay.snapshot()
 
     def next_deadline(self) -> float | None:
-        deadlines = [self._state_deadline, self._floor_deadline()]
+        deadlines = [self._state_deadline, self._floor_deadline(), *self._update_deadlines()]
         if self._button_down_at is not None and not self._hold_fired:
             deadlines.append(self._button_down_at + self.settings.hold_s)
         if self._notice:
@@ -234,6 +245,7 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow):
         self._published = None  # republish the retained state on every (re)connect
         self._connect_checkpoint = True  # and the retained ledger, with the outage just ended on it
         self._floor_broker_connected()
+        self._update_broker_connected()
 
     def _on_broker_disconnected(self, event: io.BrokerDisconnected) -> None:
         self.broker_connected = False
@@ -392,6 +404,8 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow):
             problem = step.refusal.format(current=current, requested=body.get("meeting_id"))
         elif action == "selftest" and self.selftest is not None:
             problem = "a self-test is already running"
+        elif action == "update":
+            problem = self._update_refusal(body) or ""
         if problem:
             raise CommandRejected(INVALID_STATE, f"{problem} (state {self.state})")
         return step
@@ -534,6 +548,7 @@ ACTIONS: dict[str, Callable[[ApplianceCore, dict[str, Any]], None]] = {
     "floor_press": FloorFlow._floor_press,
     "floor_grant": FloorFlow._floor_grant,
     "floor_revoke": FloorFlow._floor_revoke,
+    "update": UpdateFlow._accept_update,
     "notice_no_meeting": _notice("no_meeting"),
     "notice_nothing_to_leave": _notice("nothing_to_leave"),
     "notice_hold_to_leave": _notice("hold_to_leave"),
@@ -556,4 +571,7 @@ EVENT_HANDLERS: dict[type, Callable[[ApplianceCore, Any], None]] = {
     io.CommandStored: ApplianceCore._on_command_stored,
     io.TelemetryDue: UptimeFlow._on_telemetry_due,
     io.CheckpointDue: UptimeFlow._on_checkpoint_due,
+    io.SoftwareReport: UpdateFlow._on_software_report,
+    io.UpdateProgress: UpdateFlow._on_update_progress,
+    io.UpdateStepDone: UpdateFlow._on_update_step_done,
 }

@@ -62,6 +62,7 @@ class OutputsFlow:
             "state": self.state,
             "meeting": {"meeting_id": self.meeting.meeting_id, "title": self.meeting.title} if self.meeting else None,
             "floor": self._floor_payload(),
+            "software": self._software_payload(),
             "since": rfc3339(self.since),
             "version": self.settings.version,
             "boot_id": self.settings.boot_id,
@@ -72,8 +73,10 @@ class OutputsFlow:
     def _finish(self: ApplianceCore) -> list[io.Effect]:
         """Emit whatever derived output changed, then hand the accumulated effects over."""
         self.uptime.observe(self.clock.monotonic(), self.broker_connected, self.state == IN_MEETING)
+        self._update_settle()  # an update step may have waited for this moment (see update_flow.py)
         # Compared cheaply on every step; the payload (with its timestamps) is built only on a change.
-        fingerprint = (self.state, self.meeting, self.floor, tuple(self.health.items()))
+        software = self._software_payload()
+        fingerprint = (self.state, self.meeting, self.floor, tuple(self.health.items()), str(software))
         if fingerprint != self._published:
             self._published = fingerprint
             payload = self._state_payload()

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from appliance.core.clock import parse_rfc3339, rfc3339
 from appliance.core.floor import FLOOR_MODES  # meeting.start's `floor`; absent = moderated
 from appliance.core.signing import sign_command, verify_command
+from appliance.core.update import body_problem as update_body_problem
 from appliance.core.urls import URL_SCHEMES, clean_url
 
 PROTOCOL_VERSION = 1
@@ -32,7 +33,8 @@ SITE_KINDS = ("kecamatan", "desa", "other")
 # A parsed command may nest this deep (the contract's own commands: 3 levels). Deeper is `bad_json`:
 # re-encoding it for the signature check would run out of recursion.
 MAX_JSON_DEPTH = 32
-COMMAND_TYPES = ("meeting.start", "meeting.end", "join", "leave", "selftest", "ping", "floor.grant", "floor.revoke")
+COMMAND_TYPES = ("meeting.start", "meeting.end", "join", "leave", "selftest", "ping", "floor.grant", "floor.revoke",
+                 "update")
 MAX_TITLE_CHARS = 200
 # The last level of a site's own topics, and which of them the device publishes retained.
 DEVICE_TOPICS = ("state", "ack", "event", "telemetry", "uptime", "selftest")
@@ -116,6 +118,13 @@ class CommandPolicy:
     allow_unsigned: bool = False
     allowed_media_hosts: tuple[str, ...] = ()
     max_command_age_s: float = 86400.0
+    # Where update bundles may come from; None: the media hosts (`update.allowed_hosts` empty).
+    allowed_update_hosts: tuple[str, ...] | None = None
+
+    def hosts_for(self, key: str) -> tuple[str, ...]:
+        if key == "url" and self.allowed_update_hosts is not None:
+            return self.allowed_update_hosts
+        return self.allowed_media_hosts
 
 
 @dataclass
@@ -246,7 +255,7 @@ def check_command(
     cleaned = {}
     for key, url in media_urls(command, policy.site_id).items():
         try:
-            cleaned[key] = clean_url(url, policy.allowed_media_hosts, URL_SCHEMES[key])
+            cleaned[key] = clean_url(url, policy.hosts_for(key), URL_SCHEMES[key])
         except ValueError as exc:
             refusal = reject(URL_NOT_ALLOWED, f"body.{key}: {exc}")
             refusal.command = command
@@ -295,6 +304,10 @@ def _check_body(command: Command, reject: Callable[[str, str], CommandRejected])
             raise reject(BAD_SCHEMA, f"body.floor: expected \"moderated\" or \"open\", got {shown}")
     elif command.type in ("meeting.end", "floor.grant", "floor.revoke"):
         required = {"meeting_id": str}
+    elif command.type == "update":
+        problem = update_body_problem(body)
+        if problem:
+            raise reject(BAD_SCHEMA, problem)
     for key, kind in required.items():
         if not isinstance(body.get(key), kind) or not body[key]:
             raise reject(BAD_SCHEMA, f"body.{key}: expected a non-empty string, got {_describe(body.get(key))}")
@@ -305,7 +318,10 @@ def _check_body(command: Command, reject: Callable[[str, str], CommandRejected])
 
 
 def media_urls(command: Command, site_id: str) -> dict[str, str]:
-    """The media URLs a command carries, with `{site}` already replaced by this site's id."""
+    """The URLs a command carries (media, or an update's bundle), with `{site}` already replaced by
+    this site's id in the ingest URL."""
+    if command.type == "update":
+        return {"url": command.body["url"]}
     if command.type != "meeting.start":
         return {}
     return {

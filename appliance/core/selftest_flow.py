@@ -72,6 +72,8 @@ class SelftestFlow:
         self._log("info", f"self-test {'passed' if payload['ok'] else 'FAILED'}: " + "; ".join(lines))
         self._emit(io.SelftestDone(payload, tuple(lines), self.settings.language))
         self._selftest_result = (payload["ok"], lines, self.clock.monotonic() + st.RESULT_SHOWN_S)
+        self._passed_checks = tuple(name for name, check in payload["checks"].items() if check.get("ok") is True)
+        self._update_selftest_done(payload)
 
     def _on_publish_acked(self: ApplianceCore, event: io.PublishAcked) -> None:
         run = self.selftest

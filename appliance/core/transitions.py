@@ -27,7 +27,7 @@ LEAVING = "leaving"
 STATES = (IDLE, MEETING_AVAILABLE, JOINING, IN_MEETING, LEAVING)
 
 TRIGGERS = (
-    "start_new", "start_same", "end_current", "end_other", "join", "leave", "selftest", "ping",
+    "start_new", "start_same", "end_current", "end_other", "join", "leave", "selftest", "ping", "update",
     "press", "hold", "media_ready", "media_degraded", "left_meeting_goes_on", "left_no_meeting",
     "floor_grant", "floor_revoke", "floor_other",
 )
@@ -79,6 +79,8 @@ TRANSITIONS: dict[str, dict[str, Step]] = {
         "leave": _stay(IDLE),
         "selftest": _stay(IDLE, "selftest"),
         "ping": _stay(IDLE),
+        # Taken in every state: the download waits for no meeting, the reboot for the idle state.
+        "update": _stay(IDLE, "update"),
         "press": _stay(IDLE, "notice_no_meeting"),
         "hold": _stay(IDLE, "notice_nothing_to_leave"),
         "media_ready": _stay(IDLE),
@@ -98,6 +100,7 @@ TRANSITIONS: dict[str, dict[str, Step]] = {
         "leave": _stay(MEETING_AVAILABLE),
         "selftest": _stay(MEETING_AVAILABLE, "selftest"),
         "ping": _stay(MEETING_AVAILABLE),
+        "update": _stay(MEETING_AVAILABLE, "update"),
         "press": Step(JOINING, "begin_join"),
         "hold": _stay(MEETING_AVAILABLE, "notice_nothing_to_leave"),
         "media_ready": _stay(MEETING_AVAILABLE),
@@ -117,6 +120,7 @@ TRANSITIONS: dict[str, dict[str, Step]] = {
         "leave": Step(LEAVING, "begin_leave"),
         "selftest": _refuse(JOINING, NO_SELFTEST),
         "ping": _stay(JOINING),
+        "update": _stay(JOINING, "update"),
         "press": _stay(JOINING, "notice_hold_to_leave"),
         "hold": Step(LEAVING, "begin_leave"),
         "media_ready": Step(IN_MEETING, "enter_meeting"),
@@ -136,6 +140,7 @@ TRANSITIONS: dict[str, dict[str, Step]] = {
         "leave": Step(LEAVING, "begin_leave"),
         "selftest": _refuse(IN_MEETING, NO_SELFTEST),
         "ping": _stay(IN_MEETING),
+        "update": _stay(IN_MEETING, "update"),
         "press": _stay(IN_MEETING, "floor_press"),  # ask for the floor, or withdraw: see floor.py
         "hold": Step(LEAVING, "begin_leave"),
         "media_ready": _stay(IN_MEETING),
@@ -156,6 +161,7 @@ TRANSITIONS: dict[str, dict[str, Step]] = {
         "leave": _stay(LEAVING),
         "selftest": _refuse(LEAVING, NO_SELFTEST),
         "ping": _stay(LEAVING),
+        "update": _stay(LEAVING, "update"),
         "press": _stay(LEAVING, "notice_please_wait"),
         "hold": _stay(LEAVING, "notice_nothing_to_leave"),
         "media_ready": _stay(LEAVING),

@@ -134,9 +134,22 @@ class UpdateFlow:
         # The record of an update we rebooted for, but the old version runs: the new one was given back.
         reason = pending.get("reason") or ("the new version did not come up healthy: the firmware booted the "
                                            "previous version again")
-        self._event(up.ROLLED_BACK_EVENT, version=version, running=event.running, reason=reason)
         self._log("error", f"update to {version} rolled back: {reason}")
-        self._emit(io.ForgetUpdate(version))
+        self._rolled_back = {"version": version, "running": event.running, "reason": reason}
+        self._report_rolled_back()
+
+    def _report_rolled_back(self: ApplianceCore) -> None:
+        """Tell the centre once the broker is there; the record is dropped only then (a reboot before
+        that keeps it, and the next start tells it)."""
+        if self._rolled_back is None or not self.broker_connected:
+            return
+        report, self._rolled_back = self._rolled_back, None
+        self._event(up.ROLLED_BACK_EVENT, **report)
+        self._emit(io.ForgetUpdate(report["version"]))
+
+    def _update_broker_connected(self: ApplianceCore) -> None:
+        self._report_rolled_back()
+        self._update_trial_selftest()
 
     def _update_trial_selftest(self: ApplianceCore) -> None:
         """Start the trial's unattended self-test as soon as it can say something about the broker."""
@@ -166,19 +179,29 @@ class UpdateFlow:
         assert update is not None
         self._log("error", f"giving {update.version} back: {reason}")
         self._update_deadline = None
+        update.phase = up.REBOOTING
+        self._update_busy = True  # nothing else happens to it: the reboot ends this boot
         self._emit(io.RollBackUpdate(update.version, reason))
 
-    def _update_tick(self: ApplianceCore, now: float) -> None:
-        if self._update_deadline is not None and now >= self._update_deadline and self.update is not None:
-            missing = "the broker never connected" if not self.broker_connected else "its self-test did not finish"
+    def _update_settle(self: ApplianceCore) -> None:
+        """After every event and tick: start what waited for this moment; give a trial version back
+        once its time is up (never in the middle of a meeting: that one ends first)."""
+        if self.update is None:
+            return
+        expired = self._update_deadline is not None and self.clock.monotonic() >= self._update_deadline
+        if expired and self.state not in BUSY_STATES:
+            missing = "the broker never connected" if not self.broker_connected else "its self-test did not pass in time"
             self._roll_back(f"not healthy within {self.settings.update_health_timeout_s:g} s: {missing}")
-        elif self.update is not None and self.update.phase == up.INSTALLED:
-            self._update_next_step()
+            return
+        self._update_next_step()
+        self._update_trial_selftest()
 
     def _update_deadlines(self: ApplianceCore) -> list[float]:
-        deadlines = [self._update_deadline] if self._update_deadline is not None else []
+        deadlines = []
+        if self._update_deadline is not None and self.state not in BUSY_STATES:
+            deadlines.append(self._update_deadline)
         if self.update is not None and self.update.phase == up.INSTALLED:
-            deadlines.append(self.clock.monotonic() + REBOOT_CHECK_S)
+            deadlines.append(self.clock.monotonic() + REBOOT_CHECK_S)  # the maintenance window may open
         return deadlines
 
     def _software_payload(self: ApplianceCore) -> dict[str, Any]:

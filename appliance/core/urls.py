@@ -12,7 +12,8 @@ from urllib.parse import parse_qsl, unquote_plus, urlsplit
 PROGRAM_SCHEMES = ("rtmp", "rtmps", "rtsp", "rtsps", "srt", "http", "https")
 INGEST_SCHEMES = ("rtmp", "rtmps", "srt")
 MEDIA_SCHEMES = PROGRAM_SCHEMES  # any media URL at all
-URL_SCHEMES = {"program_url": PROGRAM_SCHEMES, "ingest_url": INGEST_SCHEMES}
+UPDATE_SCHEMES = ("http", "https")  # an update bundle's `url` (the bundle is signed: https is not needed)
+URL_SCHEMES = {"program_url": PROGRAM_SCHEMES, "ingest_url": INGEST_SCHEMES, "url": UPDATE_SCHEMES}
 MAX_URL_CHARS = 2048
 
 

@@ -1,0 +1,155 @@
+"""The update adapter on real parts: nginx serving signed bundles, RAUC's service on a private system
+bus installing into A/B slot images, the product's boot-chooser on autoboot.txt. What a Pi's firmware
+would boot is read from autoboot.txt (RaucDevice.firmware_boots): the one emulated part."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from appliance.adapters.updater import Updater
+from appliance.core import io
+from appliance.core import update as up
+from appliance_dev.rauc_rig import build_bundle
+
+
+def _fetch_effect(bundle: Path, url: str, version: str, **change) -> io.FetchUpdate:  # noqa: ANN003
+    data = bundle.read_bytes()
+    fields = {"version": version, "url": url, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    return io.FetchUpdate(**{**fields, **change})
+
+
+def test_download_verify_install_trial_and_commit(device, device_config, server, bundles, events) -> None:  # noqa: ANN001
+    updater = Updater(device_config, events, version="1.0.0", trial=lambda: False)
+    updater.fetch(_fetch_effect(bundles / "rapat-1.1.0.raucb", server.url("rapat-1.1.0.raucb"), "1.1.0"))
+    done = events.wait(io.UpdateStepDone)
+    assert (done.step, done.ok) == ("download", True), done
+    phases = [e.phase for e in events.seen if isinstance(e, io.UpdateProgress)]
+    assert phases[0] == up.DOWNLOADING and phases[-1] == up.VERIFYING
+
+    updater.install(io.InstallUpdate("1.1.0"))
+    done = events.wait(io.UpdateStepDone)
+    assert (done.step, done.ok) == ("install", True), done
+    assert device.slot_version("B") == "1.1.0" and device.slot_version("A") == "1.0.0"
+    assert (device.firmware_boots(tryboot_flag=False), device.firmware_boots(tryboot_flag=True)) == ("A", "B")
+    assert not updater.bundle_path("1.1.0").exists()  # the data partition is small
+
+    updater.reboot_into(io.RebootForUpdate("1.1.0", ("broker", "disk", "camera")))
+    assert updater.reboot_request.read_text().strip() == "tryboot"
+    record = json.loads(updater.record_path.read_text())
+    assert record == {"version": "1.1.0", "required_checks": ["broker", "disk", "camera"]}
+
+    device.boot("B")  # the firmware's one tryboot
+    trial = Updater(device_config, events, version="1.1.0", trial=lambda: True)
+    trial.open()
+    report = events.wait(io.SoftwareReport)
+    assert (report.running, report.trying, report.pending["version"]) == ("1.1.0", True, "1.1.0")
+    trial.commit(io.CommitUpdate("1.1.0"))
+    done = events.wait(io.UpdateStepDone)
+    assert (done.step, done.ok) == ("commit", True), done
+    assert (device.firmware_boots(tryboot_flag=False), device.firmware_boots(tryboot_flag=True)) == ("B", "B")
+    assert not trial.record_path.exists()
+
+
+def test_a_trial_given_back_boots_the_old_slot_and_the_old_version_says_why(device, device_config, server, bundles,
+                                                                           events) -> None:  # noqa: ANN001
+    updater = Updater(device_config, events, version="1.0.0", trial=lambda: False)
+    updater.fetch(_fetch_effect(bundles / "rapat-1.1.0.raucb", server.url("rapat-1.1.0.raucb"), "1.1.0"))
+    assert events.wait(io.UpdateStepDone).ok
+    updater.install(io.InstallUpdate("1.1.0"))
+    assert events.wait(io.UpdateStepDone).ok
+    updater.reboot_into(io.RebootForUpdate("1.1.0", ("broker", "disk")))
+    device.boot("B")
+    trial = Updater(device_config, events, version="1.1.0", trial=lambda: True)
+    trial.roll_back(io.RollBackUpdate("1.1.0", "the new version failed its self-test (camera: no frames)"))
+    assert trial.reboot_request.read_text().strip() == "normal"
+    assert device.firmware_boots(tryboot_flag=False) == "A" and device.firmware_boots(tryboot_flag=True) == "A"
+    device.boot("A")
+    old = Updater(device_config, events, version="1.0.0", trial=lambda: False)
+    old.open()
+    report = events.wait(io.SoftwareReport)
+    assert report.running == "1.0.0" and not report.trying
+    assert report.pending["reason"] == "the new version failed its self-test (camera: no frames)"
+    old.forget(io.ForgetUpdate("1.1.0"))
+    assert not old.record_path.exists()
+
+
+@pytest.mark.parametrize(("case", "words"), [
+    ("other CA", "unable to get local issuer certificate"),
+    ("unsigned", "Signature size is 0"),
+    ("wrong version", "the bundle holds version '1.1.0', the command says '1.2.0'"),
+    ("wrong sha256", "sha256 mismatch"),
+    ("wrong compatible", "the bundle is for 'other-product', this device is 'rapat-appliance-rpi'"),
+])
+def test_bad_bundles_are_refused_before_anything_is_written(device, device_config, server, bundles, other_keys,
+                                                            fleet_keys, events, case: str, words: str) -> None:  # noqa: ANN001
+    root = Path(server.root)
+    version = "1.1.0"
+    name = f"case-{case.replace(' ', '-')}.raucb"
+    if case == "other CA":
+        build_bundle(root / name, version, other_keys.cert, other_keys.key)
+    elif case == "unsigned":
+        import subprocess
+        (root / name).unlink(missing_ok=True)
+        subprocess.run(["mksquashfs", str(bundles), str(root / name), "-noappend", "-quiet"], check=True,
+                       capture_output=True)
+    elif case == "wrong compatible":
+        build_bundle(root / name, version, fleet_keys.cert, fleet_keys.key, compatible="other-product")
+    else:
+        name = "rapat-1.1.0.raucb"
+    effect = _fetch_effect(root / name, server.url(name), version)
+    if case == "wrong version":
+        effect = _fetch_effect(root / name, server.url(name), "1.2.0")
+    if case == "wrong sha256":
+        effect = _fetch_effect(root / name, server.url(name), version, sha256="0" * 64)
+    updater = Updater(device_config, events, version="1.0.0", trial=lambda: False)
+    updater.fetch(effect)
+    done = events.wait(io.UpdateStepDone)
+    assert done.ok is False and words in done.detail, done
+    assert device.slot_version("B") == "" and device.firmware_boots(tryboot_flag=True) == "A"
+    assert not list(updater.dir.glob("*.raucb"))  # a refused bundle is not kept
+
+
+def test_a_cut_download_resumes_where_it_stopped(device, device_config, server, bundles, events) -> None:  # noqa: ANN001
+    bundle = bundles / "rapat-1.1.0.raucb"
+    data = bundle.read_bytes()
+    updater = Updater(device_config, events, version="1.0.0", trial=lambda: False)
+    updater.dir.mkdir(parents=True)
+    (updater.dir / "rapat-1.1.0.raucb.part").write_bytes(data[: len(data) // 2])  # the power went here
+    updater.fetch(_fetch_effect(bundle, server.url("rapat-1.1.0.raucb"), "1.1.0"))
+    assert events.wait(io.UpdateStepDone).ok
+    asked = [line for line in server.requests() if "rapat-1.1.0.raucb" in line]
+    assert len(asked) == 1 and " 206 " in asked[0], asked  # only the rest was fetched
+
+
+@pytest.mark.parametrize(("size_change", "words"), [(-1000, "more than the announced"), (1000, "ended at")])
+def test_a_bundle_of_another_size_than_announced_is_refused(device, device_config, server, bundles, events,
+                                                           size_change: int, words: str) -> None:  # noqa: ANN001
+    bundle = bundles / "rapat-1.1.0.raucb"
+    effect = _fetch_effect(bundle, server.url("rapat-1.1.0.raucb"), "1.1.0")
+    updater = Updater(device_config, events, version="1.0.0", trial=lambda: False)
+    updater.fetch(io.FetchUpdate(effect.version, effect.url, effect.sha256, effect.size + size_change))
+    done = events.wait(io.UpdateStepDone)
+    assert done.ok is False and words in done.detail, done
+
+
+def test_rauc_itself_refuses_a_foreign_bundle_at_install(device, device_config, server, fleet_keys, events) -> None:  # noqa: ANN001
+    """The adapter's own compatible check aside, RAUC's install refuses it too, and says why."""
+    build_bundle(Path(server.root) / "foreign.raucb", "1.1.0", fleet_keys.cert, fleet_keys.key, compatible="other")
+    updater = Updater(device_config, events, version="1.0.0", trial=lambda: False)
+    updater.dir.mkdir(parents=True)
+    (Path(server.root) / "foreign.raucb").replace(updater.bundle_path("1.1.0"))
+    updater.install(io.InstallUpdate("1.1.0"))
+    done = events.wait(io.UpdateStepDone)
+    assert done.ok is False and "Compatible mismatch" in done.detail, done
+    assert device.slot_version("B") == "" and device.firmware_boots(tryboot_flag=True) == "A"
+
+
+def test_a_missing_bundle_names_the_server_answer(device, device_config, server, events) -> None:  # noqa: ANN001
+    updater = Updater(device_config, events, version="1.0.0", trial=lambda: False)
+    updater.fetch(io.FetchUpdate("1.1.0", server.url("nope.raucb"), "0" * 64, 1000))
+    done = events.wait(io.UpdateStepDone)
+    assert done.ok is False and "404" in done.detail, done
