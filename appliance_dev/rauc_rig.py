@@ -78,14 +78,14 @@ def ext4_image(path: Path, files: dict[str, str], size_mb: int = SLOT_MB) -> Pat
 
 
 def build_bundle(out: Path, version: str, cert: Path, key: Path, compatible: str = COMPATIBLE,
-                 files: dict[str, str] | None = None) -> Path:
-    """A signed plain bundle whose root image holds /etc/rapat-version (and `files`). Built from a fresh
-    directory each time: `rauc bundle` rewrites the manifest in its input."""
+                 files: dict[str, str] | None = None, fmt: str = "plain", size_mb: int = SLOT_MB) -> Path:
+    """A signed bundle (`fmt` plain or verity) whose root image holds /etc/rapat-version (and `files`).
+    Built from a fresh directory each time: `rauc bundle` rewrites the manifest in its input."""
     content = Path(tempfile.mkdtemp(prefix="bundle-content-"))
     try:
-        ext4_image(content / "rootfs.ext4", {"/etc/rapat-version": f"{version}\n", **(files or {})})
+        ext4_image(content / "rootfs.ext4", {"/etc/rapat-version": f"{version}\n", **(files or {})}, size_mb)
         (content / "manifest.raucm").write_text(
-            f"[update]\ncompatible={compatible}\nversion={version}\n\n[bundle]\nformat=plain\n\n"
+            f"[update]\ncompatible={compatible}\nversion={version}\n\n[bundle]\nformat={fmt}\n\n"
             "[image.rootfs]\nfilename=rootfs.ext4\n")
         out.unlink(missing_ok=True)
         subprocess.run(["rauc", "bundle", f"--cert={cert}", f"--key={key}", str(content), str(out)], check=True,
@@ -95,6 +95,27 @@ def build_bundle(out: Path, version: str, cert: Path, key: Path, compatible: str
     return out
 
 
+def unsigned_bundle(out: Path, version: str = "9.9.9") -> Path:
+    """What a bundle is without its signature: the squashfs alone."""
+    content = Path(tempfile.mkdtemp(prefix="bundle-content-"))
+    try:
+        ext4_image(content / "rootfs.ext4", {"/etc/rapat-version": f"{version}\n"})
+        (content / "manifest.raucm").write_text(f"[update]\ncompatible={COMPATIBLE}\nversion={version}\n")
+        out.unlink(missing_ok=True)
+        subprocess.run(["mksquashfs", str(content), str(out), "-noappend", "-quiet"], check=True, capture_output=True)
+    finally:
+        shutil.rmtree(content, ignore_errors=True)
+    return out
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    with path.open("r+b") as handle:
+        handle.seek(offset)
+        value = handle.read(1)[0]
+        handle.seek(offset)
+        handle.write(bytes([value ^ 0xFF]))
+
+
 def read_file(image: Path, inside: str) -> str:
     """A file from an ext4 image, without mounting it."""
     result = subprocess.run(["debugfs", "-R", f"cat {inside}", str(image)], capture_output=True, text=True)
@@ -102,7 +123,7 @@ def read_file(image: Path, inside: str) -> str:
 
 
 class RaucDevice:
-    def __init__(self, keyring: Path, factory_version: str = "1.0.0") -> None:
+    def __init__(self, keyring: Path, factory_version: str = "1.0.0", slot_mb: int = SLOT_MB) -> None:
         missing = missing_tools()
         if missing:
             raise RuntimeError(f"the RAUC rig needs {', '.join(missing)} (apt: rauc rauc-service squashfs-tools "
@@ -119,7 +140,7 @@ class RaucDevice:
         self.booted = "A"
         for slot in ("A", "B"):
             ext4_image(self.dir / f"rootfs.{slot}.img", {"/etc/rapat-version": f"{factory_version}\n"} if slot == "A"
-                       else {})
+                       else {}, slot_mb)
         self.autoboot.write_text(tryboot.render("A", "A"))
         # RAUC passes no environment to its backend: the wrapper carries where the files are.
         backend = self.dir / "rauc-tryboot"

@@ -58,6 +58,7 @@ def test_an_update_is_fetched_installed_and_rebooted_into_when_idle() -> None:
     assert _software(core)["other_slot"] == "1.1.0" and _software(core)["update"]["phase"] == up.REBOOTING
     state = published(effects, "/state")[-1]
     assert state["software"]["update"]["phase"] == up.REBOOTING
+    assert core.status()["screen"] == "updating"  # "do not unplug the power" while it restarts
 
 
 def test_nothing_heavy_starts_in_a_meeting_and_the_reboot_waits_for_the_end() -> None:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 from appliance.core import io, led
 from appliance.core.clock import rfc3339
 from appliance.core.presentation import led_pattern, screen_name
-from appliance.core.transitions import IN_MEETING
+from appliance.core.transitions import IDLE, IN_MEETING
+from appliance.core.update import REBOOTING
 
 if TYPE_CHECKING:
     from appliance.core.machine import ApplianceCore
@@ -51,7 +52,10 @@ class OutputsFlow:
             "camera": self.health["camera"],
             "floor": floor["status"] if floor else None,
             "floor_mode": floor["mode"] if floor else None,
+            "update": self.update.payload() if self.update is not None else None,
         }
+        if screen == IDLE and self.update is not None and self.update.phase == REBOOTING:
+            screen = "updating"  # the restart into the new version (or back) is about to happen
         return screen, info
 
     def _state_payload(self: ApplianceCore) -> dict[str, Any]:

@@ -15,13 +15,17 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 SCREENS = ("idle", "meeting_available", "joining", "in_meeting", "leaving", "broker_unreachable",
-           "camera_missing", "program_reconnecting", "selftest", "provision_error", "not_provisioned")
+           "camera_missing", "program_reconnecting", "selftest", "provision_error", "not_provisioned", "updating")
 NOTICES = ("no_meeting", "hold_to_leave", "please_wait", "nothing_to_leave")
 
 TEXTS: dict[str, dict[str, str]] = {
     "id": {
         "idle": "Belum ada rapat",
         "idle_button": "Tombol belum berfungsi sampai ada rapat dari pusat",
+        "update_waiting": "Pembaruan perangkat lunak {version} sedang disiapkan; dipasang saat tidak ada rapat",
+        "update_trying": "Versi baru {version} sedang diperiksa",
+        "updating": "Memperbarui perangkat lunak…",
+        "updating_hint": "Jangan cabut listrik. Alat menyala lagi sendiri dalam beberapa menit.",
         "meeting_available": "Rapat tersedia",
         "press_to_join": "Tekan tombol untuk bergabung",
         "joining": "Bergabung ke rapat…",
@@ -65,6 +69,10 @@ TEXTS: dict[str, dict[str, str]] = {
     "en": {
         "idle": "No meeting",
         "idle_button": "The button does nothing until the centre starts a meeting",
+        "update_waiting": "Software update {version} is being prepared; it is installed when there is no meeting",
+        "update_trying": "New version {version} is being checked",
+        "updating": "Updating the software…",
+        "updating_hint": "Do not unplug the power. The device starts again by itself within a few minutes.",
         "meeting_available": "Meeting available",
         "press_to_join": "Press the button to join",
         "joining": "Joining the meeting…",
@@ -112,7 +120,7 @@ BACKGROUNDS = {
     "idle": (16, 36, 64), "meeting_available": (10, 90, 50), "joining": (16, 36, 64),
     "in_meeting": (16, 36, 64), "leaving": (16, 36, 64), "broker_unreachable": (120, 20, 20),
     "camera_missing": (130, 80, 0), "program_reconnecting": (130, 80, 0), "selftest": (40, 40, 40),
-    "provision_error": (130, 80, 0), "not_provisioned": (130, 80, 0),
+    "provision_error": (130, 80, 0), "not_provisioned": (130, 80, 0), "updating": (16, 36, 64),
 }
 # A TV test card's bars: any missing colour or wrong order shows a cabling or colour-format fault.
 CARD_BARS = ((235, 235, 235), (235, 235, 16), (16, 235, 235), (16, 235, 16), (235, 16, 235), (235, 16, 16),
@@ -250,7 +258,8 @@ def render(screen: str, info: dict[str, Any], language: str = "id", size: tuple[
     headline = {"idle": t("idle"), "meeting_available": t("meeting_available"), "joining": t("joining"),
                 "in_meeting": t("in_meeting"), "leaving": t("leaving"),
                 "broker_unreachable": t("broker_unreachable"), "camera_missing": t("camera_missing"),
-                "program_reconnecting": t("program_reconnecting"), "provision_error": t("provision_error")}[screen]
+                "program_reconnecting": t("program_reconnecting"), "provision_error": t("provision_error"),
+                "updating": t("updating")}[screen]
     # With a floor badge to fit, everything starts higher.
     y = canvas.line(headline, int(height * (0.14 if floor else 0.24)), 0.11, bold=True)
     title = info.get("title")
@@ -274,7 +283,12 @@ def render(screen: str, info: dict[str, Any], language: str = "id", size: tuple[
         "camera_missing": [t("camera_hint")],
         "program_reconnecting": [t("program_hint")],
         "provision_error": [t("provision_hint")],
+        "updating": [t("updating_hint")],
     }[screen]
+    update = info.get("update") or {}
+    if screen == "idle" and update.get("phase") in ("downloading", "verifying", "installing", "installed", "trying"):
+        key = "update_trying" if update["phase"] == "trying" else "update_waiting"
+        body = [*body, t(key, version=update.get("version", ""))]
     big_body = screen == "meeting_available"  # the one thing to do: make it impossible to miss
     for words in body:
         # A little smaller beside a floor badge, so the hint fits one row (still above the 1/20 minimum).

@@ -25,6 +25,7 @@ EXPECTED = {
     "program_reconnecting": ("program_reconnecting", "program_hint"),
     "provision_error": ("provision_error", "provision_hint"),
     "not_provisioned": ("not_provisioned", "not_provisioned_hint"),  # shown with no core: see not_provisioned.NotProvisioned
+    "updating": ("updating", "updating_hint"),
 }
 
 
@@ -56,6 +57,15 @@ def test_every_screen_says_what_it_must(screen, language):
         for b in boxes[i + 1:]:
             assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
     assert rendered.image.getpixel((2, SIZE[1] // 2)) == screens.BACKGROUNDS[screen]
+
+
+@pytest.mark.parametrize("language", ["id", "en"])
+def test_the_idle_screen_says_an_update_waits_for_a_free_moment(language):
+    waiting = {**INFO, "update": {"version": "1.4.2", "phase": "installed", "progress": 100}}
+    written = " ".join(screens.render("idle", waiting, language, SIZE, now=NOW).all_text().split())
+    assert screens.text(language, "update_waiting", version="1.4.2") in written
+    plain = " ".join(screens.render("idle", INFO, language, SIZE, now=NOW).all_text().split())
+    assert "1.4.2" not in plain
 
 
 def test_the_core_and_the_screens_agree_on_names():

@@ -13,7 +13,7 @@ import pytest
 from appliance.adapters.updater import Updater
 from appliance.core import io
 from appliance.core import update as up
-from appliance_dev.rauc_rig import build_bundle
+from appliance_dev.rauc_rig import build_bundle, unsigned_bundle
 
 
 def _fetch_effect(bundle: Path, url: str, version: str, **change) -> io.FetchUpdate:  # noqa: ANN003
@@ -92,10 +92,7 @@ def test_bad_bundles_are_refused_before_anything_is_written(device, device_confi
     if case == "other CA":
         build_bundle(root / name, version, other_keys.cert, other_keys.key)
     elif case == "unsigned":
-        import subprocess
-        (root / name).unlink(missing_ok=True)
-        subprocess.run(["mksquashfs", str(bundles), str(root / name), "-noappend", "-quiet"], check=True,
-                       capture_output=True)
+        unsigned_bundle(root / name, version)
     elif case == "wrong compatible":
         build_bundle(root / name, version, fleet_keys.cert, fleet_keys.key, compatible="other-product")
     else:
