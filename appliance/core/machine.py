@@ -62,6 +62,8 @@ class CoreSettings:
     site_name: str = ""
     topic_prefix: str = DEFAULT_TOPIC_PREFIX
     hold_s: float = 3.0
+    # Held this long while idle, the button starts the interactive self-test (the technician's way in).
+    selftest_hold_s: float = 10.0
     camera_enabled: bool = False
     display_enabled: bool = False
     version: str = "0.0.0"
@@ -127,6 +129,8 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow
         self._awaiting_store: dict[str, tuple[Command, CommandRejected | None]] = {}
         self._button_down_at: float | None = None
         self._hold_fired = False
+        self._long_hold_fired = False
+        self._pressed_in = IDLE
         self._state_deadline: float | None = None
         self._leave_reason = ""
         self.provision_problems: tuple[str, ...] = ()
@@ -190,6 +194,8 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow
         deadlines = [self._state_deadline, self._floor_deadline(), *self._update_deadlines()]
         if self._button_down_at is not None and not self._hold_fired:
             deadlines.append(self._button_down_at + self.settings.hold_s)
+        if self._button_down_at is not None and not self._long_hold_fired:
+            deadlines.append(self._button_down_at + self.settings.selftest_hold_s)
         if self._notice:
             deadlines.append(self._notice[1])
         if self.selftest:
@@ -204,6 +210,10 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow
         if self._button_down_at is not None and not self._hold_fired and now >= self._button_down_at + self.settings.hold_s:
             self._hold_fired = True
             self._on_hold()
+        if (self._button_down_at is not None and not self._long_hold_fired
+                and now >= self._button_down_at + self.settings.selftest_hold_s):
+            self._long_hold_fired = True
+            self._on_long_hold()
         if self._notice and now >= self._notice[1]:
             self._notice = None
         self._floor_tick(now)
@@ -327,6 +337,8 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow
         if self._button_down_at is None:
             self._button_down_at = self.clock.monotonic()
             self._hold_fired = False
+            self._long_hold_fired = False
+            self._pressed_in = self.state  # a hold that began in a meeting never becomes a self-test
 
     def _on_button_up(self, event: io.ButtonUp) -> None:
         run = self.selftest
@@ -377,6 +389,14 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow
             return
         self._event("button.press", result=result)
         self._take(step, context)
+
+    def _on_long_hold(self) -> None:
+        step = self._check("long_hold", {})
+        if step.action == "selftest_interactive" and self.selftest is None and self._pressed_in == IDLE:
+            self._event("button.hold", result="selftest", held_s=self.settings.selftest_hold_s)
+            self._button_down_at = None  # the release that follows belongs to nobody
+            self._hold_fired = self._long_hold_fired = False
+            self._take(step, {"reason": "button", "interactive": True})
 
     def _on_hold(self) -> None:
         step = self._check("hold", {})
@@ -545,6 +565,7 @@ ACTIONS: dict[str, Callable[[ApplianceCore, dict[str, Any]], None]] = {
     "begin_leave": ApplianceCore._begin_leave,
     "finish_leaving": ApplianceCore._finish_leaving,
     "selftest": SelftestFlow._start_selftest,
+    "selftest_interactive": SelftestFlow._start_selftest,  # context["interactive"] is set by _on_long_hold
     "floor_press": FloorFlow._floor_press,
     "floor_grant": FloorFlow._floor_grant,
     "floor_revoke": FloorFlow._floor_revoke,

@@ -28,7 +28,7 @@ STATES = (IDLE, MEETING_AVAILABLE, JOINING, IN_MEETING, LEAVING)
 
 TRIGGERS = (
     "start_new", "start_same", "end_current", "end_other", "join", "leave", "selftest", "ping", "update",
-    "press", "hold", "media_ready", "media_degraded", "left_meeting_goes_on", "left_no_meeting",
+    "press", "hold", "long_hold", "media_ready", "media_degraded", "left_meeting_goes_on", "left_no_meeting",
     "floor_grant", "floor_revoke", "floor_other",
 )
 
@@ -83,6 +83,8 @@ TRANSITIONS: dict[str, dict[str, Step]] = {
         "update": _stay(IDLE, "update"),
         "press": _stay(IDLE, "notice_no_meeting"),
         "hold": _stay(IDLE, "notice_nothing_to_leave"),
+        # The technician's way in, no login, no laptop: hold the button 10 s while idle.
+        "long_hold": _stay(IDLE, "selftest_interactive"),
         "media_ready": _stay(IDLE),
         "media_degraded": _stay(IDLE),
         "left_meeting_goes_on": _stay(IDLE),
@@ -103,6 +105,7 @@ TRANSITIONS: dict[str, dict[str, Step]] = {
         "update": _stay(MEETING_AVAILABLE, "update"),
         "press": Step(JOINING, "begin_join"),
         "hold": _stay(MEETING_AVAILABLE, "notice_nothing_to_leave"),
+        "long_hold": _stay(MEETING_AVAILABLE),
         "media_ready": _stay(MEETING_AVAILABLE),
         "media_degraded": _stay(MEETING_AVAILABLE),
         "left_meeting_goes_on": _stay(MEETING_AVAILABLE),
@@ -123,6 +126,7 @@ TRANSITIONS: dict[str, dict[str, Step]] = {
         "update": _stay(JOINING, "update"),
         "press": _stay(JOINING, "notice_hold_to_leave"),
         "hold": Step(LEAVING, "begin_leave"),
+        "long_hold": _stay(JOINING),
         "media_ready": Step(IN_MEETING, "enter_meeting"),
         "media_degraded": Step(IN_MEETING, "enter_meeting_degraded"),
         "left_meeting_goes_on": _stay(JOINING),
@@ -143,6 +147,7 @@ TRANSITIONS: dict[str, dict[str, Step]] = {
         "update": _stay(IN_MEETING, "update"),
         "press": _stay(IN_MEETING, "floor_press"),  # ask for the floor, or withdraw: see floor.py
         "hold": Step(LEAVING, "begin_leave"),
+        "long_hold": _stay(IN_MEETING),
         "media_ready": _stay(IN_MEETING),
         "media_degraded": _stay(IN_MEETING),
         "left_meeting_goes_on": _stay(IN_MEETING),
@@ -164,6 +169,7 @@ TRANSITIONS: dict[str, dict[str, Step]] = {
         "update": _stay(LEAVING, "update"),
         "press": _stay(LEAVING, "notice_please_wait"),
         "hold": _stay(LEAVING, "notice_nothing_to_leave"),
+        "long_hold": _stay(LEAVING),
         "media_ready": _stay(LEAVING),
         "media_degraded": _stay(LEAVING),
         # The meeting goes on without this site: offer it again.
