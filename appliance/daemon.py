@@ -29,6 +29,7 @@ from appliance.adapters.media import BackendUnavailable, create_camera, create_d
 from appliance.adapters.mqtt import DetachedLink, MqttLink
 from appliance.adapters.panel import Panel
 from appliance.adapters.probes import Probes
+from appliance.adapters.remote_ops import RemoteOps
 from appliance.adapters.storage import ReplayStore
 from appliance.adapters.systemd import Notifier
 from appliance.adapters.updater import Updater
@@ -106,7 +107,7 @@ class Daemon:
     def __init__(self, config: Config, *, clock: Clock | None = None, settings: CoreSettings | None = None,
                  mqtt: Factory | None = None, panel: Factory | None = None, camera: Factory | None = None,
                  display: Factory | None = None, probes: Factory | None = None, audio: Factory | None = None,
-                 updater: Factory | None = None) -> None:
+                 updater: Factory | None = None, remote_ops: Factory | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.loop = EventLoop(self._dispatch, self.clock.monotonic)
@@ -126,6 +127,7 @@ class Daemon:
         self.display = self._backend(display or create_display, "display")
         self.probes = (probes or Probes)(config, post)
         self.audio = (audio or AudioEngine)(config, post)
+        self.remote_ops = (remote_ops or RemoteOps)(config, post)
         self.updater = (updater or (lambda cfg, post: Updater(cfg, post, version=settings.version)))(config, post)
         if self.camera is not None:  # the uplink picks its microphone input by the engine's health
             self.camera.audio_engine = self.audio
@@ -160,6 +162,9 @@ class Daemon:
             io.CommitUpdate: lambda e: self.updater.commit(e),
             io.RollBackUpdate: lambda e: self.updater.roll_back(e),
             io.ForgetUpdate: lambda e: self.updater.forget(e),
+            io.ReadLogs: lambda e: self.remote_ops.read_logs(e),
+            io.TakeScreenshot: self._take_screenshot,
+            io.RequestReboot: lambda e: self.remote_ops.reboot(e),
         }
 
     @classmethod
@@ -336,6 +341,12 @@ class Daemon:
         self.panel.set_onair(effect.live)
         if self.camera is not None:
             self.camera.set_microphone(effect.live)
+
+    def _take_screenshot(self, effect: io.TakeScreenshot) -> None:
+        if self.display is None:  # configured, but the backend could not start
+            self.loop.post(io.ReplyData(effect.command_id, "screenshot", error="the display is not running"))
+        else:
+            self.display.screenshot(effect.command_id)
 
     def _probe_camera(self, effect: io.ProbeCamera) -> None:
         if self.camera is None:  # the core knows it is missing, but answer anyway: the run must end

@@ -49,7 +49,7 @@ CASES = {  # case name: (expected code, payload maker)
     "unsupported_version": ("unsupported_version", lambda key: {**key.command("ping"), "v": 2}),
     "bad_schema": ("bad_schema", lambda key: {k: v for k, v in key.command("ping").items() if k != "to"}),
     "bad_schema_body": ("bad_schema", lambda key: key.command("meeting.start", {"title": "no urls"})),
-    "unknown_type": ("unknown_type", lambda key: key.command("reboot")),
+    "unknown_type": ("unknown_type", lambda key: key.command("format-disk")),
     "bad_signature_other_key": ("bad_signature", lambda key: ConsoleKey().command("ping")),
     "bad_signature_unsigned": ("bad_signature", lambda key: key.command("ping", signed=False)),
     "bad_signature_tampered": ("bad_signature", lambda key: {**key.command("ping", to=["pesanggaran"]), "to": [SITE]}),

@@ -122,7 +122,7 @@ def test_daemon_unit_keeps_hardware_access() -> None:
     allowed = " ".join(unit_values(unit, "Service", "DeviceAllow"))
     for device_class in ("char-gpiochip", "char-video4linux", "char-media", "char-dma_heap", "char-drm", "char-alsa"):
         assert f"{device_class} rw" in allowed
-    assert unit_values(unit, "Service", "SupplementaryGroups") == ["gpio video render audio"]
+    assert unit_values(unit, "Service", "SupplementaryGroups") == ["gpio video render audio systemd-journal"]
     assert unit_values(unit, "Service", "User") == ["appliance"]
     assert unit_values(unit, "Service", "Type") == ["notify"]
     assert unit_values(unit, "Service", "Restart") == ["always"]

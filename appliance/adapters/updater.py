@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from appliance.adapters.remote_ops import reboot_request_path, request_reboot
 from appliance.adapters.storage import write_atomic
 from appliance.core import io
 from appliance.core import update as up
@@ -71,7 +72,7 @@ class Updater:
         self.rauc_config = config["update"]["rauc_config"]
         self.dir = Path(config["paths"]["state_dir"]) / "update"
         self.record_path = self.dir / "record.json"
-        self.reboot_request = Path(os.path.dirname(config["paths"]["control_socket"]) or ".") / "reboot-request"
+        self.reboot_request = reboot_request_path(config)
         self._trial = trial
         self._lock = threading.Lock()  # one step at a time
 
@@ -272,7 +273,7 @@ class Updater:
             return ""
 
     def _request_reboot(self, kind: str) -> None:
-        write_atomic(self.reboot_request, f"{kind}\n".encode(), mode=0o640)
+        request_reboot(self.reboot_request, kind)
 
     # --- RAUC -----------------------------------------------------------------------------------
     _last_error = ""

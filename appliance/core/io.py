@@ -133,6 +133,19 @@ class UpdateStepDone:
 
 
 @dataclass(frozen=True)
+class ReplyData:
+    """What an adapter gathered for a command that answers with data (`logs`, `screenshot`):
+    log lines, or bytes with their content type, or why there is nothing."""
+
+    command_id: str
+    command_type: str
+    lines: tuple[str, ...] | None = None
+    data: bytes | None = None
+    content_type: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class Publish:
     topic: str
     payload: dict[str, Any]
@@ -291,6 +304,31 @@ class ForgetUpdate:
 
 
 @dataclass(frozen=True)
+class ReadLogs:
+    """Read the device's journal (the appliance's units) since `since` (RFC 3339, or None), at most
+    `lines` lines; answer ReplyData."""
+
+    command_id: str
+    since: str | None
+    lines: int
+
+
+@dataclass(frozen=True)
+class TakeScreenshot:
+    """The picture the screen shows now, as JPEG; answer ReplyData."""
+
+    command_id: str
+
+
+@dataclass(frozen=True)
+class RequestReboot:
+    """Ask the root reboot unit for a reboot (`normal` or `tryboot`) after `delay_s` (the ack goes first)."""
+
+    kind: str = "normal"
+    delay_s: float = 2.0
+
+
+@dataclass(frozen=True)
 class Log:
     level: str  # debug | info | warning | error
     message: str
@@ -301,20 +339,22 @@ class Log:
 EVENTS = (
     BrokerConnected, BrokerDisconnected, MessageReceived, PublishDenied, PublishAcked, ButtonDown, ButtonUp,
     MediaStatus, HealthReport, TelemetryDue, CheckpointDue, ProvisionRejected, SelftestCheckDone, CommandStored,
-    SoftwareReport, UpdateProgress, UpdateStepDone,
+    SoftwareReport, UpdateProgress, UpdateStepDone, ReplyData,
 )
 EFFECTS = (
     Publish, SetLed, ShowScreen, StartUplink, StopUplink, StartProgram, StopProgram, SetMicrophone,
     DuckProgram, RememberCommand, NotifyStatus, RunProbes, ProbeCamera, SelftestDone, SaveUptime, Log,
     FetchUpdate, InstallUpdate, RebootForUpdate, CommitUpdate, RollBackUpdate, ForgetUpdate,
+    ReadLogs, TakeScreenshot, RequestReboot,
 )
 Event = (
     BrokerConnected | BrokerDisconnected | MessageReceived | PublishDenied | PublishAcked | ButtonDown | ButtonUp
     | MediaStatus | HealthReport | TelemetryDue | CheckpointDue | ProvisionRejected | SelftestCheckDone
-    | CommandStored | SoftwareReport | UpdateProgress | UpdateStepDone
+    | CommandStored | SoftwareReport | UpdateProgress | UpdateStepDone | ReplyData
 )
 Effect = (
     Publish | SetLed | ShowScreen | StartUplink | StopUplink | StartProgram | StopProgram | SetMicrophone
     | DuckProgram | RememberCommand | NotifyStatus | RunProbes | ProbeCamera | SelftestDone | SaveUptime | Log
     | FetchUpdate | InstallUpdate | RebootForUpdate | CommitUpdate | RollBackUpdate | ForgetUpdate
+    | ReadLogs | TakeScreenshot | RequestReboot
 )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.core import floor as fl
-from appliance.core import io, transitions
+from appliance.core import io, replies, transitions
 from appliance.core import selftest as st
 from appliance.core.clock import Clock, rfc3339
 from appliance.core.floor_flow import FloorFlow
@@ -323,7 +323,7 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow
             self._refuse(refusal)
             return
         self._log("info", f"command {command.id} ({command.type}) accepted")
-        self._take(step, {"body": command.body, "reason": command.type})
+        self._take(step, {"body": command.body, "reason": command.type, "command_id": command.id})
         self._ack(command.id, command.type)
 
     def _refuse(self, refusal: CommandRejected) -> None:
@@ -413,6 +413,8 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow
             return "end_current" if body["meeting_id"] == current else "end_other"
         if action in ("floor.grant", "floor.revoke"):
             return action.replace(".", "_") if body["meeting_id"] == current else "floor_other"
+        if action == "reboot":
+            return "reboot_forced" if body.get("force") else "reboot"
         return action
 
     def _check(self, action: str, body: dict[str, Any]) -> Step:
@@ -538,6 +540,38 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow
     def _media_summary(self) -> str:
         return f"uplink {self.health['uplink']}, program {self.health['program']}"
 
+    # --- remote operations (logs, screenshot, reboot) ------------------------------------------
+    def _send_logs(self, context: dict[str, Any]) -> None:
+        body = context["body"]
+        self._emit(io.ReadLogs(context["command_id"], body.get("since"), body.get("lines", replies.DEFAULT_LOG_LINES)))
+
+    def _send_screenshot(self, context: dict[str, Any]) -> None:
+        if not self.settings.display_enabled:
+            self._publish_reply(io.ReplyData(context["command_id"], "screenshot", error="no display (display.backend = none)"))
+            return
+        self._emit(io.TakeScreenshot(context["command_id"]))
+
+    def _reboot(self, context: dict[str, Any]) -> None:
+        forced = self.state in (JOINING, IN_MEETING, LEAVING)
+        self._log("warning", f"rebooting on the centre's command{' (forced, in a meeting)' if forced else ''}")
+        self._event("reboot.requested", forced=forced)
+        self._emit(io.RequestReboot("normal"))
+
+    def _on_reply_data(self, event: io.ReplyData) -> None:
+        self._publish_reply(event)
+
+    def _publish_reply(self, reply: io.ReplyData) -> None:
+        site, topic = self.settings.site_id, f"{self.topics.reply}/{reply.command_id}"
+        if reply.error:
+            chunks = replies.error_chunk(site, reply.command_id, reply.command_type, reply.error)
+        elif reply.lines is not None:
+            chunks = replies.line_chunks(site, reply.command_id, list(reply.lines), reply.command_type)
+        else:
+            chunks = replies.data_chunks(site, reply.command_id, reply.data or b"", reply.content_type,
+                                         reply.command_type)
+        for chunk in chunks:
+            self._emit(io.Publish(topic, chunk))
+
     # --- replay memory and answers --------------------------------------------------------------
     def _ack(self, command_id: str | None, command_type: str | None, code: str | None = None, message: str = "") -> None:
         payload: dict[str, Any] = {
@@ -570,6 +604,9 @@ ACTIONS: dict[str, Callable[[ApplianceCore, dict[str, Any]], None]] = {
     "floor_grant": FloorFlow._floor_grant,
     "floor_revoke": FloorFlow._floor_revoke,
     "update": UpdateFlow._accept_update,
+    "send_logs": ApplianceCore._send_logs,
+    "send_screenshot": ApplianceCore._send_screenshot,
+    "reboot": ApplianceCore._reboot,
     "notice_no_meeting": _notice("no_meeting"),
     "notice_nothing_to_leave": _notice("nothing_to_leave"),
     "notice_hold_to_leave": _notice("hold_to_leave"),
@@ -595,4 +632,5 @@ EVENT_HANDLERS: dict[type, Callable[[ApplianceCore, Any], None]] = {
     io.SoftwareReport: UpdateFlow._on_software_report,
     io.UpdateProgress: UpdateFlow._on_update_progress,
     io.UpdateStepDone: UpdateFlow._on_update_step_done,
+    io.ReplyData: ApplianceCore._on_reply_data,
 }

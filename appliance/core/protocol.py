@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from appliance.core.clock import parse_rfc3339, rfc3339
 from appliance.core.floor import FLOOR_MODES  # meeting.start's `floor`; absent = moderated
+from appliance.core.replies import DEFAULT_LOG_LINES, MAX_LOG_LINES
 from appliance.core.signing import sign_command, verify_command
 from appliance.core.update import body_problem as update_body_problem
 from appliance.core.urls import URL_SCHEMES, clean_url
@@ -34,10 +35,10 @@ SITE_KINDS = ("kecamatan", "desa", "other")
 # re-encoding it for the signature check would run out of recursion.
 MAX_JSON_DEPTH = 32
 COMMAND_TYPES = ("meeting.start", "meeting.end", "join", "leave", "selftest", "ping", "floor.grant", "floor.revoke",
-                 "update")
+                 "update", "logs", "screenshot", "reboot")
 MAX_TITLE_CHARS = 200
 # The last level of a site's own topics, and which of them the device publishes retained.
-DEVICE_TOPICS = ("state", "ack", "event", "telemetry", "uptime", "selftest")
+DEVICE_TOPICS = ("state", "ack", "event", "telemetry", "uptime", "selftest", "reply")
 RETAINED_DEVICE_TOPICS = ("state", "uptime", "selftest")
 
 # Error codes, in the order the checks run (invalid_state is the state machine's).
@@ -93,6 +94,7 @@ class Topics:
         self.telemetry = site_topic(prefix, site, "telemetry")
         self.uptime = site_topic(prefix, site, "uptime")
         self.selftest = site_topic(prefix, site, "selftest")
+        self.reply = site_topic(prefix, site, "reply")  # + "/<command id>": answers that carry data
         groups = ["all"] + ([kind] if kind in GROUPS else [])
         self.group_cmds = [group_command_topic(prefix, group) for group in groups]
 
@@ -308,6 +310,20 @@ def _check_body(command: Command, reject: Callable[[str, str], CommandRejected])
         problem = update_body_problem(body)
         if problem:
             raise reject(BAD_SCHEMA, problem)
+    elif command.type == "reboot" and not isinstance(body.get("force", False), bool):
+        raise reject(BAD_SCHEMA, f"body.force: expected true or false, got {_describe(body.get('force'))}")
+    elif command.type == "logs":
+        lines = body.get("lines", DEFAULT_LOG_LINES)
+        if not isinstance(lines, int) or isinstance(lines, bool) or not 1 <= lines <= MAX_LOG_LINES:
+            raise reject(BAD_SCHEMA, f"body.lines: expected a number of lines, 1..{MAX_LOG_LINES}")
+        since = body.get("since")
+        if since is not None:
+            try:
+                parse_rfc3339(since) if isinstance(since, str) else None
+            except ValueError:
+                since = 0
+            if not isinstance(since, str):
+                raise reject(BAD_SCHEMA, "body.since: expected an RFC 3339 time with offset, or null")
     for key, kind in required.items():
         if not isinstance(body.get(key), kind) or not body[key]:
             raise reject(BAD_SCHEMA, f"body.{key}: expected a non-empty string, got {_describe(body.get(key))}")

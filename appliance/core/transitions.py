@@ -28,7 +28,8 @@ STATES = (IDLE, MEETING_AVAILABLE, JOINING, IN_MEETING, LEAVING)
 
 TRIGGERS = (
     "start_new", "start_same", "end_current", "end_other", "join", "leave", "selftest", "ping", "update",
-    "press", "hold", "long_hold", "media_ready", "media_degraded", "left_meeting_goes_on", "left_no_meeting",
+    "press", "hold", "long_hold", "logs", "screenshot", "reboot", "reboot_forced",
+    "media_ready", "media_degraded", "left_meeting_goes_on", "left_no_meeting",
     "floor_grant", "floor_revoke", "floor_other",
 )
 
@@ -49,6 +50,9 @@ class Step:
 
 class UnknownTransition(LookupError):
     pass
+
+
+REBOOT_IN_MEETING = "the site is in a meeting; send force to reboot anyway"
 
 
 def _stay(state: str, action: str = "") -> Step:
@@ -85,6 +89,10 @@ TRANSITIONS: dict[str, dict[str, Step]] = {
         "hold": _stay(IDLE, "notice_nothing_to_leave"),
         # The technician's way in, no login, no laptop: hold the button 10 s while idle.
         "long_hold": _stay(IDLE, "selftest_interactive"),
+        "logs": _stay(IDLE, "send_logs"),
+        "screenshot": _stay(IDLE, "send_screenshot"),
+        "reboot": _stay(IDLE, "reboot"),
+        "reboot_forced": _stay(IDLE, "reboot"),
         "media_ready": _stay(IDLE),
         "media_degraded": _stay(IDLE),
         "left_meeting_goes_on": _stay(IDLE),
@@ -106,6 +114,10 @@ TRANSITIONS: dict[str, dict[str, Step]] = {
         "press": Step(JOINING, "begin_join"),
         "hold": _stay(MEETING_AVAILABLE, "notice_nothing_to_leave"),
         "long_hold": _stay(MEETING_AVAILABLE),
+        "logs": _stay(MEETING_AVAILABLE, "send_logs"),
+        "screenshot": _stay(MEETING_AVAILABLE, "send_screenshot"),
+        "reboot": _stay(MEETING_AVAILABLE, "reboot"),
+        "reboot_forced": _stay(MEETING_AVAILABLE, "reboot"),
         "media_ready": _stay(MEETING_AVAILABLE),
         "media_degraded": _stay(MEETING_AVAILABLE),
         "left_meeting_goes_on": _stay(MEETING_AVAILABLE),
@@ -127,6 +139,10 @@ TRANSITIONS: dict[str, dict[str, Step]] = {
         "press": _stay(JOINING, "notice_hold_to_leave"),
         "hold": Step(LEAVING, "begin_leave"),
         "long_hold": _stay(JOINING),
+        "logs": _stay(JOINING, "send_logs"),
+        "screenshot": _stay(JOINING, "send_screenshot"),
+        "reboot": _refuse(JOINING, REBOOT_IN_MEETING),
+        "reboot_forced": _stay(JOINING, "reboot"),
         "media_ready": Step(IN_MEETING, "enter_meeting"),
         "media_degraded": Step(IN_MEETING, "enter_meeting_degraded"),
         "left_meeting_goes_on": _stay(JOINING),
@@ -148,6 +164,10 @@ TRANSITIONS: dict[str, dict[str, Step]] = {
         "press": _stay(IN_MEETING, "floor_press"),  # ask for the floor, or withdraw: see floor.py
         "hold": Step(LEAVING, "begin_leave"),
         "long_hold": _stay(IN_MEETING),
+        "logs": _stay(IN_MEETING, "send_logs"),
+        "screenshot": _stay(IN_MEETING, "send_screenshot"),
+        "reboot": _refuse(IN_MEETING, REBOOT_IN_MEETING),
+        "reboot_forced": _stay(IN_MEETING, "reboot"),
         "media_ready": _stay(IN_MEETING),
         "media_degraded": _stay(IN_MEETING),
         "left_meeting_goes_on": _stay(IN_MEETING),
@@ -170,6 +190,10 @@ TRANSITIONS: dict[str, dict[str, Step]] = {
         "press": _stay(LEAVING, "notice_please_wait"),
         "hold": _stay(LEAVING, "notice_nothing_to_leave"),
         "long_hold": _stay(LEAVING),
+        "logs": _stay(LEAVING, "send_logs"),
+        "screenshot": _stay(LEAVING, "send_screenshot"),
+        "reboot": _refuse(LEAVING, REBOOT_IN_MEETING),
+        "reboot_forced": _stay(LEAVING, "reboot"),
         "media_ready": _stay(LEAVING),
         "media_degraded": _stay(LEAVING),
         # The meeting goes on without this site: offer it again.

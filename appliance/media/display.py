@@ -12,6 +12,7 @@ posted as `MediaStatus("program", ...)`.
 from __future__ import annotations
 
 import datetime as dt
+import io as io_bytes
 import logging
 import os
 import queue
@@ -24,9 +25,11 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo
 
+from PIL import Image
+
 from appliance.adapters.media import BackendUnavailable
 from appliance.core.backoff import Backoff
-from appliance.core.io import HealthReport, MediaStatus
+from appliance.core.io import HealthReport, MediaStatus, ReplyData
 from appliance.core.urls import PROGRAM_SCHEMES, clean_url, redact_text, redact_url
 from appliance.media import audio_route, screens
 from appliance.media.frames import FrameSink
@@ -120,6 +123,10 @@ class VlcDisplay:
         """`audio.echo = duck`: the program `audio.duck_db` quieter while the site speaks."""
         self._commands.put(("duck", ducked))
 
+    def screenshot(self, command_id: str) -> None:
+        """The picture on the screen now, as JPEG, posted as ReplyData (the `screenshot` command)."""
+        self._commands.put(("shot", command_id))
+
     def close(self) -> None:
         if self._thread.is_alive():
             self._commands.put(("close",))
@@ -210,12 +217,31 @@ class VlcDisplay:
         elif command[0] == "duck":
             self.ducked = command[1]
             self._apply_volume()
+        elif command[0] == "shot":
+            self._post(ReplyData(command[1], "screenshot", **self._screenshot()))
         elif command[0] == "stop":
             self._stop_probe()
             self.url = None
             self.player.stop()  # the centre must see us leave now, before any screen is drawn
             self._set_status("idle", "stopped")
             self._show_current_screen()
+
+    def _screenshot(self) -> dict[str, Any]:
+        """What the screen shows: the last frame decoded (headless), or VLC's own snapshot of its output."""
+        try:
+            if self.sink is not None:
+                picture = self.sink.picture()
+            else:
+                path = os.path.join(self._workdir, "screenshot.png")
+                if self.player.video_take_snapshot(0, path, self.size[0], self.size[1]) != 0:
+                    return {"error": "VLC took no snapshot (nothing on the screen yet?)"}
+                with Image.open(path) as taken:
+                    picture = taken.convert("RGB")
+            out = io_bytes.BytesIO()
+            picture.save(out, "JPEG", quality=80)
+            return {"data": out.getvalue(), "content_type": "image/jpeg"}
+        except (OSError, ValueError) as exc:
+            return {"error": f"no screenshot: {exc}"}
 
     def _apply_volume(self) -> None:
         volume = audio_route.duck_volume(float(self.config["audio"]["duck_db"])) if self.ducked else 100
