@@ -12,14 +12,14 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from appliance import wifi
 from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, SITE_ID, SITE_KINDS, topic_prefix_problem
 from appliance.core.signing import public_key_from_base64
 
 DEFAULT_FILES = ("/etc/appliance/appliance.toml", "/var/lib/appliance/site.toml")
 # The per-site file comes from the SD card's boot partition, which anyone holding the card can edit:
 # it may set only these keys (None: the whole section); the rest, and any plain mqtt:// broker, only
-# the image's file may set (docs/security.md). There is no [wifi] section yet; if one is added, it is
-# allowed here.
+# the image's file may set (docs/security.md). `[wifi]` is the site's own network (appliance/wifi.py).
 SITE_FILE = DEFAULT_FILES[1]
 SITE_FILE_KEYS: dict[str, frozenset[str] | None] = {
     "site": None,
@@ -170,6 +170,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "control_socket": Key(str, "/run/appliance/control.sock"),
     },
     "time": {"timezone": Key(str, "Asia/Jakarta", _timezone)},
+    # Sites without a cable (appliance/wifi.py): applied by provisioning as a NetworkManager connection.
+    "wifi": {
+        "ssid": Key(str, "", wifi.ssid_problem),
+        "psk": Key(str, "", wifi.psk_problem),
+        "country": Key(str, "ID", wifi.country_problem),
+        "hidden": Key(bool, False),
+    },
 }
 
 SIMULATE_BACKENDS = {("panel", "backend"): "mock", ("camera", "backend"): "testsrc", ("display", "backend"): "vlc",
@@ -297,6 +304,9 @@ def _cross_checks(config: Config) -> list[str]:
         problems.append(f"{config.where('broker', tls_files[0])}: broker.{tls_files[0]}: "
                         "TLS files need an mqtts:// broker.url")
     problems.extend(_panel_pin_problems(config))
+    wifi_settings = config["wifi"]
+    if wifi_settings.get("psk") and not wifi_settings.get("ssid"):
+        problems.append(f"{config.where('wifi', 'psk')}: wifi.psk: set wifi.ssid too (the network's name)")
     return problems
 
 

@@ -31,6 +31,7 @@ import os
 import pwd
 import re
 import socket
+import subprocess
 import sys
 import tempfile
 import tomllib
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import config as appliance_config
+from appliance import wifi
 
 BOOT_FILE = "/boot/firmware/appliance-site.toml"
 TARGET = "/var/lib/appliance/site.toml"
@@ -50,7 +52,8 @@ SITE_FILE_MODE = 0o640
 HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$",
                        re.IGNORECASE)
 PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----", re.DOTALL)
-PASSWORD_LINE = re.compile(r"^\s*(broker\s*\.\s*)?password\s*=")
+# The broker password and the Wi-Fi passphrase: the secrets a site file may carry.
+PASSWORD_LINE = re.compile(r"^\s*((broker\s*\.\s*)?password|(wifi\s*\.\s*)?psk)\s*=")
 PASSWORD_REMOVED = "# password removed from the boot partition after provisioning (the device keeps it)"
 CONTENT_REMOVED = ("# This site file was applied. Its contents were removed from the boot partition because\n"
                    "# they held the broker password; the device keeps them in /var/lib/appliance/site.toml.\n")
@@ -196,13 +199,16 @@ def secure_installed(target: Path, owner: tuple[int, int] | None) -> None:
 
 
 def redact(text: str) -> str:
-    """The site file without its broker password (line by line; the whole text if that is not enough)."""
+    """The site file without its broker password and Wi-Fi passphrase (line by line; the whole text if
+    that is not enough)."""
     redacted = "\n".join(PASSWORD_REMOVED if PASSWORD_LINE.match(line) else line for line in text.split("\n"))
     try:
-        broker = tomllib.loads(redacted).get("broker")
+        document = tomllib.loads(redacted)
     except tomllib.TOMLDecodeError:
         return CONTENT_REMOVED
-    return CONTENT_REMOVED if isinstance(broker, dict) and "password" in broker else redacted
+    broker, wifi_section = document.get("broker"), document.get("wifi")
+    left = (isinstance(broker, dict) and "password" in broker) or (isinstance(wifi_section, dict) and "psk" in wifi_section)
+    return CONTENT_REMOVED if left else redacted
 
 
 def scrub_applied(applied: Path) -> bool:
@@ -235,15 +241,40 @@ def install(boot_file: Path, target: Path, owner: tuple[int, int] | None) -> Pat
     return applied
 
 
-def installed_site_id(target: Path, base_file: Path) -> str | None:
+def installed_config(target: Path, base_file: Path) -> appliance_config.Config | None:
     if not target.exists():
         return None
     paths = ([str(base_file)] if base_file.exists() else []) + [str(target)]
     try:
-        return appliance_config.load(paths)["site"]["id"]
+        return appliance_config.load(paths)
     except appliance_config.ConfigError as exc:
         log(f"installed {target} is not valid any more: {'; '.join(exc.problems)}")
         return None
+
+
+def apply_wifi(settings: dict[str, Any], etc: Path, live: bool) -> str:
+    """Write (or remove) the site's Wi-Fi connection; tell NetworkManager when running for real."""
+    path = etc / wifi.KEYFILE
+    wanted = wifi.keyfile(settings) if settings.get("ssid") else None
+    current = path.read_text() if path.exists() else None
+    if wanted == current:
+        return "Wi-Fi unchanged" if wanted else "no Wi-Fi configured (cable)"
+    if wanted is None:
+        path.unlink()
+        message = "Wi-Fi connection removed (cable)"
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, wanted.encode(), 0o600, None)  # root's: it holds the passphrase
+        message = f"Wi-Fi connection to {settings['ssid']!r} written ({path})"
+    if live:
+        steps = [["nmcli", "connection", "reload"]] + ([["nmcli", "connection", "up", wifi.CONNECTION_ID]] if wanted else [])
+        for argv in steps:
+            try:
+                subprocess.run(argv, capture_output=True, timeout=30, check=True)
+            except (OSError, subprocess.SubprocessError) as exc:
+                message += f"; {' '.join(argv)} failed ({exc}): NetworkManager applies it at the next boot"
+                break
+    return message
 
 
 def apply_hostname(site_id: str, etc: Path, live: bool) -> str:
@@ -299,11 +330,12 @@ def provision(boot_file: Path, target: Path, base_file: Path, etc: Path, set_hos
             log(f"installed {boot_file} as {target}; original renamed to {applied.name}, without the password")
     else:
         log(f"no new site file at {boot_file}")
-    site_id = installed_site_id(target, base_file)
-    if site_id is None:
+    config = installed_config(target, base_file)
+    if config is None:
         log(f"no valid site configuration at {target}; copy appliance-site.toml to the boot partition")
     else:
-        log(f"hostname {apply_hostname(site_id, etc, set_hostname)}")
+        log(f"hostname {apply_hostname(config['site']['id'], etc, set_hostname)}")
+        log(apply_wifi(config["wifi"], etc, set_hostname))
     return status
 
 

@@ -1,0 +1,61 @@
+"""Wi-Fi for sites without a cable: `[wifi]` in the site file, applied by provisioning with the OS's
+own tooling (a NetworkManager keyfile, Raspberry Pi OS bookworm's network manager), then reloaded.
+
+    [wifi]
+    ssid = "Kantor Desa"        # 1-32 bytes
+    psk = "rahasia123"          # WPA2/WPA3-personal: 8-63 characters, or 64 hex digits; "" = open network
+    country = "ID"              # regulatory domain (two letters)
+    hidden = false
+
+Pure functions: the checks (config.py uses them, so `appliance check-config` names every problem) and
+the keyfile's text. provision.py writes it (root, 0600: it holds the passphrase).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+CONNECTION_ID = "rapat-wifi"
+KEYFILE = f"NetworkManager/system-connections/{CONNECTION_ID}.nmconnection"
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def ssid_problem(value: str) -> str | None:
+    size = len(value.encode("utf-8"))
+    if value and not 1 <= size <= 32:
+        return f"must be 1-32 bytes (this one is {size})"
+    if any(ord(char) < 32 for char in value):
+        return "must not contain control characters"
+    return None
+
+
+def psk_problem(value: str) -> str | None:
+    if not value or _HEX64.match(value):
+        return None
+    if not 8 <= len(value) <= 63:
+        return f"a WPA passphrase is 8-63 characters (this one has {len(value)}), or 64 hex digits"
+    if not all(32 <= ord(char) <= 126 for char in value):
+        return "a WPA passphrase is printable ASCII only"
+    return None
+
+
+def country_problem(value: str) -> str | None:
+    return None if re.fullmatch(r"[A-Z]{2}", value) else f"{value!r} must be a two-letter country code such as ID"
+
+
+def _escape(value: str) -> str:
+    """A keyfile value: GLib key files take backslash escapes; no raw newlines or leading spaces."""
+    text = value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+    return "\\s" + text[1:] if text.startswith(" ") else text
+
+
+def keyfile(wifi: dict[str, Any]) -> str:
+    lines = ["# Written by appliance-provision from [wifi] in the site file; do not edit.",
+             "[connection]", f"id={CONNECTION_ID}", "type=wifi", "autoconnect=true", "autoconnect-retries=0", "",
+             "[wifi]", "mode=infrastructure", f"ssid={_escape(wifi['ssid'])}",
+             f"hidden={'true' if wifi.get('hidden') else 'false'}", ""]
+    if wifi.get("psk"):
+        lines += ["[wifi-security]", "key-mgmt=wpa-psk", f"psk={_escape(wifi['psk'])}", ""]
+    lines += ["[ipv4]", "method=auto", "", "[ipv6]", "method=auto", ""]
+    return "\n".join(lines)
