@@ -257,6 +257,12 @@ def apply_wifi(settings: dict[str, Any], etc: Path, live: bool) -> str:
     path = etc / wifi.KEYFILE
     wanted = wifi.keyfile(settings) if settings.get("ssid") else None
     current = path.read_text() if path.exists() else None
+    country = etc / wifi.COUNTRY_FILE
+    if wanted is None:
+        country.unlink(missing_ok=True)
+    elif not country.exists() or country.read_text() != wifi.country_conf(settings):
+        country.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(country, wifi.country_conf(settings).encode(), 0o644, None)
     if wanted == current:
         return "Wi-Fi unchanged" if wanted else "no Wi-Fi configured (cable)"
     if wanted is None:

@@ -18,6 +18,8 @@ from typing import Any
 
 CONNECTION_ID = "rapat-wifi"
 KEYFILE = f"NetworkManager/system-connections/{CONNECTION_ID}.nmconnection"
+# The regulatory domain (which channels and power are legal) is the kernel's, set when cfg80211 loads.
+COUNTRY_FILE = "modprobe.d/rapat-wifi-country.conf"
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
@@ -48,6 +50,11 @@ def _escape(value: str) -> str:
     """A keyfile value: GLib key files take backslash escapes; no raw newlines or leading spaces."""
     text = value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
     return "\\s" + text[1:] if text.startswith(" ") else text
+
+
+def country_conf(wifi: dict[str, Any]) -> str:
+    return ("# Written by appliance-provision from wifi.country in the site file.\n"
+            f"options cfg80211 ieee80211_regdom={wifi.get('country', 'ID')}\n")
 
 
 def keyfile(wifi: dict[str, Any]) -> str:

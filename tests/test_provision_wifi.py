@@ -26,6 +26,7 @@ def test_wifi_settings_become_a_root_only_networkmanager_connection(tree: Path) 
     assert parsed["wifi"]["ssid"] == "Kantor Desa Kalibaru"
     assert parsed["wifi-security"]["key-mgmt"] == "wpa-psk" and parsed["wifi-security"]["psk"] == "rahasia-desa-123"
     assert "Wi-Fi connection to 'Kantor Desa Kalibaru' written" in result.stderr
+    assert "ieee80211_regdom=ID" in (tree / "etc/modprobe.d/rapat-wifi-country.conf").read_text()
     applied = (tree / "boot/appliance-site.toml.applied").read_text()
     assert "rahasia-desa-123" not in applied and "s3cret" not in applied  # the card keeps no secret
 
@@ -36,6 +37,7 @@ def test_removing_the_section_removes_the_connection(tree: Path) -> None:  # noq
     (tree / "boot/appliance-site.toml").write_text(GOOD)  # the site got a cable
     result = provision(tree)
     assert result.returncode == 0 and not (tree / KEYFILE).exists() and "removed (cable)" in result.stderr
+    assert not (tree / "etc/modprobe.d/rapat-wifi-country.conf").exists()
 
 
 @pytest.mark.parametrize(("wifi", "words"), [
