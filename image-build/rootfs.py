@@ -14,6 +14,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from imagelib import BuildError, Cleanup, Partition, mount, run
 
@@ -30,6 +31,9 @@ WHEEL_PLATFORMS = [f"manylinux_2_{minor}_aarch64" for minor in range(36, 16, -1)
 OVERLAY_INIT = "/usr/lib/rapat-appliance/overlay-init"
 DATA_LABEL = "rapat-data"
 UNPROVISIONED_HOSTNAME = "rapat-unprovisioned"
+# Console scripts with a launcher in the venv's bin/: the technician's command and RAUC's boot-chooser
+# (system.conf bootloader-custom-backend=/opt/rapat-appliance/bin/rapat-tryboot).
+LAUNCHERS = ("appliance", "rapat-tryboot")
 ENABLE = ["appliance.service", "appliance-provision.service", "appliance-audio.service", "appliance-reboot.path"]
 # The audio engine's launcher and configuration (systemd/audio/; see appliance-audio.service).
 AUDIO_ENGINE = "/usr/lib/rapat-appliance/audio-engine"
@@ -123,7 +127,11 @@ def install_python(root: Path, repo: Path, wheel_cache: Path, epoch: int) -> dic
         wheel_cache.mkdir(parents=True, exist_ok=True)
         target = ["--only-binary=:all:", "--python-version", PYTHON_VERSION, "--implementation", "cp"]
         target += [arg for platform in WHEEL_PLATFORMS for arg in ("--platform", platform)]
-        _pip("download", "--quiet", *target, "-d", wheel_cache, *requirements, env=env)
+        try:  # everything already in the cache: no index needed (and no network)
+            _pip("download", "--quiet", "--no-index", "--find-links", wheel_cache, *target, "-d", wheel_cache,
+                 *requirements, env=env)
+        except BuildError:
+            _pip("download", "--quiet", *target, "-d", wheel_cache, *requirements, env=env)
         site = root / SITE_PACKAGES.lstrip("/")
         _pip("install", "--quiet", "--no-index", "--no-compile", "--find-links", wheel_cache, "--find-links", local,
              *target, "--target", site, wheel.name.split("-")[0].replace("_", "-"), env=env)
@@ -137,9 +145,10 @@ def install_python(root: Path, repo: Path, wheel_cache: Path, epoch: int) -> dic
         link = venv / "bin" / name
         link.unlink(missing_ok=True)
         link.symlink_to(points_to)
-    launcher = venv / "bin/appliance"
-    launcher.write_text(f"#!{VENV}/bin/python\nimport sys\nfrom appliance.cli import main\nsys.exit(main())\n")
-    launcher.chmod(0o755)
+    for name, (module, function) in _entry_points(site, LAUNCHERS).items():
+        launcher = venv / "bin" / name
+        launcher.write_text(f"#!{VENV}/bin/python\nimport sys\nfrom {module} import {function}\nsys.exit({function}())\n")
+        launcher.chmod(0o755)
     # Technicians type `appliance status`; /usr/local/bin is on everyone's PATH.
     command = root / "usr/local/bin/appliance"
     command.parent.mkdir(parents=True, exist_ok=True)
@@ -151,6 +160,22 @@ def install_python(root: Path, repo: Path, wheel_cache: Path, epoch: int) -> dic
             "-s", root, "-p", "/", site, env=env)
     return {match.group(1): match.group(2) for match in
             (re.match(r"(.+)-([^-]+)\.dist-info$", entry.name) for entry in site.iterdir()) if match}
+
+
+def _entry_points(site: Path, names: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """{name: (module, function)} of the appliance's console scripts `names`, from its dist-info."""
+    dist_info = next(site.glob(f"{DIST_NAME}-*.dist-info"))
+    parser = configparser.ConfigParser(delimiters=("=",), interpolation=None)
+    parser.optionxform = str
+    parser.read(dist_info / "entry_points.txt")
+    scripts = parser["console_scripts"] if parser.has_section("console_scripts") else {}
+    found = {}
+    for name in names:
+        if name not in scripts:
+            raise BuildError(f"{dist_info.name}/entry_points.txt has no console script {name!r} (pyproject.toml)")
+        module, _, function = scripts[name].strip().partition(":")
+        found[name] = (module, function)
+    return found
 
 
 def is_dev_tool(path: str) -> bool:
@@ -207,7 +232,9 @@ def _unit_exists(root: Path, unit: str) -> bool:
     return any((root / directory / unit).exists() for directory in UNIT_DIRS)
 
 
-def install_system(root: Path, repo: Path, defaults: Path | None, read_only: bool, epoch: int) -> list[str]:
+def install_system(root: Path, repo: Path, defaults: Path | None, read_only: bool, epoch: int,
+                   layout: Any = None) -> list[str]:
+    """`layout`: the A/B layout (abimage.Layout), or None for the single-root image."""
     units = repo / "systemd"
     for unit in [*units.glob("*.service"), *units.glob("*.path")]:
         _install(unit, root / "usr/lib/systemd/system" / unit.name, 0o644)
@@ -242,7 +269,7 @@ def install_system(root: Path, repo: Path, defaults: Path | None, read_only: boo
     changes = [f"enabled {unit}" for unit in ENABLE] + [f"masked {unit}" for unit in masked]
     (root / "etc/hostname").write_text(f"{UNPROVISIONED_HOSTNAME}\n")
     changes.append(f"hostname {UNPROVISIONED_HOSTNAME} until provisioned (then rapat-<site id>)")
-    changes += _fstab(root, read_only)
+    changes += _fstab(root, read_only, layout)
     if read_only:
         _install(repo / "image-build/overlay-init", root / OVERLAY_INIT.lstrip("/"), 0o755)
         for mount_point in ("media/root-ro", "media/root-rw"):
@@ -270,9 +297,15 @@ def _group_id(root: Path, name: str) -> int:
     raise BuildError(f"group {name} missing in the image after systemd-sysusers")
 
 
-def _fstab(root: Path, read_only: bool) -> list[str]:
+def _fstab(root: Path, read_only: bool, layout: Any = None) -> list[str]:
     fstab = root / "etc/fstab"
     lines = fstab.read_text().splitlines() if fstab.exists() else []
+    if layout is not None:
+        import abimage
+
+        out, changes = abimage.fstab_lines(layout, lines, DATA_LABEL)
+        fstab.write_text("\n".join(out) + "\n")
+        return changes
     changes, out = [], []
     for line in lines:
         fields = line.split()

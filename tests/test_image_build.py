@@ -1,7 +1,11 @@
 """image-build/build-image run for real on synthetic Raspberry Pi OS-shaped images.
 
 Fast tests use a stand-in root of plain files (no ARM code runs): bad inputs, cleanup on failure and
-on SIGTERM, and the contents of normal and --read-only-root images. The slow ones (`make test-slow`)
+on SIGTERM, the contents of A/B (default), A/B --read-only-root and single-layout images, and the A/B
+parts: partition table, autoboot.txt, cmdline.txt per slot, RAUC's system.conf, the generated
+/boot/firmware mount, the signed bundle and its manifest (checked with real `rauc info`), and a plain
+bundle of the build installed into slot B by real `rauc service` with the image's own system.conf,
+boot-chooser and post-install handler (slots as files). The slow ones (`make test-slow`)
 build twice from a real Debian bookworm arm64 root (debootstrap, cached), install a Debian package
 with apt in the qemu chroot, compare the two root trees, run the provisioning flow and the
 read-only-root init inside the image under qemu-user-static.
@@ -22,9 +26,11 @@ from typing import Any
 
 import pytest
 
+from appliance.adapters import tryboot
+from appliance.console import update_keys
 from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, site_topic
 from appliance_dev.localnet import free_port
-from tests.image_support import inspect, qemu, synthetic
+from tests.image_support import inspect, qemu, raucdev, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "image-build/build-image"
@@ -75,14 +81,37 @@ def snapshot(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stand_in_images(tmp_path_factory, stand_in_base, snapshot) -> dict[str, Path]:
+def update_pki(tmp_path_factory) -> dict[str, Path]:
+    """The console's update CA and signing certificate (`appliance-console update keys`), and a stranger's."""
+    work = tmp_path_factory.mktemp("update-pki")
+    ca, ca_key = update_keys.make_update_ca()
+    cert, key = update_keys.make_signing_cert(ca, ca_key)
+    other_ca, _ = update_keys.make_update_ca()
+    files = {"ca": ca, "signing": cert, "signing-key": key, "other-ca": other_ca}
+    for name, data in files.items():
+        (work / f"{name}.pem").write_bytes(data)
+    return {name: work / f"{name}.pem" for name in files}
+
+
+RO_VERSION = "0.2.0"  # the read-only build is given a --version and a plain bundle
+GROW_MB, DATA_MB = 128, 64  # smaller than the defaults (512, 256): four builds, two bundles, in seconds
+SMALL = ["--root-grow-mb", str(GROW_MB), "--data-mb", str(DATA_MB)]
+
+
+@pytest.fixture(scope="module")
+def stand_in_images(tmp_path_factory, stand_in_base, snapshot, update_pki) -> dict[str, Path]:
     base, sha = stand_in_base
+    keyring = ["--update-keyring", str(update_pki["ca"])]
+    signing = ["--update-cert", str(update_pki["signing"]), "--update-key", str(update_pki["signing-key"])]
     outs = {}
-    for kind, extra in (("rw", []), ("rw-again", []), ("ro", ["--read-only-root"])):
+    for kind, extra in (("rw", keyring + signing), ("rw-again", keyring),
+                        ("ro", ["--read-only-root", "--bundle-format", "plain", "--version", RO_VERSION,
+                                *keyring, *signing]),
+                        ("single", ["--layout", "single", "--read-only-root"])):
         out = tmp_path_factory.mktemp(f"out-{kind}")
-        result = build(base, sha, out, "--apt-packages", "", *extra, tool=snapshot)
+        result = build(base, sha, out, "--apt-packages", "", *SMALL, *extra, tool=snapshot)
         assert result.returncode == 0, result.stderr
-        assert "[7/7" in result.stderr  # progress is shown
+        assert re.search(r"\[(\d)/\1 ", result.stderr)  # progress is shown, to the last step
         outs[kind] = out
     return outs
 
@@ -172,7 +201,7 @@ def _elf_machine(path: Path) -> int:
 
 
 def test_outputs_checksum_and_manifest(stand_in_images, stand_in_base) -> None:
-    out = stand_in_images["rw"]
+    out = stand_in_images["rw-again"]  # built without --update-cert: no bundle (see the bundle's own test)
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"{NAME}.img.xz", f"{NAME}.img.xz.sha256", f"{NAME}.manifest.json"]
         + ([f"{NAME}.img.bmap"] if shutil.which("bmaptool") else []))
@@ -190,10 +219,10 @@ def test_image_holds_units_users_permissions_and_config(stand_in_images, stand_i
     with inspect.opened(stand_in_images["rw"] / f"{NAME}.img.xz", tmp_path) as image:
         root = image.root
         base_root_size = inspect.partitions(stand_in_base[0])[1]["size"]
-        assert [p["type"] for p in image.partitions] == ["c", "83"]
-        assert image.partitions[1]["size"] == base_root_size + 512 * 2048  # --root-grow-mb 512
+        assert [p["type"] for p in image.partitions] == ["e", "c", "c", "5", "83", "83", "83"]
+        assert image.partition(5)["size"] == base_root_size + GROW_MB * 2048  # --root-grow-mb
         assert "dtparam=watchdog=on" in image.boot_file("config.txt")
-        assert "init=/usr/lib/raspberrypi-sys-mods/firstboot" in image.boot_file("cmdline.txt")
+        assert "firstboot" not in image.boot_file("cmdline.txt")  # it would grow p7 and renumber the disk
 
         for unit in ("appliance.service", "appliance-provision.service", "appliance-audio.service"):
             assert (root / "usr/lib/systemd/system" / unit).read_text() == (source / "systemd" / unit).read_text()
@@ -225,13 +254,19 @@ def test_image_holds_units_users_permissions_and_config(stand_in_images, stand_i
         assert (state.st_mode & 0o777, state.st_uid, state.st_gid) == (0o750, uid, gid)
 
         fstab = (root / "etc/fstab").read_text()
-        assert any("/boot/firmware" in line and "fmask=0077,dmask=0077" in line for line in fstab.splitlines())
+        # /boot/firmware is the booted slot's boot partition: generated (test_ab_root_...), not in fstab.
+        assert "/boot/firmware" not in fstab
+        assert any("/boot/autoboot" in line and "fmask=0077,dmask=0077" in line for line in fstab.splitlines())
         assert (root / "etc/hostname").read_text() == "rapat-unprovisioned\n"
 
         venv = root / "opt/rapat-appliance"
         assert "include-system-site-packages = true" in (venv / "pyvenv.cfg").read_text()
         assert os.readlink(venv / "bin/python") == "/usr/bin/python3"
         assert (venv / "bin/appliance").read_text().startswith("#!/opt/rapat-appliance/bin/python\n")
+        assert (venv / "bin/rapat-tryboot").read_text() == (
+            "#!/opt/rapat-appliance/bin/python\nimport sys\nfrom appliance.adapters.tryboot import main\n"
+            "sys.exit(main())\n")  # RAUC's boot-chooser (system.conf bootloader-custom-backend)
+        assert (venv / "bin/rapat-tryboot").stat().st_mode & 0o777 == 0o755
         site = venv / "lib/python3.11/site-packages"
         assert (site / "appliance/provision.py").read_text() == (source / "appliance/provision.py").read_text()
         native = list((site / "cryptography").rglob("*.so"))
@@ -240,10 +275,15 @@ def test_image_holds_units_users_permissions_and_config(stand_in_images, stand_i
         assert int.from_bytes(pyc[4:8], "little") == 3  # checked-hash: valid whatever the mtime
 
 
-def test_read_only_root_image(stand_in_images, snapshot, tmp_path: Path) -> None:
-    with inspect.opened(stand_in_images["ro"] / f"{NAME}.img.xz", tmp_path) as image:
+def test_read_only_root_image_single_layout(stand_in_images, snapshot, tmp_path: Path) -> None:
+    with inspect.opened(stand_in_images["single"] / f"{NAME}.img.xz", tmp_path) as image:
         boot, root_part, data = image.partitions
-        assert data["start"] == root_part["start"] + root_part["size"] and data["size"] == 256 * 2048
+        assert not image.ab and json.loads((stand_in_images["single"] / f"{NAME}.manifest.json").read_text())[
+            "layout"] == {"kind": "single"}
+        assert "rauc" not in " ".join(json.loads((stand_in_images["single"] / f"{NAME}.manifest.json").read_text())[
+            "changes"])
+        assert not (image.root / "etc/rauc").exists()
+        assert data["start"] == root_part["start"] + root_part["size"] and data["size"] == DATA_MB * 2048
         cmdline = image.boot_file("cmdline.txt")
         assert "init=/usr/lib/rapat-appliance/overlay-init" in cmdline and "firstboot" not in cmdline
         init = image.root / "usr/lib/rapat-appliance/overlay-init"
@@ -350,6 +390,249 @@ def test_two_builds_give_the_same_root_tree(stand_in_images, tmp_path: Path) -> 
     assert inspect.tree_differences(first_tree, second_tree) == []
 
 
+# --- the A/B layout, RAUC and the update bundle (stand-in root) ------------------------------------
+
+DISK_ID = "5e3da3da"  # synthetic.make_image's; the build keeps the base's disk identifier
+
+
+def _ext4_label(image: inspect.Opened, number: int) -> bytes:
+    superblock = image.read(number, 2048)[1024:]
+    return superblock[120:136].rstrip(b"\0") if superblock[56:58] == b"\x53\xef" else b""
+
+
+def _fat_label(image: inspect.Opened, number: int) -> str:
+    info = subprocess.run(["mlabel", "-s", "-i", f"{image.image}@@{image.partition(number)['start'] * 512}", "::"],
+                          capture_output=True, text=True, check=True).stdout
+    return info.removeprefix(" Volume label is").strip()
+
+
+@pytest.mark.parametrize("kind", ["rw", "ro"])
+def test_ab_layout_autoboot_and_cmdline_per_slot(kind: str, stand_in_images, stand_in_base, tmp_path: Path) -> None:
+    name = NAME if kind == "rw" else f"rapat-appliance-{RO_VERSION}"
+    read_only = kind == "ro"
+    with inspect.opened(stand_in_images[kind] / f"{name}.img.xz", tmp_path) as image:
+        assert image.ab
+        table = json.loads(subprocess.run(["sfdisk", "--json", str(image.image)], capture_output=True, text=True,
+                                          check=True).stdout)["partitiontable"]
+        assert table["id"] == f"0x{DISK_ID}"
+        parts = {part["number"]: part for part in image.partitions}
+        assert sorted(parts) == [1, 2, 3, 4, 5, 6, 7]
+        # Primary 1-3 (the firmware's boot_partition= takes 1-4 only), the rest inside the extended p4.
+        assert [parts[n]["type"] for n in (1, 2, 3, 4)] == ["e", "c", "c", "5"]
+        assert all(part["start"] % 2048 == 0 for part in parts.values())  # MiB-aligned
+        assert parts[1]["start"] == 8192 and parts[1]["size"] == 16 * 2048
+        base_boot, base_root = inspect.partitions(stand_in_base[0])
+        assert parts[2]["size"] == parts[3]["size"] == base_boot["size"]
+        assert parts[5]["size"] == parts[6]["size"] == base_root["size"] + GROW_MB * 2048
+        assert parts[7]["size"] == DATA_MB * 2048
+        for first, second in ((1, 2), (2, 3), (3, 4)):
+            assert parts[first]["start"] + parts[first]["size"] == parts[second]["start"]
+        assert parts[4]["start"] < parts[5]["start"] and parts[7]["start"] + parts[7]["size"] == (
+            parts[4]["start"] + parts[4]["size"])
+        assert (_fat_label(image, 1), _fat_label(image, 3)) == ("RAPAT", "BOOTFS_B")
+        assert (_ext4_label(image, 5), _ext4_label(image, 6), _ext4_label(image, 7)) == (b"rootfs", b"", b"rapat-data")
+        assert image.read(6, 1 << 20) == bytes(1 << 20)  # root B is empty until the first update
+
+        autoboot = image.fat_file(1, "autoboot.txt")
+        assert autoboot == "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=2\n"
+        assert autoboot == tryboot.render("A", "A") and tryboot.parse(autoboot) == ("A", "A")
+        assert len(autoboot.encode()) <= 512  # the firmware reads at most 512 bytes
+        cmdlines = {slot: image.fat_file(number, "cmdline.txt") for slot, number in (("A", 2), ("B", 3))}
+        for slot, root_number in (("A", 5), ("B", 6)):
+            words = cmdlines[slot].split()
+            assert cmdlines[slot].endswith("\n") and cmdlines[slot].count("\n") == 1
+            assert words[0] == f"root=PARTUUID={DISK_ID}-0{root_number}"
+            assert tryboot.booted_slot(cmdlines[slot]) == slot and words.count(f"rauc.slot={slot}") == 1
+            assert [w for w in words if w.startswith("init=")] == (
+                ["init=/usr/lib/rapat-appliance/overlay-init"] if read_only else [])
+            assert "rootfstype=ext4" in words and "rootwait" in words
+        assert "dtparam=watchdog=on" in image.boot_file("config.txt")
+        fstab = (image.root / "etc/fstab").read_text()
+        assert "LABEL=rapat-data\t/var/lib/appliance\text4" in fstab
+        assert f"PARTUUID={DISK_ID}-01\t/boot/autoboot\tvfat\tdefaults,fmask=0077,dmask=0077,nofail" in fstab
+        assert [line.split()[0] for line in fstab.splitlines()
+                if line.split()[1:2] == ["/"] and not line.startswith("#")] == ["/dev/root"]
+    manifest = json.loads((stand_in_images[kind] / f"{name}.manifest.json").read_text())
+    assert manifest["version"] == (VERSION if kind == "rw" else RO_VERSION)
+    assert manifest["layout"]["kind"] == "ab" and manifest["layout"]["disk_id"] == DISK_ID
+    assert manifest["layout"]["slots"]["B"] == {"boot": "p3", "root": "p6", "root_partuuid": f"{DISK_ID}-06"}
+
+
+def test_ab_root_has_rauc_config_generator_and_provisioning_from_p1(stand_in_images, update_pki, snapshot,
+                                                                     tmp_path: Path) -> None:
+    import configparser
+
+    source = snapshot.parent
+    with inspect.opened(stand_in_images["rw"] / f"{NAME}.img.xz", tmp_path) as image:
+        root = image.root
+        conf = configparser.ConfigParser(interpolation=None)
+        conf.read_string((root / "etc/rauc/system.conf").read_text())
+        assert dict(conf["system"]) == {"compatible": "rapat-appliance-rpi", "bootloader": "custom",
+                                        "bundle-formats": "verity",
+                                        "statusfile": "/var/lib/appliance/rauc/status.raucs"}
+        assert dict(conf["handlers"]) == {"bootloader-custom-backend": "/opt/rapat-appliance/bin/rapat-tryboot",
+                                          "post-install": "/usr/lib/rapat-appliance/rauc-post-install"}
+        assert dict(conf["keyring"]) == {"path": "/etc/rauc/keyring.pem", "check-purpose": "codesign"}
+        for index, (slot, boot, rootfs) in enumerate((("A", 2, 5), ("B", 3, 6))):
+            assert dict(conf[f"slot.rootfs.{index}"]) == {
+                "device": f"/dev/disk/by-partuuid/{DISK_ID}-0{rootfs}", "type": "ext4", "bootname": slot}
+            assert dict(conf[f"slot.boot.{index}"]) == {
+                "device": f"/dev/disk/by-partuuid/{DISK_ID}-0{boot}", "type": "vfat", "parent": f"rootfs.{index}"}
+        assert (root / "etc/rauc/keyring.pem").read_bytes() == update_pki["ca"].read_bytes()
+        handler = root / "usr/lib/rapat-appliance/rauc-post-install"
+        assert handler.read_text() == (source / "rauc-post-install").read_text() and handler.stat().st_mode & 0o111
+        assert "d /var/lib/appliance/rauc 0755 root root -" in (root / "usr/lib/tmpfiles.d/rapat-rauc.conf").read_text()
+        assert (root / "boot/autoboot").is_dir() and (root / "boot/firmware").is_dir()
+        # RAUC's boot-chooser finds autoboot.txt where p1 is mounted, without configuration.
+        assert tryboot.DEFAULT_AUTOBOOT == "/boot/autoboot/autoboot.txt"
+
+        # The generated /boot/firmware mount: the booted slot's boot partition, from the command line.
+        generator = root / "usr/lib/systemd/system-generators/rapat-boot-firmware"
+        assert generator.stat().st_mode & 0o111
+        for slot, boot in (("A", 2), ("B", 3)):
+            out = tmp_path / f"gen-{slot}"
+            out.mkdir()
+            cmdline = tmp_path / f"cmdline-{slot}"
+            cmdline.write_text(image.fat_file(boot, "cmdline.txt"))
+            subprocess.run(["sh", str(generator), str(out), str(out), str(out)], check=True,
+                           env={"PATH": os.environ["PATH"], "RAPAT_CMDLINE": str(cmdline)})
+            unit = (out / "boot-firmware.mount").read_text()
+            assert f"What=/dev/disk/by-partuuid/{DISK_ID}-0{boot}\n" in unit and "Where=/boot/firmware\n" in unit
+            assert "Options=defaults,fmask=0077,dmask=0077\n" in unit
+            assert os.readlink(out / "local-fs.target.wants/boot-firmware.mount") == "../boot-firmware.mount"
+        out = tmp_path / "gen-none"
+        out.mkdir()
+        (tmp_path / "cmdline-none").write_text("console=ttyAMA0 root=/dev/vda2\n")
+        subprocess.run(["sh", str(generator), str(out)], check=True,
+                       env={"PATH": os.environ["PATH"], "RAPAT_CMDLINE": str(tmp_path / "cmdline-none")})
+        assert os.listdir(out) == []  # not an A/B boot: nothing generated
+
+        # The site file is read from p1, the same drive whichever slot runs.
+        drop_in = (root / "etc/systemd/system/appliance-provision.service.d/10-rapat-ab.conf").read_text()
+        unit = (root / "usr/lib/systemd/system/appliance-provision.service").read_text()
+        original = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+        assert "ExecStart=\n" + original.replace("/boot/firmware/", "/boot/autoboot/") + "\n" in drop_in
+        assert "ReadWritePaths=/boot/autoboot\n" in drop_in
+        verify = subprocess.run(["systemd-analyze", "verify", f"--root={root}", "appliance-provision.service"],
+                                capture_output=True, text=True)
+        assert "10-rapat-ab.conf" not in verify.stdout + verify.stderr
+    changes = json.loads((stand_in_images["rw"] / f"{NAME}.manifest.json").read_text())["changes"]
+    assert any(change.startswith("/etc/rauc/system.conf") for change in changes)
+
+
+def _rauc_info(bundle: Path, keyring: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    conf = tmp_path / f"verify-{keyring.stem}.conf"
+    conf.write_text(f"[system]\ncompatible=rapat-appliance-rpi\nbootloader=noop\n[keyring]\npath={keyring}\n"
+                    "check-purpose=codesign\n")
+    return subprocess.run(["rauc", f"--conf={conf}", "info", "--output-format=json", str(bundle)],
+                          capture_output=True, text=True)
+
+
+@pytest.mark.skipif(bool(raucdev.missing_tools()), reason="needs rauc, squashfs-tools, dbus, mtools")
+def test_bundle_and_its_manifest_verify_with_real_rauc(stand_in_images, update_pki, tmp_path: Path) -> None:
+    out = stand_in_images["rw"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{NAME}.img.xz", f"{NAME}.img.xz.sha256", f"{NAME}.manifest.json", f"{NAME}.raucb", f"{NAME}.bundle.json"]
+        + ([f"{NAME}.img.bmap"] if shutil.which("bmaptool") else []))
+    bundle = out / f"{NAME}.raucb"
+    described = json.loads((out / f"{NAME}.bundle.json").read_text())
+    manifest = json.loads((out / f"{NAME}.manifest.json").read_text())
+    assert described["version"] == VERSION and described["compatible"] == "rapat-appliance-rpi"
+    assert described["format"] == "verity" and described["file"] == bundle.name
+    assert described["size"] == bundle.stat().st_size and described["sha256"] == synthetic.sha256(bundle)
+    assert described["image"]["sha256"] == manifest["image"]["sha256"] and described["image_manifest"] == (
+        f"{NAME}.manifest.json")
+    assert manifest["bundle"] == {key: described[key] for key in ("file", "sha256", "size", "format")}
+    assert "update signing" in described["signer"] and described["verified_with_keyring"] is True
+    assert described["build_time"] == manifest["build_time"]
+
+    info = _rauc_info(bundle, update_pki["ca"], tmp_path)
+    assert info.returncode == 0, info.stderr
+    assert "Verified inline signature by" in info.stderr + info.stdout
+    document = json.loads(info.stdout)
+    assert (document["compatible"], document["version"]) == ("rapat-appliance-rpi", VERSION)
+    images = {name: value for entry in document["images"] for name, value in entry.items()}
+    # The bundle's images are exactly boot A and root A of the image from the same build.
+    with inspect.opened(out / f"{NAME}.img.xz", tmp_path) as image:
+        import hashlib
+
+        for slot_class, number in (("rootfs", 5), ("boot", 2)):
+            data = image.read(number)
+            assert images[slot_class]["checksum"] == hashlib.sha256(data).hexdigest() == (
+                described["images"][slot_class]["sha256"]), slot_class
+            assert images[slot_class]["size"] == len(data) == described["images"][slot_class]["size"]
+    assert images["rootfs"]["filename"] == "rootfs.ext4" and images["boot"]["filename"] == "boot.vfat"
+
+    other = _rauc_info(bundle, update_pki["other-ca"], tmp_path)
+    assert other.returncode == 1 and "unable to get local issuer certificate" in other.stderr
+
+
+def test_bundle_options_are_checked(stand_in_base, update_pki, tmp_path: Path) -> None:
+    base, sha = stand_in_base
+    for extra, message in (
+            (["--update-cert", str(update_pki["signing"])], "--update-cert and --update-key go together"),
+            (["--layout", "single", "--update-keyring", str(update_pki["ca"])], "--layout single has no slots"),
+            (["--update-keyring", str(tmp_path / "none.pem")], f"--update-keyring: {tmp_path}/none.pem does not exist"),
+            (["--version", "1.0 beta"], "--version: '1.0 beta' is not a version")):
+        result = build(base, sha, tmp_path / "out", "--apt-packages", "", *extra)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    # A signing certificate from another CA than the keyring: no bundle, no image.
+    out = tmp_path / "out-mismatch"
+    result = build(base, sha, out, "--apt-packages", "", "--update-keyring", str(update_pki["other-ca"]),
+                   "--update-cert", str(update_pki["signing"]), "--update-key", str(update_pki["signing-key"]))
+    assert result.returncode == 1 and "the bundle does not verify against --update-keyring" in result.stderr
+    assert os.listdir(out) == [] and inspect.loop_devices_for(str(out)) == []
+
+
+@pytest.mark.skipif(bool(raucdev.missing_tools()), reason="needs rauc, squashfs-tools, dbus, mtools")
+def test_plain_bundle_installs_into_slot_b_with_the_images_own_rauc_config(stand_in_images, tmp_path: Path) -> None:
+    """Real `rauc service` with the image's system.conf (slots as copies of the partitions), its
+    post-install handler and the boot-chooser on a copy of p1's autoboot.txt: install the build's own
+    bundle from slot A; B gets root and boot, B's cmdline.txt names root B, the next tryboot is B."""
+    out = stand_in_images["ro"]
+    name = f"rapat-appliance-{RO_VERSION}"
+    work = tmp_path / "device"
+    work.mkdir()
+    with inspect.opened(out / f"{name}.img.xz", tmp_path) as image:
+        device = raucdev.ImageRauc(image, work, booted="A")
+        root_a, boot_a = image.read(5), image.read(2)
+    assert "bundle-formats=plain verity" in device.original_conf
+    with device:
+        status = json.loads(device.rauc("status", "--output-format=json").stdout)
+        assert status["booted"] == "A" and status["boot_primary"] == "rootfs.0"
+        result = device.rauc("install", str(out / f"{name}.raucb"))
+        assert result.returncode == 0, result.stdout + result.stderr + device.log()
+        detailed = json.loads(device.rauc("status", "--detailed", "--output-format=json").stdout)
+    assert "rauc-post-install: boot B" in device.log()
+    slots = {name: slot for entry in detailed["slots"] for name, slot in entry.items()}
+    assert slots["rootfs.1"]["slot_status"]["bundle"]["version"] == RO_VERSION
+    assert device.files[6].read_bytes() == root_a  # root B now holds the build's root
+    cmdline_b = device.fat_file(3, "cmdline.txt")
+    assert cmdline_b.split()[0] == f"root=PARTUUID={DISK_ID}-06" and tryboot.booted_slot(cmdline_b) == "B"
+    assert "init=/usr/lib/rapat-appliance/overlay-init" in cmdline_b
+    assert device.fat_file(3, "config.txt") == subprocess.run(
+        ["mtype", "-i", str(device.files[2]), "::/config.txt"], capture_output=True, text=True).stdout
+    assert device.files[2].read_bytes() == boot_a  # the running slot is untouched
+    # RAUC's set-primary B through the boot-chooser: normal boot stays A, the one tryboot goes to B.
+    assert tryboot.parse(device.autoboot.read_text()) == ("A", "B")
+
+
+def test_qemu_harness_plays_the_firmwares_tryboot_choice(stand_in_images, tmp_path: Path) -> None:
+    """The one emulated part of the QEMU update tests: autoboot.txt on p1 -> boot partition -> cmdline."""
+    with inspect.opened(stand_in_images["rw"] / f"{NAME}.img.xz", tmp_path) as image:
+        disk, p1 = image.image, image.partition(1)["start"] * 512
+    slot, number, cmdline = qemu.firmware_choice(disk)
+    assert (slot, number) == ("A", 2) and f"root=PARTUUID={DISK_ID}-05" in cmdline.split()
+    assert "rauc.slot=A" in cmdline.split() and "console=ttyAMA0" in cmdline.split()
+    assert qemu.firmware_choice(disk, trial=True)[:2] == ("A", 2)  # nothing to try yet
+    (tmp_path / "autoboot.txt").write_text(tryboot.render("A", "B"))  # what RAUC's set-primary B writes
+    subprocess.run(["mcopy", "-o", "-i", f"{disk}@@{p1}", str(tmp_path / "autoboot.txt"), "::/"], check=True)
+    slot, number, cmdline = qemu.firmware_choice(disk, trial=True)
+    assert (slot, number) == ("B", 3)
+    assert {f"root=PARTUUID={DISK_ID}-06", "rauc.slot=B", "rapat.tryboot=1"} <= set(cmdline.split())
+    assert qemu.firmware_choice(disk)[:2] == ("A", 2)  # any boot without the one-shot flag: the old slot
+
+
 # --- slow: a real Debian arm64 root, apt in the qemu chroot, provisioning and init under qemu ------
 
 _slow_missing = [tool for tool in ("debootstrap", "qemu-aarch64-static", "chroot", "unshare") if not shutil.which(tool)]
@@ -429,11 +712,17 @@ def test_provisioning_flow_in_the_arm64_chroot(real_images, tmp_path: Path) -> N
     with inspect.opened(real_images["a"] / f"{NAME}.img.xz", tmp_path, writable=True) as image:
         root = image.root
         unit = (root / "usr/lib/systemd/system/appliance-provision.service").read_text()
-        exec_start = next(line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart="))
+        drop_in = root / "etc/systemd/system/appliance-provision.service.d/10-rapat-ab.conf"
+        if drop_in.exists():  # the A/B layout: the site file is on p1, /boot/autoboot
+            unit += drop_in.read_text()
+        exec_start = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")][-1]
         argv = exec_start.split()
+        boot_dir = argv[argv.index("--boot-file") + 1].rsplit("/", 1)[0]
+        assert boot_dir == ("/boot/autoboot" if drop_in.exists() else "/boot/firmware")
+        (root / boot_dir.lstrip("/")).mkdir(parents=True, exist_ok=True)
         uid, gid = next((int(f[2]), int(f[3])) for f in (line.split(":") for line in
                         (root / "etc/passwd").read_text().splitlines()) if f[0] == "appliance")
-        site_file, installed = root / "boot/firmware/appliance-site.toml", root / "var/lib/appliance/site.toml"
+        site_file, installed = root / boot_dir.lstrip("/") / "appliance-site.toml", root / "var/lib/appliance/site.toml"
 
         site_file.write_text(GOOD_SITE)
         good = _chroot(root, *argv, uts=True)
@@ -441,7 +730,7 @@ def test_provisioning_flow_in_the_arm64_chroot(real_images, tmp_path: Path) -> N
         assert installed.read_text() == GOOD_SITE
         info = installed.stat()
         assert (info.st_mode & 0o777, info.st_uid, info.st_gid) == (0o640, 0, gid)  # the daemon reads, root writes
-        applied = (root / "boot/firmware/appliance-site.toml.applied").read_text()
+        applied = (site_file.parent / "appliance-site.toml.applied").read_text()
         assert "s3cret" not in applied and 'id = "kalibaru"' in applied
         assert not site_file.exists()
         assert (root / "etc/hostname").read_text() == "rapat-kalibaru\n"
@@ -457,7 +746,7 @@ def test_provisioning_flow_in_the_arm64_chroot(real_images, tmp_path: Path) -> N
         assert "site.id" in bad.stderr and "Kali Baru!" in bad.stderr
         assert installed.read_text() == GOOD_SITE  # the previous configuration stays
         error = (root / "var/lib/appliance/provision-error.txt").read_text()
-        assert "site.id" in error and "/boot/firmware/appliance-site.toml" in error
+        assert "site.id" in error and f"{boot_dir}/appliance-site.toml" in error
         assert site_file.read_text() == BAD_SITE
         assert (root / "etc/hostname").read_text() == "rapat-kalibaru\n"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -15,19 +16,52 @@ SECTOR = 512
 
 @dataclass
 class Opened:
+    """A built image with its root mounted. In the A/B layout `root` is root A (p5) and the boot
+    partition is boot A (p2); p1 holds autoboot.txt. In the single layout: p1 boot, p2 root."""
     image: Path
     root: Path
     partitions: list[dict]
 
-    def boot_file(self, name: str) -> str:
-        offset = self.partitions[0]["start"] * SECTOR
+    @property
+    def ab(self) -> bool:
+        return is_ab(self.partitions)
+
+    def partition(self, number: int) -> dict:
+        return next(part for part in self.partitions if part["number"] == number)
+
+    def fat_file(self, number: int, name: str) -> str:
+        offset = self.partition(number)["start"] * SECTOR
         return subprocess.run(["mtype", "-i", f"{self.image}@@{offset}", f"::/{name}"], check=True,
                               capture_output=True, text=True).stdout
 
+    def boot_file(self, name: str) -> str:
+        """A file of the boot partition the image boots first (boot A in the A/B layout)."""
+        return self.fat_file(2 if self.ab else 1, name)
+
+    def read(self, number: int, length: int | None = None) -> bytes:
+        part = self.partition(number)
+        with open(self.image, "rb") as handle:
+            handle.seek(part["start"] * SECTOR)
+            return handle.read(part["size"] * SECTOR if length is None else length)
+
+
+def is_ab(parts: list[dict]) -> bool:
+    """The A/B layout: an extended partition holding the roots and the data."""
+    return any(part["type"] in ("5", "f", "85") for part in parts)
+
 
 def partitions(image: Path) -> list[dict]:
+    """sfdisk's partitions, each with its `number` (p5 is the first logical partition)."""
     out = subprocess.run(["sfdisk", "--json", str(image)], check=True, capture_output=True, text=True).stdout
-    return json.loads(out)["partitiontable"]["partitions"]
+    parts = json.loads(out)["partitiontable"]["partitions"]
+    for part in parts:
+        part["number"] = int(re.search(r"(\d+)$", part["node"]).group(1))
+    return parts
+
+
+def root_partition(parts: list[dict]) -> dict:
+    """Root A (p5) in the A/B layout, the root (p2) in the single one: the first Linux partition."""
+    return next(part for part in parts if part["type"] == "83")
 
 
 @contextlib.contextmanager
@@ -38,7 +72,7 @@ def opened(xz_image: Path, workdir: Path, writable: bool = False) -> Iterator[Op
         with open(image, "wb") as handle:
             subprocess.run(["xz", "-dc", "-T0", str(xz_image)], stdout=handle, check=True)
     parts = partitions(image)
-    root_part = parts[1]
+    root_part = root_partition(parts)
     mount_point = Path(tempfile.mkdtemp(prefix="root.", dir=workdir))
     device = subprocess.run(["losetup", "--find", "--show", "--offset", str(root_part["start"] * SECTOR),
                              "--sizelimit", str(root_part["size"] * SECTOR),

@@ -17,6 +17,36 @@ from appliance_dev.waiting import wait_until
 PI_ONLY_ARGUMENTS = re.compile(r"^(console=|quiet$|splash$|plymouth\.)")
 
 
+def firmware_choice(disk: Path, trial: bool = False) -> tuple[str, int, str]:
+    """Play the Raspberry Pi firmware's one choice on an A/B disk (the one emulated part of the QEMU
+    update tests): read autoboot.txt on p1, take `[tryboot] boot_partition` on a trial boot (the
+    one-shot flag `reboot "0 tryboot"` sets) and `[all]` otherwise, and read that partition's
+    cmdline.txt. Returns (slot, boot partition, guest command line); a trial boot's command line
+    carries `rapat.tryboot=1`, which the updater reads where a Pi has
+    /proc/device-tree/chosen/bootloader/tryboot."""
+    from appliance.adapters import tryboot
+
+    parts = {number: part for number, part in enumerate(_partitions(disk), start=1)}
+    autoboot = _mtype(disk, parts[1]["start"], "autoboot.txt")
+    normal, on_trial = tryboot.parse(autoboot)
+    slot = on_trial if trial else normal
+    number = tryboot.PARTITIONS[slot]
+    cmdline = guest_cmdline(_mtype(disk, parts[number]["start"], "cmdline.txt"))
+    return slot, number, cmdline + (" rapat.tryboot=1" if trial else "")
+
+
+def _partitions(disk: Path) -> list[dict]:
+    import json
+
+    out = subprocess.run(["sfdisk", "--json", str(disk)], check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["partitiontable"]["partitions"]
+
+
+def _mtype(disk: Path, start: int, name: str) -> str:
+    return subprocess.run(["mtype", "-i", f"{disk}@@{start * 512}", f"::/{name}"], check=True,
+                          capture_output=True, text=True).stdout
+
+
 def guest_cmdline(pi_cmdline: str) -> str:
     kept = [word for word in pi_cmdline.split() if not PI_ONLY_ARGUMENTS.match(word)]
     # The serial console is the only screen here; journald copies the daemon's log to it.
