@@ -188,8 +188,10 @@ def refresh_broker_config(ctx: Context) -> str | None:
 def _write_broker(ctx: Context, settings: broker.BrokerSettings) -> list[Path]:
     home = ctx.home
     hashes = {user: hashed for user, (_, hashed) in ctx.store.credentials().items()}  # site id or _console
+    from appliance.console.observers import observer_logins  # here: observers.py uses this module
+
     return broker.write(settings, ctx.store.sites(), hashes, home.ca_cert.read_bytes(),
-                        home.server_cert.read_bytes(), home.server_key.read_bytes())
+                        home.server_cert.read_bytes(), home.server_key.read_bytes(), observer_logins(ctx.store))
 
 
 def cmd_broker_config(ctx: Context, args: argparse.Namespace) -> int:

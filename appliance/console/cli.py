@@ -6,10 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from appliance.console import admin, collect, floor, floor_cli, operate, rollout, update_cli
+from appliance.console import admin, collect, floor, floor_cli, observers, operate, remote_cli, rollout, update_cli
 from appliance.console.context import Context
 from appliance.console.errors import ConsoleError
 from appliance.console.home import ENV_HOME, Home, default_home
+from appliance.console.selftest_cli import DEFAULT_TIMEOUT as SELFTEST_TIMEOUT
+from appliance.console.selftest_cli import cmd_selftest
+from appliance.console.site_cli import add_arguments as site_arguments
+from appliance.console.site_cli import cmd_site
+from appliance.console.watch import add_arguments as watch_arguments
+from appliance.console.watch import cmd_watch
 from appliance.core.floor import FLOOR_MODES, MODERATED
 from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, GROUPS, SITE_KINDS
 
@@ -148,25 +154,38 @@ def build_parser() -> argparse.ArgumentParser:
                            ("ping", "check which sites answer"),
                            ("selftest", "make sites run their self-test")):
             simple = sub(group, name, text)
-            _targeting(simple, timeout="10" if name == "ping" else "30")
+            _targeting(simple, timeout={"ping": "10", "selftest": SELFTEST_TIMEOUT}.get(name, "30"))
             simple.set_defaults(handler=operate.cmd_simple, command_type=name)
+            if name == "selftest":  # waits for each site's result and shows every check
+                simple.description = ("make sites run their self-test, wait for each site's result and show every "
+                                      "check; exit 0 only if every site passed")
+                simple.set_defaults(handler=cmd_selftest)
 
     _floor_commands(sub, commands)
 
     status = sub(commands, "status", "every site from its retained state")
     status.set_defaults(handler=operate.cmd_status)
-    watch = sub(commands, "watch", "the status, live (Ctrl-C to stop)")
-    watch.add_argument("--duration", metavar="SECONDS", help="stop after this long")
-    watch.set_defaults(handler=operate.cmd_watch)
+    watching = sub(commands, "watch", "the status, live, sized to the terminal, problems first (Ctrl-C to stop)")
+    watch_arguments(watching)
+    watching.set_defaults(handler=cmd_watch)
+    one_site = sub(commands, "site", "one site whole: state, health, software, last self-test, telemetry, uptime, "
+                   "recent events")
+    site_arguments(one_site)
+    one_site.set_defaults(handler=cmd_site)
 
     collector = sub(commands, "collect", "store every site message (state, acks, events, telemetry, uptime, "
                     "self-tests) in the console's database; runs until stopped")
     collector.add_argument("--name", default="main", metavar="NAME",
                            help="this collector's name: its broker session (default main); run more with other names")
     collector.add_argument("--duration", metavar="DURATION", help="stop after this long (e.g. 10m)")
+    # Observers and metrics (issue 14): read-only broker logins; Prometheus /metrics from `collect`.
+    collector.add_argument("--metrics", metavar="ADDR:PORT",
+                           help="serve Prometheus metrics at http://ADDR:PORT/metrics (e.g. 127.0.0.1:9464)")
+    observers.add_commands(sub, commands)
     collector.set_defaults(handler=collect.cmd_collect)
 
     update_cli.add_commands(sub, commands)
+    remote_cli.add_commands(sub, commands)  # logs, screenshot, reboot: one site from the centre
 
     report = sub(commands, "rollout", "which sites are ready for the target and why not; travel avoided")
     rollout.add_arguments(report)

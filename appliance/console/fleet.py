@@ -245,18 +245,20 @@ class Tracker:
 
 
 def send_and_collect(fleet: Fleet, command: dict[str, Any], topics: list[str], expected: list[str],
-                     timeout: float, progress: Callable[[Tracker], None] | None = None) -> Tracker:
-    """Publish a signed command, then gather acks until every expected site answered or `timeout`."""
+                     timeout: float, progress: Callable[[Tracker], None] | None = None,
+                     observe: Callable[[str, bytes, bool], None] | None = None) -> Tracker:
+    """Publish a signed command, then gather acks until every expected site answered or `timeout`.
+    `observe(topic, payload, retained)` also sees every message read meanwhile (e.g. self-test results)."""
     prefix = fleet.prefix
     fleet.subscribe([site_topic(prefix, "+", "ack"), site_topic(prefix, "+", "state")])
     fleet.sync()
     tracker = Tracker(command["id"], expected, prefix)
     while True:
         try:
-            topic, payload, _, arrived = fleet.messages.get_nowait()
+            topic, payload, retained, arrived = fleet.messages.get_nowait()
         except queue.Empty:
             break
-        tracker.feed(topic, payload, arrived)
+        _feed(tracker, observe, topic, payload, retained, arrived)
     payload = json.dumps(command, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     tracker.sent_at = time.monotonic()
     fleet.publish([(topic, payload) for topic in topics])
@@ -267,8 +269,8 @@ def send_and_collect(fleet: Fleet, command: dict[str, Any], topics: list[str], e
         if remaining <= 0:
             break
         try:
-            topic, payload, _, arrived = fleet.messages.get(timeout=min(remaining, 0.2))
-            tracker.feed(topic, payload, arrived)
+            topic, payload, retained, arrived = fleet.messages.get(timeout=min(remaining, 0.2))
+            _feed(tracker, observe, topic, payload, retained, arrived)
         except queue.Empty:
             pass
         if progress and time.monotonic() >= next_progress:
@@ -279,10 +281,17 @@ def send_and_collect(fleet: Fleet, command: dict[str, Any], topics: list[str], e
     settle = time.monotonic() + (0.3 if tracker.done else 0.0)
     while time.monotonic() < settle and not tracker.states_caught_up():
         try:
-            topic, payload, _, arrived = fleet.messages.get(timeout=max(settle - time.monotonic(), 0.01))
-            tracker.feed(topic, payload, arrived)
+            topic, payload, retained, arrived = fleet.messages.get(timeout=max(settle - time.monotonic(), 0.01))
+            _feed(tracker, observe, topic, payload, retained, arrived)
         except queue.Empty:
             break
     if progress:
         progress(tracker)
     return tracker
+
+
+def _feed(tracker: Tracker, observe: Callable[[str, bytes, bool], None] | None, topic: str, payload: bytes,
+          retained: bool, arrived: float) -> None:
+    tracker.feed(topic, payload, arrived)
+    if observe is not None:
+        observe(topic, payload, retained)

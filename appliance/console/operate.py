@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import queue
 import sys
 import time
@@ -13,8 +12,8 @@ from appliance.console import commands
 from appliance.console import floor as floors
 from appliance.console.context import Context
 from appliance.console.errors import BadInput
-from appliance.console.fleet import Tracker, decode, parse_topic, send_and_collect
-from appliance.console.output import Live, health_summary, print_json, printable, table
+from appliance.console.fleet import Tracker, send_and_collect
+from appliance.console.output import Live, health_summary, print_json, table
 from appliance.core.clock import rfc3339
 from appliance.core.protocol import COMMAND_ID, MAX_TITLE_CHARS, site_topic
 from appliance.core.urls import URL_SCHEMES
@@ -117,7 +116,7 @@ def cmd_simple(ctx: Context, args: argparse.Namespace) -> int:
     return code
 
 
-# --- status and watch -----------------------------------------------------------------------------
+# --- status (watch builds on it: watch.py) -----------------------------------------------------------------------------
 def _status_row(site_id: str, kind: str | None, state: dict[str, Any] | None, last_seen: str | None) -> dict[str, Any]:
     state = state or {}
     meeting = state.get("meeting") if isinstance(state.get("meeting"), dict) else None
@@ -185,75 +184,3 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     else:
         print(board.text(), end="")
     return 0
-
-
-def cmd_watch(ctx: Context, args: argparse.Namespace) -> int:
-    ctx.require_init()
-    duration = commands.parse_duration(args.duration, "--duration") if args.duration else None
-    board = StatusBoard(ctx)
-    live = Live() if not ctx.json else Live(stream=_NullTty())
-    deadline = time.monotonic() + duration if duration else None
-    try:
-        with ctx.fleet() as fleet:
-            fleet.subscribe([site_topic(fleet.prefix, "+", "state"), site_topic(fleet.prefix, "+", "event")])
-            fleet.sync()
-            catching_up = True
-            while deadline is None or time.monotonic() < deadline:
-                wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
-                try:
-                    topic, payload, _, _ = fleet.messages.get(timeout=wait)
-                except queue.Empty:
-                    if catching_up:
-                        catching_up = False
-                        _emit_board(ctx, board, live)
-                    elif live.enabled and any(meeting.hands for meeting in board.floor.meetings()):
-                        live.show(board.text())  # the hands' waiting times move on
-                    continue
-                changed = board.feed(topic, payload)
-                if catching_up and fleet.messages.empty():
-                    catching_up = False
-                    _emit_board(ctx, board, live)
-                elif not catching_up:
-                    _emit_change(ctx, board, live, changed, topic, payload)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        board.save()
-    return 0
-
-
-def _emit_board(ctx: Context, board: StatusBoard, live: Live) -> None:
-    if ctx.json:
-        for row in board.rows():
-            print_json_line(row)
-    elif live.enabled:
-        live.show(board.text())
-    else:
-        print(board.text(), end="", flush=True)
-
-
-def _emit_change(ctx: Context, board: StatusBoard, live: Live, site: str | None, topic: str, payload: bytes) -> None:
-    if site is not None:
-        if ctx.json:
-            print_json_line(board.row(site))
-        elif live.enabled:
-            live.show(board.text())
-        else:
-            row = board.row(site)
-            print(printable(f"{time.strftime('%H:%M:%S')} {site}: {'online' if row['online'] else 'offline'} "
-                            f"{row['state']}{' ' + str(row['meeting']) if row['meeting'] else ''}"), flush=True)
-        return
-    parsed = parse_topic(topic, board.prefix)
-    event = decode(payload)
-    if parsed and parsed[1] == "event" and event and not live.enabled:
-        if ctx.json:
-            print_json_line({"event": event})
-        else:
-            text = floors.describe_event(parsed[0], event, board.floor) or f"event {event.get('type')}"
-            print(printable(f"{time.strftime('%H:%M:%S')} {parsed[0]}: {text}"), flush=True)
-
-
-def print_json_line(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
-

@@ -55,11 +55,14 @@ def ingest(db: sqlite3.Connection, topic: str, payload: bytes, received: float, 
         _state(db, site, document, at, received)
     elif kind == "telemetry" and at is not None:
         throttled = document.get("throttled")
-        db.execute("INSERT OR IGNORE INTO telemetry VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        db.execute("INSERT OR IGNORE INTO telemetry (site, at, state, uptime_s, cpu_temp_c, throttled, load1, "
+                   "mem_available_mb, disk_free_mb, boot_id, mqtt_reconnects, system_uptime_s) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    (site, at, document.get("state"), _num(document.get("uptime_s")), _num(document.get("cpu_temp_c")),
                     json.dumps(throttled) if isinstance(throttled, dict) else None, _num(document.get("load1")),
                     _num(document.get("mem_available_mb")), _num(document.get("disk_free_mb")),
-                    str(document.get("boot_id") or "")))
+                    str(document.get("boot_id") or ""), _num(document.get("mqtt_reconnects")),
+                    _num(document.get("system_uptime_s"))))
         _heartbeat(db, site, at)
     elif kind == "ack" and at is not None:
         error = document.get("error")

@@ -12,7 +12,7 @@ import json
 import math
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from typing import Any
@@ -122,6 +122,7 @@ class SiteData:
     buckets: list[int]                       # sorted heartbeat buckets
     selftests: list[tuple[float, bool, list[str]]]  # sorted by time: (at, ok, failed checks)
     meetings: int
+    failing: dict[float, dict[str, str]] = field(default_factory=dict)  # self-test time -> failed check -> detail
 
     def first_seen(self) -> float | None:
         return self.buckets[0] * records.BUCKET_S if self.buckets else None
@@ -131,14 +132,15 @@ def load(db: sqlite3.Connection, store_db: sqlite3.Connection) -> list[SiteData]
     sites = []
     for row in store_db.execute("SELECT id, name, kind, distance_km FROM sites ORDER BY kind, id"):
         buckets = [r[0] for r in db.execute("SELECT bucket FROM heartbeats WHERE site = ? ORDER BY bucket", (row[0],))]
-        tests = []
+        tests, failing = [], {}
         for at, ok, payload in db.execute("SELECT at, ok, payload FROM selftests WHERE site = ? ORDER BY at", (row[0],)):
             checks = json.loads(payload).get("checks") or {}
-            tests.append((at, bool(ok), [name for name, check in checks.items()
-                                         if isinstance(check, dict) and check.get("ok") is False]))
+            failing[at] = {name: str(check.get("detail") or "") for name, check in checks.items()
+                           if isinstance(check, dict) and check.get("ok") is False}
+            tests.append((at, bool(ok), list(failing[at])))
         meetings = db.execute("SELECT coalesce(sum(meetings_joined), 0) FROM uptime_days WHERE site = ?",
                               (row[0],)).fetchone()[0]
-        sites.append(SiteData(row[0], row[1], row[2], row[3], buckets, tests, int(meetings)))
+        sites.append(SiteData(row[0], row[1], row[2], row[3], buckets, tests, int(meetings), failing))
     return sites
 
 
@@ -171,7 +173,7 @@ def evaluate(site: SiteData, at: float, criteria: Criteria) -> dict[str, Any]:
         reasons.append(_reason("no_selftest", "no self-test yet", "belum ada uji mandiri"))
     else:
         test_at, ok, failed = tests[-1]
-        selftest = {"at": rfc3339(test_at), "ok": ok, "failed": failed}
+        selftest = {"at": rfc3339(test_at), "ok": ok, "failed": failed, "details": site.failing.get(test_at, {})}
         if not ok:
             names = ", ".join(failed) or "?"
             reasons.append(_reason("selftest_failed", f"last self-test failed: {names}",

@@ -3,9 +3,13 @@ fetch), in Bahasa Indonesia, sized to read from the back of a room on a projecto
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from html import escape
 from typing import Any
+from zoneinfo import ZoneInfo
+
+from appliance.core.clock import parse_rfc3339
+from appliance.core.selftest import texts
 
 KIND_ID = {"kecamatan": "Kecamatan", "desa": "Desa", "other": "Lainnya"}
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "Mei", "Jun", "Jul", "Agu", "Sep", "Okt", "Nov", "Des")
@@ -92,6 +96,7 @@ def render(report: dict[str, Any]) -> str:
 <span><i style="border-color:#b3261e;border-top-style:dotted"></i>Target</span></div></section>
 <section><h2>Terpasang tetapi belum siap ({len(working)}) dan alasannya</h2>
 <table><tr><th>Lokasi</th><th>Jenis</th><th>Alasan</th></tr>{rows}</table></section>
+{selftest_section(report)}
 <section><h2>Belum pernah terhubung ({len(never)})</h2><p>{never_text or "tidak ada"}</p>
 {f"<p>Ditambah {missing} lokasi target yang belum didaftarkan di konsol.</p>" if missing else ""}</section>
 <section><h2>Sudah siap ({report["ready_total"]})</h2><p>{ready}</p></section></main>
@@ -155,3 +160,26 @@ def chart(report: dict[str, Any], width: int = 1100, height: int = 380) -> str:
                  f'font-size="18" fill="#0f3b66">{points[-1]["ready"]} siap</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def selftest_section(report: dict[str, Any]) -> str:
+    """The last self-test of every site: those that failed with each failing check and its detail
+    (as `appliance-console selftest` and `collect` stored them), then how many passed or have none."""
+    names, tz = texts("id"), ZoneInfo(report["criteria"].get("timezone") or "Asia/Jakarta")
+    tested = [row for row in report["sites"] if row["selftest"]]
+    failed = sorted((row for row in tested if not row["selftest"]["ok"]),
+                    key=lambda r: (r["kind"] != "kecamatan", r["name"]))
+
+    def when(text: str) -> str:
+        moment = datetime.fromtimestamp(parse_rfc3339(text), tz)
+        return f"{_date_id(moment.date().isoformat())} {moment:%H:%M} {moment.tzname()}"
+
+    rows = "".join(
+        f'<tr><td>{escape(row["name"])}</td><td>{when(row["selftest"]["at"])}</td><td class="why">'
+        + "<br>".join(escape(f"{names.get(check, check)}: {(row['selftest'].get('details') or {}).get(check) or 'gagal'}")
+                      for check in row["selftest"]["failed"] or ["?"])
+        + "</td></tr>" for row in failed)
+    table = (f"<table><tr><th>Lokasi</th><th>Uji terakhir</th><th>Pemeriksaan gagal</th></tr>{rows}</table>"
+             if failed else "<p>Tidak ada uji mandiri terakhir yang gagal.</p>")
+    return (f'<section id="selftests"><h2>Uji mandiri terakhir: {len(failed)} gagal, {len(tested) - len(failed)} lulus, '
+            f'{len(report["sites"]) - len(tested)} belum diuji</h2>{table}</section>')

@@ -24,7 +24,8 @@ log = logging.getLogger("appliance.console.schema")
 # (RFC 3339 text) next to records.py's `last_seen` (REAL). An empty file counts as version 1 too.
 # Version 2: one `last_seen` table (REAL epoch seconds).
 # Version 3: remote updates: `releases`, `site_rings`, `rollouts`, `rollout_sites` (new tables only).
-SCHEMA_VERSION = 3
+# Version 4: `telemetry` keeps `mqtt_reconnects` and `system_uptime_s` too (for `site SITE`).
+SCHEMA_VERSION = 4
 VERSION_KEY = "schema_version"  # in `meta`, JSON-encoded like every other `meta` value
 
 TABLES = """
@@ -59,7 +60,7 @@ CREATE TABLE IF NOT EXISTS events (site TEXT NOT NULL, at REAL NOT NULL, type TE
     PRIMARY KEY (site, at, type)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS telemetry (site TEXT NOT NULL, at REAL NOT NULL, state TEXT, uptime_s REAL,
     cpu_temp_c REAL, throttled TEXT, load1 REAL, mem_available_mb REAL, disk_free_mb REAL, boot_id TEXT,
-    PRIMARY KEY (site, at)) WITHOUT ROWID;
+    mqtt_reconnects REAL, system_uptime_s REAL, PRIMARY KEY (site, at)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS heartbeats (site TEXT NOT NULL, bucket INTEGER NOT NULL,
     PRIMARY KEY (site, bucket)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS uptime_days (site TEXT NOT NULL, date TEXT NOT NULL, up_s REAL, connected_s REAL,
@@ -153,4 +154,13 @@ def _nothing_to_move(db: sqlite3.Connection) -> None:
     """Version 3 only adds tables (created above): no data moves."""
 
 
-_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _merge_seen_into_last_seen, 3: _nothing_to_move}
+def _telemetry_counters(db: sqlite3.Connection) -> None:
+    """Version 4: two more telemetry columns (NULL in the rows stored before)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(telemetry)")}
+    for column in ("mqtt_reconnects", "system_uptime_s"):
+        if column not in have:
+            db.execute(f"ALTER TABLE telemetry ADD COLUMN {column} REAL")
+
+
+_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _merge_seen_into_last_seen, 3: _nothing_to_move,
+                                                            4: _telemetry_counters}

@@ -70,6 +70,7 @@ class OutputsFlow:
             "since": rfc3339(self.since),
             "version": self.settings.version,
             "boot_id": self.settings.boot_id,
+            "tz": self.settings.timezone,  # the site's local time for the centre's views (beyond the contract)
             "health": dict(self.health),
             "at": rfc3339(self.clock.wall()),
         }

@@ -67,7 +67,7 @@ class Console:
                                 port=self.port).start()
         return self.broker
 
-    def start_daemon(self, site: str, tmp: Path, extra: str = "") -> DaemonProcess:
+    def start_daemon(self, site: str, tmp: Path, extra: str = "", display: str = 'backend = "none"') -> DaemonProcess:
         """A real `appliance run` with the provisioning file this console wrote for `site`, and no hardware.
         `extra` is more TOML for the test's overlay. Not waited for: wait_online() says when it is up."""
         directory = tmp / f"device-{site}"
@@ -75,7 +75,8 @@ class Console:
         overlay = directory / "test.toml"
         overlay.write_text(
             f'[broker]\nca_file = "{directory / "boot" / "ca.pem"}"\n'
-            '[panel]\nbackend = "mock"\n[camera]\nbackend = "none"\n[display]\nbackend = "none"\n'
+            '[panel]\nbackend = "mock"\n[camera]\nbackend = "none"\n'
+            f'[display]\n{display}\n'
             f'[paths]\nstate_dir = "{directory / "state"}"\ncontrol_socket = "{directory / "control.sock"}"\n{extra}'
         )
         daemon = DaemonProcess(directory / "boot" / "appliance-site.toml", overlays=[overlay],

@@ -1,0 +1,58 @@
+"""`appliance-console logs|screenshot|reboot SITE` against a real site: the daemon run as systemd runs it,
+logged in with the provisioning file this console wrote, through the console's own broker (TLS, ACLs)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from appliance_dev.waiting import wait_until
+from tests.console.conftest import Console
+
+HEADLESS = 'backend = "vlc"\noutput = "headless"\nwidth = 640\nheight = 360'
+
+
+def test_a_screenshot_comes_back_through_the_broker_as_a_jpeg(fleet_broker: Console, tmp_path: Path) -> None:
+    console = fleet_broker
+    daemon = console.start_daemon("kalibaru", tmp_path, display=HEADLESS)
+    console.wait_online(["kalibaru"], timeout=20)
+    wait_until(lambda: daemon.status()["health"]["display"] == "ok", 20, what="the site's screen")
+    out = tmp_path / "kalibaru.jpg"
+    result = console.ok("screenshot", "kalibaru", "--out", str(out), "--json")
+    assert result.json["bytes"] == out.stat().st_size > 1000
+    with Image.open(out) as picture:
+        assert picture.format == "JPEG" and picture.size == (640, 360)
+
+
+def test_a_reboot_is_refused_in_a_meeting_and_asked_for_with_force(fleet_broker: Console, tmp_path: Path) -> None:
+    console = fleet_broker
+    daemon = console.start_daemon("kalibaru", tmp_path)
+    console.wait_online(["kalibaru"], timeout=20)
+    console.ok("meeting", "start", "--title", "Rapat", "--sites", "kalibaru", "--program-url", "srt://127.0.0.1:9/p",
+               "--ingest-url", "rtmp://127.0.0.1:9/live/{site}", "--auto-join")
+    daemon.wait_status(lambda status: status["state"] in ("joining", "in_meeting"), 10)
+    refused = console.run("reboot", "kalibaru")
+    assert refused.code == 1 and "in a meeting" in refused.err and "force" in refused.err, refused.err
+    request = Path(daemon.socket).parent / "reboot-request"
+    time.sleep(2.5)
+    assert not request.exists()
+    console.ok("reboot", "kalibaru", "--force")
+    wait_until(request.exists, 5, what="the reboot request for the root unit")
+    assert request.read_text() == "normal\n"
+
+
+def test_logs_travel_the_whole_way_even_when_the_journal_is_empty(fleet_broker: Console, tmp_path: Path) -> None:
+    """This machine has no systemd journal (PID 1 is not systemd): the site's journalctl finds no entries, the
+    answer still comes back through the broker and the ACLs, and the console says so. Lines and their chunking:
+    tests/test_remote_ops.py."""
+    console = fleet_broker
+    console.start_daemon("kalibaru", tmp_path)
+    console.wait_online(["kalibaru"], timeout=20)
+    result = console.run("logs", "kalibaru", "--since", "1h", "--lines", "50")
+    assert result.code == 0 and "kalibaru: no journal lines since" in result.err, result.err
+    as_json = console.ok("logs", "kalibaru", "--json").json
+    assert as_json["site"] == "kalibaru" and as_json["lines"] == []
+    bad = console.run("logs", "kalibaru", "--lines", "0")
+    assert bad.code == 2 and "--lines" in bad.err
