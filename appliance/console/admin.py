@@ -6,7 +6,9 @@ import argparse
 import ipaddress
 import re
 import sys
+import tempfile
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -226,7 +228,53 @@ def cmd_broker_config(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def check_site_file(ctx: Context, path: Path) -> list[str]:
+    """What a device would refuse in this site file (the device's own checks), and what would keep it off
+    this fleet (another broker, another console key, an unknown site, a stale password)."""
+    from appliance import provision as device_provision  # the device's own checks, not a copy
+
+    if not path.is_file():
+        raise BadInput(f"--check {path}: no such file")
+    ca = path.with_name(provision.CA_NAME)
+    key = public_key_to_base64(ctx.signing_key().public_key())
+    with tempfile.TemporaryDirectory() as scratch:
+        # What an image built for this fleet carries (its --defaults): the console's key, signing on.
+        base = Path(scratch, "appliance.toml")
+        base.write_text(f'[security]\nconsole_public_key = "{key}"\nallow_unsigned = false\n', encoding="utf-8")
+        _, problems = device_provision.validate(path, base, ca if ca.exists() else None, Path(provision.DEVICE_CA_PATH))
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return problems
+    site_id = (document.get("site") or {}).get("id")
+    broker = document.get("broker") or {}
+    known = {site.id for site in ctx.store.sites()}
+    if site_id and site_id not in known:
+        problems.append(f"{path}: site.id {site_id!r} is not a site of this console (see `sites list`)")
+    url = ctx.require_init()
+    if broker.get("url") and broker["url"] != url:
+        problems.append(f"{path}: broker.url {broker['url']!r} is not this fleet's broker {url!r}")
+    given = (document.get("security") or {}).get("console_public_key")
+    if given and given != key:
+        problems.append(f"{path}: security.console_public_key is not this console's key: commands would be refused")
+    if site_id in known and broker.get("password") and broker["password"] != ctx.store.site_password(site_id):
+        problems.append(f"{path}: broker.password is not {site_id}'s current password (rotated since?): "
+                        f"write a new file with `provision {site_id}`")
+    return problems
+
+
 def cmd_provision(ctx: Context, args: argparse.Namespace) -> int:
+    if args.check:
+        problems = check_site_file(ctx, Path(args.check))
+        if ctx.json:
+            print_json({"file": args.check, "ok": not problems, "problems": problems})
+        elif problems:
+            print("\n".join(problems), file=sys.stderr)
+        else:
+            print(f"{args.check}: a device would accept it, and it belongs to this fleet")
+        return 1 if problems else 0
+    if not args.out:
+        raise BadInput("give --out DIR (where to write the files), or --check FILE")
     url = ctx.require_init()
     store = ctx.store
     if bool(args.site) == bool(args.all):

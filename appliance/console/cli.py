@@ -124,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     provision = sub(commands, "provision", "write a site's provisioning file and CA for its SD card")
     provision.add_argument("site", nargs="?", metavar="SITE")
     provision.add_argument("--all", action="store_true", help="every site, one directory each")
-    provision.add_argument("--out", required=True, metavar="DIR")
+    provision.add_argument("--out", metavar="DIR", help="where to write the files")
+    provision.add_argument("--check", metavar="FILE",
+                           help="instead: check a site file a technician sends in, as a device and this fleet would")
     provision.add_argument("--media-host", action="append", metavar="HOST",
                            help="allowed media host (repeatable; default: those given to init)")
     provision.add_argument("--ca-path", default="/var/lib/appliance/ca.pem", metavar="PATH",

@@ -56,3 +56,20 @@ def test_logs_travel_the_whole_way_even_when_the_journal_is_empty(fleet_broker: 
     assert as_json["site"] == "kalibaru" and as_json["lines"] == []
     bad = console.run("logs", "kalibaru", "--lines", "0")
     assert bad.code == 2 and "--lines" in bad.err
+
+
+def test_the_centre_checks_a_site_file_a_technician_sends_in(fleet_broker: Console, tmp_path: Path) -> None:
+    console = fleet_broker
+    console.ok("provision", "kalibaru", "--out", str(tmp_path / "card"))
+    good = tmp_path / "card" / "appliance-site.toml"
+    assert "a device would accept it" in console.ok("provision", "--check", str(good)).out
+    edited = tmp_path / "edited" / "appliance-site.toml"
+    edited.parent.mkdir()
+    text = good.read_text().replace('kind = "kecamatan"', 'kind = "kota"').replace('[broker]', '[broker]\nport = 1')
+    edited.write_text(text.replace("mqtts://localhost", "mqtts://elsewhere"))
+    result = console.run("provision", "--check", str(edited), "--json")
+    problems = result.json["problems"]
+    assert result.code == 1 and result.json["ok"] is False
+    assert any("site.kind" in problem and "kota" in problem for problem in problems), problems
+    assert any("broker.port" in problem for problem in problems), problems
+    assert console.run("provision", "--check", str(tmp_path / "missing.toml")).code == 2
