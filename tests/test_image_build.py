@@ -814,7 +814,8 @@ def test_booted_image_reaches_ready_and_connects_to_the_broker(real_images, tmp_
     finally:
         broker.stop()
     assert message["online"] is True and message["site"] == "qemu-site"
-    assert "installed /boot/firmware/appliance-site.toml" in console  # provisioning on first boot
+    # Provisioning on first boot, from the first drive (RAPAT) the A/B layout gives the site file.
+    assert "installed /boot/autoboot/appliance-site.toml" in console
     assert "overlay-init:" not in console  # no fallback to a writable root
     assert "Mounted var-lib-appliance.mount" in console  # the persistent data partition
     assert re.search(r"(Using hardware watchdog|Watchdog running with a timeout)", console)
