@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.core import floor as fl
-from appliance.core import io, replies, transitions
+from appliance.core import io, transitions
 from appliance.core import selftest as st
 from appliance.core.clock import Clock, rfc3339
 from appliance.core.floor_flow import FloorFlow
@@ -31,6 +31,7 @@ from appliance.core.protocol import (
     check_command,
     identify,
 )
+from appliance.core.remote_flow import RemoteFlow
 from appliance.core.replay import ReplayMemory
 from appliance.core.selftest_flow import SelftestFlow
 from appliance.core.transitions import IDLE, IN_MEETING, JOINING, LEAVING, MEETING_AVAILABLE, Step
@@ -91,7 +92,7 @@ class Outcome:
     effects: list[io.Effect] = field(default_factory=list)
 
 
-class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow):
+class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow, RemoteFlow):
     def __init__(self, settings: CoreSettings, clock: Clock,
                  replay_memory: dict[str, float | tuple[float, float | None]] | None = None,
                  uptime: UptimeLedger | None = None) -> None:
@@ -540,38 +541,6 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow
     def _media_summary(self) -> str:
         return f"uplink {self.health['uplink']}, program {self.health['program']}"
 
-    # --- remote operations (logs, screenshot, reboot) ------------------------------------------
-    def _send_logs(self, context: dict[str, Any]) -> None:
-        body = context["body"]
-        self._emit(io.ReadLogs(context["command_id"], body.get("since"), body.get("lines", replies.DEFAULT_LOG_LINES)))
-
-    def _send_screenshot(self, context: dict[str, Any]) -> None:
-        if not self.settings.display_enabled:
-            self._publish_reply(io.ReplyData(context["command_id"], "screenshot", error="no display (display.backend = none)"))
-            return
-        self._emit(io.TakeScreenshot(context["command_id"]))
-
-    def _reboot(self, context: dict[str, Any]) -> None:
-        forced = self.state in (JOINING, IN_MEETING, LEAVING)
-        self._log("warning", f"rebooting on the centre's command{' (forced, in a meeting)' if forced else ''}")
-        self._event("reboot.requested", forced=forced)
-        self._emit(io.RequestReboot("normal"))
-
-    def _on_reply_data(self, event: io.ReplyData) -> None:
-        self._publish_reply(event)
-
-    def _publish_reply(self, reply: io.ReplyData) -> None:
-        site, topic = self.settings.site_id, f"{self.topics.reply}/{reply.command_id}"
-        if reply.error:
-            chunks = replies.error_chunk(site, reply.command_id, reply.command_type, reply.error)
-        elif reply.lines is not None:
-            chunks = replies.line_chunks(site, reply.command_id, list(reply.lines), reply.command_type)
-        else:
-            chunks = replies.data_chunks(site, reply.command_id, reply.data or b"", reply.content_type,
-                                         reply.command_type)
-        for chunk in chunks:
-            self._emit(io.Publish(topic, chunk))
-
     # --- replay memory and answers --------------------------------------------------------------
     def _ack(self, command_id: str | None, command_type: str | None, code: str | None = None, message: str = "") -> None:
         payload: dict[str, Any] = {
@@ -604,9 +573,9 @@ ACTIONS: dict[str, Callable[[ApplianceCore, dict[str, Any]], None]] = {
     "floor_grant": FloorFlow._floor_grant,
     "floor_revoke": FloorFlow._floor_revoke,
     "update": UpdateFlow._accept_update,
-    "send_logs": ApplianceCore._send_logs,
-    "send_screenshot": ApplianceCore._send_screenshot,
-    "reboot": ApplianceCore._reboot,
+    "send_logs": RemoteFlow._send_logs,
+    "send_screenshot": RemoteFlow._send_screenshot,
+    "reboot": RemoteFlow._reboot,
     "notice_no_meeting": _notice("no_meeting"),
     "notice_nothing_to_leave": _notice("nothing_to_leave"),
     "notice_hold_to_leave": _notice("hold_to_leave"),
@@ -632,5 +601,5 @@ EVENT_HANDLERS: dict[type, Callable[[ApplianceCore, Any], None]] = {
     io.SoftwareReport: UpdateFlow._on_software_report,
     io.UpdateProgress: UpdateFlow._on_update_progress,
     io.UpdateStepDone: UpdateFlow._on_update_step_done,
-    io.ReplyData: ApplianceCore._on_reply_data,
+    io.ReplyData: RemoteFlow._on_reply_data,
 }

@@ -67,7 +67,8 @@ class Console:
                                 port=self.port).start()
         return self.broker
 
-    def start_daemon(self, site: str, tmp: Path, extra: str = "", display: str = 'backend = "none"') -> DaemonProcess:
+    def start_daemon(self, site: str, tmp: Path, extra: str = "", display: str = 'backend = "none"',
+                     env: dict[str, str] | None = None) -> DaemonProcess:
         """A real `appliance run` with the provisioning file this console wrote for `site`, and no hardware.
         `extra` is more TOML for the test's overlay. Not waited for: wait_online() says when it is up."""
         directory = tmp / f"device-{site}"
@@ -79,7 +80,7 @@ class Console:
             f'[display]\n{display}\n'
             f'[paths]\nstate_dir = "{directory / "state"}"\ncontrol_socket = "{directory / "control.sock"}"\n{extra}'
         )
-        daemon = DaemonProcess(directory / "boot" / "appliance-site.toml", overlays=[overlay],
+        daemon = DaemonProcess(directory / "boot" / "appliance-site.toml", env, overlays=[overlay],
                                log_path=directory / "daemon.log")
         self.daemons.append(daemon)
         return daemon.start(wait=False)
