@@ -6,14 +6,14 @@ cd "$(dirname "$0")/.."
 # What `make test` and `make demo` need: broker, media, build tools, the image tools the fast
 # image tests use, systemd-analyze, Chromium for the report screenshots, and PipeWire with its
 # WebRTC echo canceller plus sox and espeak-ng for the echo test rig, and RAUC (bundles, the
-# update service on a private system bus) for the update tests.
+# update service on a private system bus) for the update tests; tmux for the watch test in a real terminal.
 APT_PACKAGES=(
   mosquitto mosquitto-clients ffmpeg libvlc5 vlc-plugin-base vlc-plugin-access-extra
   nginx libnginx-mod-rtmp libsystemd-dev pkg-config libcap-dev gcc python3-venv python3-dev
   jq openssl xvfb vlc-plugin-video-output chromium
   fdisk dosfstools mtools e2fsprogs xz-utils util-linux systemd bmap-tools
   pipewire wireplumber pipewire-pulse libspa-0.2-modules pulseaudio-utils dbus sox espeak-ng
-  rauc rauc-service squashfs-tools
+  rauc rauc-service squashfs-tools tmux
 )
 # `--image-tools` (make test-slow): a real arm64 root under emulation, and booting it in qemu.
 if [ "${1:-}" = "--image-tools" ]; then

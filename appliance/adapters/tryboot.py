@@ -68,6 +68,7 @@ def booted_slot(cmdline: str) -> str | None:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    # Not storage.write_atomic: that one chmods the new file, which FAT (autoboot.txt's partition) refuses.
     temporary = path.with_name(path.name + ".new")
     with open(temporary, "w", encoding="ascii") as handle:
         handle.write(text)

@@ -24,10 +24,11 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
 
 
-def make_ca(common_name: str = "rapat-appliance console CA") -> tuple[bytes, bytes]:
-    """Return (certificate PEM, key PEM) of a new self-signed CA."""
+def make_ca(common_name: str = "rapat-appliance console CA", *, name: x509.Name | None = None,
+            digital_signature: bool = True) -> tuple[bytes, bytes]:
+    """Return (certificate PEM, key PEM) of a new self-signed CA (`name` instead of a bare common name)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    name = name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     start = _now()
     cert = (
         x509.CertificateBuilder()
@@ -35,7 +36,7 @@ def make_ca(common_name: str = "rapat-appliance console CA") -> tuple[bytes, byt
         .serial_number(x509.random_serial_number())
         .not_valid_before(start).not_valid_after(start + dt.timedelta(days=365 * CA_YEARS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+        .add_extension(x509.KeyUsage(digital_signature=digital_signature, key_cert_sign=True, crl_sign=True,
                                      content_commitment=False, key_encipherment=False, data_encipherment=False,
                                      key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)

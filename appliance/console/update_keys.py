@@ -27,7 +27,7 @@ from appliance.console.context import Context
 from appliance.console.errors import Refused
 from appliance.console.home import Home, atomic_write_many
 from appliance.console.output import print_json
-from appliance.console.pki import _key_pem, _now
+from appliance.console.pki import _key_pem, _now, make_ca
 
 CA_YEARS = 20
 SIGNING_YEARS = 10
@@ -46,24 +46,11 @@ def _usage(digital_signature: bool, cert_sign: bool) -> x509.KeyUsage:
 
 
 def make_update_ca() -> tuple[bytes, bytes]:
-    """(certificate PEM, key PEM) of a new self-signed update CA."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = _name("rapat-appliance update CA")
-    start = _now()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(start + dt.timedelta(days=365 * CA_YEARS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_usage(digital_signature=False, cert_sign=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+    """(certificate PEM, key PEM) of a new self-signed update CA: it only certifies (no digitalSignature)."""
+    return make_ca(name=_name("rapat-appliance update CA"), digital_signature=False)
 
 
-def make_signing_cert(ca_cert_pem: bytes, ca_key_pem: bytes, serial_hint: int = 1) -> tuple[bytes, bytes]:
+def make_signing_cert(ca_cert_pem: bytes, ca_key_pem: bytes) -> tuple[bytes, bytes]:
     """(certificate PEM, key PEM) of a code-signing certificate issued by the update CA."""
     ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
     ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)

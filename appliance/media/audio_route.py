@@ -2,8 +2,8 @@
 
 - `aec`: the program plays into the echo canceller's sink and the uplink captures its cleaned
   source, both in the audio engine (PipeWire, spoken to through its PulseAudio protocol). The
-  canceller (`libpipewire-module-echo-cancel` with WebRTC's processing) is loaded by the engine's
-  own configuration (`systemd/pipewire/`), so it comes back by itself when the engine restarts.
+  canceller (`libpipewire-module-echo-cancel` with WebRTC's processing) is a client process of the
+  engine that the daemon's audio watcher keeps running (`adapters/echo_canceller.py`).
 - `duck`, `device`, `off`: the microphone through ALSA (`camera.audio_device`) and the program
   through VLC's default output, as before the engine; `duck` lowers the program while the site speaks.
 
