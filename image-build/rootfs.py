@@ -30,11 +30,14 @@ DEV_TOOLS = frozenset({"appliance_dev", "demo", "simulate", "central_media", "lo
 WHEEL_PLATFORMS = [f"manylinux_2_{minor}_aarch64" for minor in range(36, 16, -1)] + ["manylinux2014_aarch64"]
 OVERLAY_INIT = "/usr/lib/rapat-appliance/overlay-init"
 DATA_LABEL = "rapat-data"
+JOURNAL_DIR = "/var/log/journal"
+DATA_JOURNAL_DIR = "/var/lib/appliance/journal"  # on the data partition
 UNPROVISIONED_HOSTNAME = "rapat-unprovisioned"
 # Console scripts with a launcher in the venv's bin/: the technician's command and RAUC's boot-chooser
 # (system.conf bootloader-custom-backend=/opt/rapat-appliance/bin/rapat-tryboot).
 LAUNCHERS = ("appliance", "rapat-tryboot")
-ENABLE = ["appliance.service", "appliance-provision.service", "appliance-audio.service", "appliance-reboot.path"]
+ENABLE = ["appliance.service", "appliance-provision.service", "appliance-audio.service", "appliance-reboot.path",
+          "appliance-trial-guard.service"]
 # The audio engine's launcher and configuration (systemd/audio/; see appliance-audio.service).
 AUDIO_ENGINE = "/usr/lib/rapat-appliance/audio-engine"
 AUDIO_CONFIG = "/usr/share/rapat-appliance/audio"
@@ -304,6 +307,7 @@ def _fstab(root: Path, read_only: bool, layout: Any = None) -> list[str]:
         import abimage
 
         out, changes = abimage.fstab_lines(layout, lines, DATA_LABEL)
+        changes += _journal_on_data(root, out)
         fstab.write_text("\n".join(out) + "\n")
         return changes
     changes, out = [], []
@@ -319,14 +323,42 @@ def _fstab(root: Path, read_only: bool, layout: Any = None) -> list[str]:
         # nofail: a broken data partition must not stop the boot (the units only Want it).
         out.append(f"LABEL={DATA_LABEL}\t/var/lib/appliance\text4\tdefaults,noatime,nofail\t0\t2")
         changes.append(f"fstab: data partition LABEL={DATA_LABEL} on /var/lib/appliance")
+    if any(DATA_LABEL in line for line in out):
+        changes += _journal_on_data(root, out)
     fstab.write_text("\n".join(out) + "\n")
     return changes
 
 
-def make_data_fs(image: Path, part: Partition, root_owner: tuple[int, int]) -> None:
-    """The persistent data partition, made without a loop device (mke2fs writes at an offset)."""
-    run("mkfs.ext4", "-q", "-F", "-L", DATA_LABEL, "-E",
-        f"offset={part.offset},root_owner={root_owner[0]}:{root_owner[1]}", image, f"{part.bytes // 1024}k")
+def _journal_on_data(root: Path, out: list[str]) -> list[str]:
+    """/var/log/journal bound to the data partition's journal directory (made by make_data_fs), so
+    the journal survives reboots and updates; nofail: without it journald keeps the journal in RAM."""
+    if any(JOURNAL_DIR in line.split()[1:2] for line in out if line.strip() and not line.startswith("#")):
+        return []
+    (root / JOURNAL_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    out.append(f"{DATA_JOURNAL_DIR}\t{JOURNAL_DIR}\tnone\tbind,nofail,x-systemd.requires-mounts-for=/var/lib/appliance\t0\t0")
+    return [f"fstab: {JOURNAL_DIR} on the data partition ({DATA_JOURNAL_DIR})"]
+
+
+def make_data_fs(image: Path, part: Partition, root_owner: tuple[int, int], journal_gid: int) -> None:
+    """The persistent data partition, made without a loop device (mke2fs writes at an offset), with
+    the journal's directory in it (root:systemd-journal, setgid, as journald keeps it)."""
+    with tempfile.TemporaryDirectory(prefix="data-fs.") as staging:
+        journal = Path(staging) / DATA_JOURNAL_DIR.rsplit("/", 1)[1]
+        journal.mkdir()
+        os.chown(journal, 0, journal_gid)
+        journal.chmod(0o2755)
+        os.chown(staging, *root_owner)
+        Path(staging).chmod(0o755)
+        run("mkfs.ext4", "-q", "-F", "-L", DATA_LABEL, "-d", staging, "-E",
+            f"offset={part.offset},root_owner={root_owner[0]}:{root_owner[1]}", image, f"{part.bytes // 1024}k")
+
+
+def journal_gid(root: Path) -> int:
+    """systemd-journal's group id (Pi OS has it; a stand-in root without systemd's users gets root's)."""
+    try:
+        return _group_id(root, "systemd-journal")
+    except BuildError:
+        return 0
 
 
 def appliance_ids(root: Path) -> tuple[int, int]:
@@ -342,6 +374,11 @@ def scrub(root: Path) -> None:
     patterns = ["var/log/apt/*", "var/log/dpkg.log", "var/log/alternatives.log", "var/cache/apt/*.bin",
                 "var/lib/apt/lists/*_*", "var/cache/debconf/*-old", "var/lib/dpkg/*-old",
                 "var/cache/ldconfig/aux-cache", "root/.cache", "tmp/*", "var/tmp/*"]
+    machine_id = root / "etc/machine-id"
+    if machine_id.is_file() and machine_id.read_text().strip():
+        # Every card needs its own id (DHCP, the journal's directory): made at first boot, as Pi OS
+        # does, and kept on the data partition by overlay-init.
+        machine_id.write_text("")
     for pattern in patterns:
         for path in root.glob(pattern):
             if path.is_dir() and not path.is_symlink():

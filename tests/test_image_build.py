@@ -94,7 +94,7 @@ def update_pki(tmp_path_factory) -> dict[str, Path]:
 
 
 RO_VERSION = "0.2.0"  # the read-only build is given a --version and a plain bundle
-GROW_MB, DATA_MB = 128, 64  # smaller than the defaults (512, 256): four builds, two bundles, in seconds
+GROW_MB, DATA_MB = 128, 64  # smaller than the defaults (512, 512): four builds, two bundles, in seconds
 SMALL = ["--root-grow-mb", str(GROW_MB), "--data-mb", str(DATA_MB)]
 
 
@@ -239,7 +239,7 @@ def test_image_holds_units_users_permissions_and_config(stand_in_images, stand_i
         assert (audio / engine_conf).read_text() == (source / "systemd/audio" / engine_conf).read_text()
         assert "v4l2_monitor.enabled = false" in (audio / "wireplumber/main.lua.d/60-rapat-appliance.lua").read_text()
         assert "RuntimeWatchdogSec=14" in (root / "etc/systemd/system.conf.d/10-rapat-watchdog.conf").read_text()
-        assert "Storage=volatile" in (root / "etc/systemd/journald.conf.d/10-rapat-volatile.conf").read_text()
+        assert "Storage=persistent" in (root / "etc/systemd/journald.conf.d/10-rapat-journal.conf").read_text()
 
         passwd = {line.split(":")[0]: line.split(":") for line in (root / "etc/passwd").read_text().splitlines()}
         group = {line.split(":")[0]: line.split(":") for line in (root / "etc/group").read_text().splitlines()}
@@ -450,6 +450,19 @@ def test_ab_layout_autoboot_and_cmdline_per_slot(kind: str, stand_in_images, sta
         fstab = (image.root / "etc/fstab").read_text()
         assert "LABEL=rapat-data\t/var/lib/appliance\text4" in fstab
         assert f"PARTUUID={DISK_ID}-01\t/boot/autoboot\tvfat\tdefaults,fmask=0077,dmask=0077,nofail" in fstab
+        # The journal persists on the data partition, in a directory made with the file system.
+        assert ("/var/lib/appliance/journal\t/var/log/journal\tnone\t"
+                "bind,nofail,x-systemd.requires-mounts-for=/var/lib/appliance") in fstab
+        assert (image.root / "var/log/journal").is_dir()
+        assert (image.root / "etc/machine-id").read_text() == ""  # each card makes its own
+        data_start = image.partition(7)["start"] * 512
+        data = tmp_path / "data.ext4"
+        with open(image.image, "rb") as source, open(data, "wb") as copy:
+            source.seek(data_start)
+            copy.write(source.read(DATA_MB << 20))
+        listing = subprocess.run(["debugfs", "-R", "stat /journal", str(data)], capture_output=True, text=True)
+        assert "Type: directory" in listing.stdout and "Mode:  02755" in listing.stdout, listing.stdout + listing.stderr
+        data.unlink()
         assert [line.split()[0] for line in fstab.splitlines()
                 if line.split()[1:2] == ["/"] and not line.startswith("#")] == ["/dev/root"]
     manifest = json.loads((stand_in_images[kind] / f"{name}.manifest.json").read_text())
@@ -765,7 +778,7 @@ def test_overlay_init_gives_a_writable_root_that_never_reaches_the_card(real_ima
                   f"chroot {image.root} /usr/lib/rapat-appliance/overlay-init -c \"{probe}\"")
         result = subprocess.run(["unshare", "--mount", "--fork", "sh", "-c", script], capture_output=True, text=True,
                                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "OVERLAY_INIT_ROOT": device,
-                                     "OVERLAY_INIT_EXEC": "/bin/sh"})
+                                     "OVERLAY_INIT_EXEC": "/bin/sh", "OVERLAY_INIT_DATA": "none"})
         assert not (image.root / "probe").exists()
     lines = result.stdout.split()
     assert result.returncode == 0 and "overlay-init:" not in result.stderr, result.stdout + result.stderr

@@ -22,7 +22,7 @@ from appliance.adapters.storage import write_atomic
 from appliance.core import io
 
 JOURNAL_UNITS = ("appliance.service", "appliance-provision.service", "appliance-audio.service",
-                 "appliance-reboot.service")
+                 "appliance-reboot.service", "appliance-trial-guard.service")
 JOURNALCTL_TIMEOUT_S = 20
 
 

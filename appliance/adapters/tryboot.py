@@ -36,6 +36,8 @@ from pathlib import Path
 AUTOBOOT_ENV = "RAPAT_AUTOBOOT"  # where autoboot.txt is (tests, and images that mount it elsewhere)
 DEFAULT_AUTOBOOT = "/boot/autoboot/autoboot.txt"
 CMDLINE = "/proc/cmdline"
+# Set by the Pi firmware on a tryboot: a big-endian 32-bit 1.
+PI_TRYBOOT_FLAG = "/proc/device-tree/chosen/bootloader/tryboot"
 PARTITIONS = {"A": 2, "B": 3}  # bootname -> the boot partition the firmware loads it from
 STATES_FILE = "rauc-slot-states"
 
@@ -65,6 +67,18 @@ def parse(text: str) -> tuple[str, str]:
 def booted_slot(cmdline: str) -> str | None:
     match = re.search(r"(?:^|\s)rauc\.slot=(\S+)", cmdline)
     return match.group(1) if match else None
+
+
+def booted_on_trial(cmdline: str, flag_path: str = PI_TRYBOOT_FLAG) -> bool:
+    """Whether this boot is a trial: the Pi firmware's flag, or the `rapat.tryboot=1` word that a
+    test harness (which plays the firmware) or another loader puts on the command line."""
+    try:
+        flag = Path(flag_path).read_bytes()
+        if flag and int.from_bytes(flag[:4], "big") == 1:
+            return True
+    except OSError:
+        pass
+    return "rapat.tryboot=1" in cmdline.split()
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from appliance.adapters import tryboot
 from appliance.adapters.remote_ops import reboot_request_path, request_reboot
 from appliance.adapters.storage import write_atomic
 from appliance.core import io
@@ -42,25 +43,20 @@ from appliance.core import update as up
 
 log = logging.getLogger("appliance.update")
 
-PI_TRYBOOT_FLAG = "/proc/device-tree/chosen/bootloader/tryboot"
 CMDLINE = "/proc/cmdline"
 RAUC_TIMEOUT_S = 60
 INSTALL_TIMEOUT_S = 3600
 CHUNK = 256 * 1024
+SPACE_RESERVE_BYTES = 32 * 1024 * 1024  # kept free on the data partition whatever the bundle's size
 PROGRESS = re.compile(r"^\s*(\d{1,3})%\s")
 
 
-def _booted_on_trial(flag_path: str = PI_TRYBOOT_FLAG) -> bool:
+def _booted_on_trial(flag_path: str = tryboot.PI_TRYBOOT_FLAG) -> bool:
     try:
-        flag = Path(flag_path).read_bytes()
-        if flag and int.from_bytes(flag[:4], "big") == 1:
-            return True
+        cmdline = Path(os.environ.get("RAPAT_CMDLINE", CMDLINE)).read_text()
     except OSError:
-        pass
-    try:  # the kernel command line, as RAUC's boot-chooser reads it too (adapters/tryboot.py)
-        return "rapat.tryboot=1" in Path(os.environ.get("RAPAT_CMDLINE", CMDLINE)).read_text().split()
-    except OSError:
-        return False
+        cmdline = ""
+    return tryboot.booted_on_trial(cmdline, flag_path)
 
 
 class Updater:
@@ -169,6 +165,7 @@ class Updater:
                 stale.unlink(missing_ok=True)
         final, partial = self.bundle_path(effect.version), self.dir / f"rapat-{effect.version}.raucb.part"
         if not final.exists():
+            self._check_space(partial, effect.size)
             self._download(effect.url, partial, effect.size)
             partial.replace(final)
         self._post(io.UpdateProgress(up.VERIFYING, 0))
@@ -178,6 +175,19 @@ class Updater:
             final.unlink(missing_ok=True)
             raise
         return f"{effect.size} bytes, sha256 and signature verified"
+
+    def _check_space(self, partial: Path, size: int) -> None:
+        """Refuse a download that would fill the data partition: the uptime ledger, the replay
+        journal and the logs live there too, and must keep working whatever the centre sends."""
+        have = partial.stat().st_size if partial.exists() else 0
+        stats = os.statvfs(self.dir)
+        free = stats.f_bavail * stats.f_frsize
+        need = size - have + SPACE_RESERVE_BYTES
+        if free < need:
+            mib = 1024 * 1024
+            raise UpdateStepError(f"not enough space on the data partition ({self.dir}): the bundle needs "
+                                  f"{(size - have) // mib} MiB more and {SPACE_RESERVE_BYTES // mib} MiB stay free "
+                                  f"for the site's own data; {free // mib} MiB are free")
 
     def _download(self, url: str, partial: Path, size: int) -> None:
         have = partial.stat().st_size if partial.exists() else 0

@@ -53,7 +53,8 @@ def guest_cmdline(pi_cmdline: str) -> str:
     return " ".join(kept + ["console=ttyAMA0", "systemd.journald.forward_to_console=1"])
 
 
-def start(image: Path, kernel: Path, initrd: Path, cmdline: str, log: Path) -> subprocess.Popen:
+def start(image: Path, kernel: Path, initrd: Path, cmdline: str, log: Path, qmp: Path | None = None) -> subprocess.Popen:
+    """`qmp`: a Unix socket for QEMU's monitor protocol (block_writes reads the disk's counters)."""
     argv = ["qemu-system-aarch64", "-machine", "virt", "-cpu", "cortex-a72", "-smp", "2", "-m", "1024",
             "-accel", "tcg,thread=multi", "-nographic", "-no-reboot",
             "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
@@ -61,6 +62,8 @@ def start(image: Path, kernel: Path, initrd: Path, cmdline: str, log: Path) -> s
             "-netdev", "user,id=net", "-device", "virtio-net-device,netdev=net",
             # A PCI watchdog, so RuntimeWatchdogSec= has hardware to drive as on the Pi.
             "-device", "i6300esb"]
+    if qmp is not None:
+        argv += ["-qmp", f"unix:{qmp},server=on,wait=off"]
     handle = open(log, "wb")
     try:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT)
@@ -80,6 +83,46 @@ def wait_for(log: Path, pattern: str, process: subprocess.Popen, timeout: float)
 
     return wait_until(console_when_matched, timeout, interval=2,
                       what=lambda: f"{pattern!r} in the console:\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def block_writes(qmp: Path) -> int:
+    """Bytes the guest has written to its disk (the SD card on a Pi) since qemu started."""
+    import json
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(qmp))
+        reader = sock.makefile("r")
+        json.loads(reader.readline())  # the greeting
+        replies = []
+        for command in ({"execute": "qmp_capabilities"}, {"execute": "query-blockstats"}):
+            sock.sendall(json.dumps(command).encode() + b"\n")
+            while True:
+                reply = json.loads(reader.readline())
+                if "return" in reply or "error" in reply:
+                    replies.append(reply)
+                    break
+    stats = replies[-1]["return"]
+    return sum(device["stats"]["wr_bytes"] for device in stats)
+
+
+REBOOT = re.compile(r"reboot: Restarting system(?: with command '([^']*)')?")
+
+
+def wait_for_reboot(log: Path, process: subprocess.Popen, timeout: float) -> bool:
+    """Wait until the guest reboots (qemu runs with -no-reboot, so it exits then); whether the
+    reboot asked the firmware for a trial boot: the kernel prints the argument that `systemctl
+    reboot --reboot-argument="0 tryboot"` passed, which a Pi's firmware reads as its one-shot flag."""
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"no reboot within {timeout:g} s:\n{log.read_text(errors='replace')[-4000:]}") from None
+    found = REBOOT.findall(log.read_text(errors="replace"))
+    if not found:
+        raise AssertionError(f"qemu exited ({process.returncode}) without a reboot:\n"
+                             f"{log.read_text(errors='replace')[-4000:]}")
+    return found[-1].split() == ["0", "tryboot"]
 
 
 def stop(process: subprocess.Popen) -> None:

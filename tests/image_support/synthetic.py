@@ -125,6 +125,8 @@ def stand_in_root(dest: Path) -> Path:
     (dest / "etc/shadow").write_text("root:*:19000:0:99999:7:::\n")
     (dest / "etc/gshadow").write_text("root:*::\naudio:*::\nvideo:*::\nrender:*::\n")
     (dest / "etc/os-release").write_text('PRETTY_NAME="Stand-in bookworm"\nVERSION_CODENAME=bookworm\n')
+    # A fixed machine id, as a root made by debootstrap has (systemd's postinst writes one).
+    (dest / "etc/machine-id").write_text("54bc2d091a1646dbad56828de9252dd9\n")
     os.chmod(dest / "tmp", 0o1777)
     make_pi_like(dest)
     return dest

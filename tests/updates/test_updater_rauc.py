@@ -150,3 +150,21 @@ def test_a_missing_bundle_names_the_server_answer(device, device_config, server,
     updater.fetch(io.FetchUpdate("1.1.0", server.url("nope.raucb"), "0" * 64, 1000))
     done = events.wait(io.UpdateStepDone)
     assert done.ok is False and "404" in done.detail, done
+
+
+def test_a_bundle_that_would_fill_the_data_partition_is_refused_before_any_byte(device, device_config, server, bundles,
+                                                                                events) -> None:  # noqa: ANN001
+    """The ledger and the replay journal share the partition: a download never fills it."""
+    import os
+
+    updater = Updater(device_config, events, version="1.0.0", trial=lambda: False)
+    updater.dir.mkdir(parents=True)
+    stats = os.statvfs(updater.dir)
+    free = stats.f_bavail * stats.f_frsize
+    effect = _fetch_effect(bundles / "rapat-1.1.0.raucb", server.url("rapat-1.1.0.raucb"), "1.1.0")
+    updater.fetch(io.FetchUpdate(effect.version, effect.url, effect.sha256, free))  # fits, but leaves no reserve
+    done = events.wait(io.UpdateStepDone)
+    assert done.ok is False and "not enough space on the data partition" in done.detail, done
+    assert "MiB stay free" in done.detail
+    assert [line for line in server.requests() if "rapat-1.1.0.raucb" in line] == []
+    assert list(updater.dir.iterdir()) == []

@@ -1,0 +1,138 @@
+"""The parts of the QEMU update tests: an A/B image built by image-build from a real Debian arm64
+root with RAUC in it, and release bundles made from the build's own bundle.
+
+Only one image is built (the slow part). The releases after it are the build's bundle taken apart
+with `rauc extract`, changed inside its root file system with debugfs (no mount), and signed again
+with the fleet's signing key by `rauc bundle`, as the centre would sign a real release:
+
+- `good`: the same software, a marker file, a higher version;
+- `broken`: a higher version still, whose daemon never becomes ready (`appliance run` hangs before
+  READY=1; every other `appliance` command works), so the trial guard has to give it back.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.image_support import synthetic
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = REPO / "image-build/build-image"
+SDE = 1764000000
+FACTORY_VERSION = "0.1.0"  # what the flashed slot reports (the software's own version: no RAUC record)
+# What the image holds besides the appliance: RAUC and what it needs; no Pi-only package, no audio engine.
+APT = "python3-systemd rauc rauc-service mtools dbus"
+# The lab image's fleet-wide defaults: the test machine's broker and update server as qemu's user
+# network shows them (10.0.2.2), the console's key, no hardware, a short trial.
+LAB_DEFAULTS = """[broker]
+url = "mqtt://10.0.2.2:{port}"
+[security]
+console_public_key = "{key}"
+allowed_media_hosts = ["10.0.2.2"]
+[panel]
+backend = "mock"
+[camera]
+backend = "none"
+[display]
+backend = "none"
+[audio]
+echo = "off"
+[update]
+allowed_hosts = ["10.0.2.2"]
+health_timeout_s = {health_timeout_s}
+"""
+HANGING_RUN = """#!/bin/sh
+# A broken release for the rollback test: the daemon never gets as far as READY=1.
+if [ "${1:-}" = run ]; then
+    echo "appliance: this release hangs on purpose (QEMU rollback test)" >&2
+    exec sleep infinity
+fi
+exec /opt/rapat-appliance/bin/appliance.real "$@"
+"""
+APPLIANCE_BIN = "/opt/rapat-appliance/bin/appliance"
+COMPATIBLE = "rapat-appliance-rpi"  # image-build's default (--compatible)
+
+
+@dataclass
+class Lab:
+    image_xz: Path
+    bundle: Path  # the build's own bundle (FACTORY_VERSION)
+    keyring: Path
+    cert: Path
+    key: Path
+    broker_port: int
+
+
+def build(work: Path, *, broker_port: int, console_public_b64: str, pki: dict[str, Path],
+          health_timeout_s: int = 60) -> Lab:
+    root = synthetic.debootstrap_root()  # cached between runs
+    image = synthetic.make_image(root, work / "base.img", root_mb=900)
+    subprocess.run(["xz", "-T0", "-0", str(image)], check=True)
+    base = work / "base.img.xz"
+    defaults = work / "lab-defaults.toml"
+    defaults.write_text(LAB_DEFAULTS.format(port=broker_port, key=console_public_b64,
+                                            health_timeout_s=health_timeout_s))
+    out = work / "out"
+    result = subprocess.run(
+        [sys.executable, str(BUILD), "--base", str(base), "--sha256", synthetic.sha256(base), "--out", str(out),
+         "--xz-level", "0", "--read-only-root", "--apt-packages", APT, "--defaults", str(defaults),
+         "--root-grow-mb", "64", "--data-mb", "512", "--version", FACTORY_VERSION,
+         "--update-keyring", str(pki["ca"]), "--update-cert", str(pki["signing"]), "--update-key", str(pki["signing-key"])],
+        capture_output=True, text=True, env={**os.environ, "SOURCE_DATE_EPOCH": str(SDE)})
+    if result.returncode != 0:
+        raise AssertionError(f"build-image failed:\n{result.stderr[-4000:]}")
+    base.unlink()
+    name = f"rapat-appliance-{FACTORY_VERSION}"
+    return Lab(out / f"{name}.img.xz", out / f"{name}.raucb", pki["ca"], pki["signing"], pki["signing-key"],
+               broker_port)
+
+
+def _debugfs(image: Path, *requests: str) -> None:
+    script = "\n".join(requests) + "\n"
+    result = subprocess.run(["debugfs", "-w", "-f", "-", str(image)], input=script, capture_output=True, text=True)
+    if result.returncode != 0 or "debugfs: " in result.stderr.replace("debugfs 1.", ""):
+        raise AssertionError(f"debugfs on {image}: {result.stderr}")
+
+
+def release(lab: Lab, work: Path, version: str, *, broken: bool = False) -> Path:
+    """A signed bundle of `version` made from the build's own bundle; `broken`: its daemon hangs."""
+    content = work / f"content-{version}"
+    shutil.rmtree(content, ignore_errors=True)
+    # The fleet's signing certificate is for code signing only: RAUC must be told to check that purpose.
+    conf = work / "verify.conf"
+    conf.write_text(f"[system]\ncompatible={COMPATIBLE}\nbootloader=noop\n\n"
+                    f"[keyring]\npath={lab.keyring}\ncheck-purpose=codesign\n")
+    result = subprocess.run(["rauc", f"--conf={conf}", "extract", str(lab.bundle), str(content)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise AssertionError(f"rauc extract {lab.bundle}: {result.stderr[-2000:]}")
+    manifest = configparser.ConfigParser(interpolation=None)
+    manifest.read(content / "manifest.raucm")
+    compatible, bundle_format = manifest["update"]["compatible"], manifest["bundle"].get("format", "plain")
+    rootfs = content / "rootfs.ext4"
+    marker = work / f"release-{version}"
+    marker.write_text(f"{version}\n")
+    requests = [f"write {marker} /etc/rapat-test-release"]
+    if broken:
+        hanging = work / "hanging-appliance"
+        hanging.write_text(HANGING_RUN)
+        requests += [f"ln {APPLIANCE_BIN} {APPLIANCE_BIN}.real", f"unlink {APPLIANCE_BIN}", f"write {hanging} {APPLIANCE_BIN}",
+                     f"set_inode_field {APPLIANCE_BIN} mode 0100755"]
+    _debugfs(rootfs, *requests)
+    # A fresh manifest: `rauc bundle` fills in the hashes and sizes of the changed images.
+    (content / "manifest.raucm").write_text(
+        f"[update]\ncompatible={compatible}\nversion={version}\ndescription=qemu test release {version}\n\n"
+        f"[bundle]\nformat={bundle_format}\n\n"
+        "[image.rootfs]\nfilename=rootfs.ext4\n\n[image.boot]\nfilename=boot.vfat\n")
+    bundle = work / f"rapat-{version}.raucb"
+    bundle.unlink(missing_ok=True)
+    subprocess.run(["rauc", "bundle", f"--cert={lab.cert}", f"--key={lab.key}", str(content), str(bundle)],
+                   check=True, capture_output=True, text=True)
+    shutil.rmtree(content)
+    return bundle

@@ -1,0 +1,279 @@
+"""A whole remote update of a booted A/B image in qemu-system-aarch64 (slow: `make test-slow`).
+
+One image is built by image-build from a real Debian arm64 root with RAUC in it; its releases are
+the build's own bundle signed again with a higher version (tests/image_support/update_lab.py). The
+site runs the image's own units under real systemd; commands are signed by the console's key and
+go through a real Mosquitto; bundles come from nginx. The only emulated part is the Raspberry Pi
+firmware's choice of boot partition: the harness reads autoboot.txt on p1 and takes `[tryboot]`
+when the guest's last reboot asked for it (`reboot "0 tryboot"`), `[all]` otherwise
+(tests/image_support/qemu.py, `firmware_choice`).
+
+In one run, in this order (each step needs the one before):
+1. A power cut (qemu killed) in the middle of the download leaves slot A booting.
+2. A power cut in the middle of RAUC's install into slot B leaves slot A booting.
+3. The update completes: install into B, trial boot of B, kept (`update.committed`), B is now the
+   firmware's normal boot.
+4. A release whose daemon never becomes ready is installed into A, booted on trial, given back by
+   the trial guard with no person involved, and the centre gets `update.rolled_back` with the reason
+   from the old version, which boots again.
+5. The journal kept on the data partition: the centre's `logs` shows what the broken trial boot
+   logged before the rollback; one machine id across every boot; the bytes an idle site writes to
+   its card in five minutes (qemu's disk counters), printed for docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance.console import update_keys
+from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, site_topic
+from appliance_dev.broker import Mosquitto
+from appliance_dev.bundle_server import BundleServer
+from appliance_dev.localnet import free_port
+from appliance_dev.recorder import MqttRecorder
+from tests.image_support import inspect, qemu, update_lab
+from tests.support.site import ConsoleKey
+
+SITE = "qemu-site"
+GOOD, BROKEN = "0.2.0", "0.3.0"
+HEALTH_TIMEOUT_S = 60
+IDLE_S = 300  # the window in which an idle site's writes to its card are counted
+BOOT_TIMEOUT_S = 900  # emulated arm64 on 2 cores; measured boot to READY: about 80 s
+TOOLS = ["qemu-system-aarch64", "debootstrap", "qemu-aarch64-static", "rauc", "mksquashfs", "debugfs", "mcopy"]
+_missing = [tool for tool in TOOLS if not shutil.which(tool)]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root (loop devices, mounts, chroot)"),
+    pytest.mark.skipif(bool(_missing), reason=f"missing {', '.join(_missing)} (make test-slow installs "
+                                              "qemu-system-arm debootstrap qemu-user-static rauc squashfs-tools)"),
+]
+
+
+class Site:
+    """The emulated site: its disk, the console log of each boot, and the broker's view of it."""
+
+    def __init__(self, work: Path, disk: Path, kernel: Path, initrd: Path, observer: MqttRecorder) -> None:
+        self.work, self.disk, self.kernel, self.initrd, self.observer = work, disk, kernel, initrd, observer
+        self.boots: list[tuple[str, Path]] = []
+        self.machine: subprocess.Popen | None = None
+
+    def boot(self, trial: bool = False) -> str:
+        """Power on; the harness plays the firmware. Returns the slot it chose."""
+        slot, _, cmdline = qemu.firmware_choice(self.disk, trial=trial)
+        log = self.work / f"boot-{len(self.boots) + 1}-{slot}{'-trial' if trial else ''}.log"
+        self.boots.append((slot, log))
+        self.qmp = self.work / f"qmp-{len(self.boots)}.sock"
+        self.machine = qemu.start(self.disk, self.kernel, self.initrd, cmdline, log, qmp=self.qmp)
+        return slot
+
+    @property
+    def log(self) -> Path:
+        return self.boots[-1][1]
+
+    def power_cut(self) -> None:
+        assert self.machine is not None
+        qemu.stop(self.machine)
+
+    def rebooted_for_trial(self, timeout: float) -> bool:
+        assert self.machine is not None
+        return qemu.wait_for_reboot(self.log, self.machine, timeout)
+
+    def state(self, predicate, timeout: float = BOOT_TIMEOUT_S, after: int = 0) -> dict:  # noqa: ANN001
+        return self.observer.wait_for(lambda topic, payload: topic == site_topic(DEFAULT_TOPIC_PREFIX, SITE, "state")
+                                      and isinstance(payload, dict) and predicate(payload), timeout, after)[1]
+
+    def online_running(self, version: str, after: int) -> dict:
+        return self.state(lambda state: state.get("online") is True
+                          and (state.get("software") or {}).get("running") == version, after=after)
+
+    def event(self, kind: str, after: int, timeout: float) -> dict:
+        return self.observer.wait_for(lambda topic, payload: topic.endswith(f"/site/{SITE}/event")
+                                      and isinstance(payload, dict) and payload.get("type") == kind, timeout, after)[1]
+
+    def logs(self, key: ConsoleKey, lines: int) -> list[str]:
+        """`appliance-console logs`: the signed command, then the reply's chunks in order."""
+        command = key.command("logs", {"lines": lines}, to=[SITE])
+        mark = self.observer.mark()
+        self.observer.publish(site_topic(DEFAULT_TOPIC_PREFIX, SITE, "cmd"), command)
+        assert self.observer.ack_for(command["id"], SITE, timeout=60, after=mark)["ok"]
+        reply_topic = f"{site_topic(DEFAULT_TOPIC_PREFIX, SITE, 'reply')}/{command['id']}"
+        received: list[str] = []
+        for seq in range(1000):
+            chunk = self.observer.wait_for(lambda topic, payload, seq=seq: topic == reply_topic
+                                           and isinstance(payload, dict) and payload.get("seq") == seq, 120, mark)[1]
+            assert "error" not in chunk, chunk
+            received += chunk["lines"]
+            if chunk["last"]:
+                return received
+        raise AssertionError("no last chunk")
+
+    def update_phase(self, phase: str, at_least: int, after: int, timeout: float) -> dict:
+        def reached(state: dict) -> bool:
+            update = (state.get("software") or {}).get("update") or {}
+            return update.get("phase") == phase and update.get("progress", 0) >= at_least
+        return self.state(reached, timeout, after)
+
+
+def _journal_on_data_partition(disk: Path, work: Path) -> dict:
+    """The journal as the data partition (p7) holds it: machine directories, boots, bytes."""
+    part = next(part for part in inspect.partitions(disk) if part["number"] == 7)
+    mount_point = work / "data"
+    mount_point.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "ext4", "-o", f"ro,noload,offset={part['start'] * 512},sizelimit={part['size'] * 512}",
+                    str(disk), str(mount_point)], check=True)
+    try:
+        machines = [path for path in (mount_point / "journal").iterdir() if path.is_dir()]
+        boots = subprocess.run(["journalctl", f"--directory={machines[0]}", "--list-boots", "--no-pager"],
+                               capture_output=True, text=True, check=True).stdout.strip().splitlines() if machines else []
+        size = sum(path.stat().st_size for path in (mount_point / "journal").rglob("*.journal*"))
+        return {"machines": [path.name for path in machines], "boots": len(boots), "bytes": size}
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def update_command(key: ConsoleKey, bundle: Path, url: str) -> dict:
+    data = bundle.read_bytes()
+    return key.command("update", {"version": bundle.name.removeprefix("rapat-").removesuffix(".raucb"), "url": url,
+                                  "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                                  "allow_downgrade": False}, to=[SITE], ttl_s=3600)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):  # noqa: ANN201
+    work = tmp_path_factory.mktemp("update-lab")
+    ca, ca_key = update_keys.make_update_ca()
+    cert, key = update_keys.make_signing_cert(ca, ca_key)
+    pki = {}
+    for name, data in (("ca", ca), ("signing", cert), ("signing-key", key)):
+        pki[name] = work / f"{name}.pem"
+        pki[name].write_bytes(data)
+    console_key = ConsoleKey()
+    built = update_lab.build(work, broker_port=free_port(), console_public_b64=console_key.public_b64, pki=pki,
+                             health_timeout_s=HEALTH_TIMEOUT_S)
+    releases = work / "releases"
+    releases.mkdir()
+    good = update_lab.release(built, releases, GOOD)
+    broken = update_lab.release(built, releases, BROKEN, broken=True)
+    return built, console_key, good, broken
+
+
+def test_power_cuts_then_a_kept_update_then_a_broken_one_given_back(lab, tmp_path: Path) -> None:
+    built, console_key, good, broken = lab
+    command_topic = site_topic(DEFAULT_TOPIC_PREFIX, SITE, "cmd")
+    broker = Mosquitto(tmp_path / "broker", port=built.broker_port).start()
+    observer = MqttRecorder(broker.port, f"{DEFAULT_TOPIC_PREFIX}/#")
+    fast = BundleServer(good.parent).start()
+    slow = BundleServer(good.parent, rate="1m").start()  # 1 MB/s: a download long enough to cut
+    url = {server: f"http://10.0.2.2:{server.port}/" for server in (fast, slow)}
+    try:
+        with inspect.opened(built.image_xz, tmp_path) as image:
+            kernel, initrd = tmp_path / "vmlinuz", tmp_path / "initrd.img"
+            shutil.copy(next(image.root.glob("boot/vmlinuz-*")), kernel)
+            shutil.copy(next(image.root.glob("boot/initrd.img-*")), initrd)
+            disk = image.image
+        site_file = tmp_path / "appliance-site.toml"
+        site_file.write_text(f'[site]\nid = "{SITE}"\nkind = "desa"\n')
+        subprocess.run(["mcopy", "-i", f"{disk}@@{image.partitions[0]['start'] * 512}", str(site_file), "::/"], check=True)
+        site = Site(tmp_path, disk, kernel, initrd, observer)
+        timings: dict[str, float] = {}
+
+        # 1. A power cut in the middle of the download.
+        mark = observer.mark()
+        assert site.boot() == "A"
+        site.online_running(update_lab.FACTORY_VERSION, mark)
+        mark = observer.mark()
+        command = update_command(console_key, good, url[slow] + good.name)
+        observer.publish(command_topic, command)
+        assert observer.ack_for(command["id"], SITE, timeout=60, after=mark)["ok"]
+        site.update_phase("downloading", 5, mark, timeout=300)
+        site.power_cut()
+        mark = observer.mark()
+        assert site.boot() == "A"  # autoboot.txt untouched
+        assert site.online_running(update_lab.FACTORY_VERSION, mark)["software"]["update"] is None
+
+        # 2. A power cut in the middle of the install into slot B.
+        mark = observer.mark()
+        command = update_command(console_key, good, url[fast] + good.name)
+        started = time.monotonic()
+        observer.publish(command_topic, command)
+        assert observer.ack_for(command["id"], SITE, timeout=60, after=mark)["ok"]
+        assert site.event("update.downloaded", mark, timeout=600)["version"] == GOOD
+        site.update_phase("installing", 1, mark, timeout=600)
+        site.power_cut()
+        mark = observer.mark()
+        assert site.boot() == "A"
+        assert site.online_running(update_lab.FACTORY_VERSION, mark)["software"]["update"] is None
+
+        # 3. The whole update: install, trial boot of B, kept.
+        mark = observer.mark()
+        command = update_command(console_key, good, url[fast] + good.name)
+        started = time.monotonic()
+        observer.publish(command_topic, command)
+        assert site.event("update.installed", mark, timeout=1800)["version"] == GOOD
+        assert site.rebooted_for_trial(timeout=300) is True
+        assert site.boot(trial=True) == "B"
+        committed = site.event("update.committed", mark, timeout=BOOT_TIMEOUT_S)
+        timings["command to committed"] = time.monotonic() - started
+        assert committed["version"] == GOOD
+        state = site.online_running(GOOD, mark)
+        assert state["software"]["update"] is None
+        site.power_cut()  # only to look at the disk: the firmware's normal boot is B now
+        assert qemu.firmware_choice(disk, trial=False)[0] == "B"
+        mark = observer.mark()
+        assert site.boot() == "B"
+        site.online_running(GOOD, mark)
+
+        # 4. A release whose daemon never becomes ready: given back by itself.
+        mark = observer.mark()
+        command = update_command(console_key, broken, url[fast] + broken.name)
+        observer.publish(command_topic, command)
+        assert site.event("update.installed", mark, timeout=1800)["version"] == BROKEN
+        assert site.rebooted_for_trial(timeout=300) is True
+        assert site.boot(trial=True) == "A"
+        trial_started = time.monotonic()
+        # No person involved: the trial guard reboots normally, the firmware boots B again.
+        assert site.rebooted_for_trial(timeout=HEALTH_TIMEOUT_S + 180 + BOOT_TIMEOUT_S) is False
+        timings["broken trial boot to reboot"] = time.monotonic() - trial_started
+        trial_log = site.log.read_text(errors="replace")
+        assert "this release hangs on purpose" in trial_log
+        assert re.search(r"trial guard restarted the previous version", trial_log)
+        assert site.boot() == "B"
+        rolled_back = site.event("update.rolled_back", mark, timeout=BOOT_TIMEOUT_S)
+        assert rolled_back["version"] == BROKEN and rolled_back["running"] == GOOD
+        assert "trial guard" in rolled_back["reason"]
+        state = site.online_running(GOOD, mark)
+        assert state["software"]["update"] is None
+
+        # 5. The journal on the data partition: what the broken trial boot logged, before the
+        # rollback, is read from the centre afterwards (issue 14: logs across reboots).
+        lines = site.logs(console_key, 5000)
+        assert any("this release hangs on purpose" in line for line in lines), lines[-20:]
+        assert any("trial guard restarted the previous version" in line for line in lines), lines[-20:]
+        # What an idle site writes to its card: qemu's own counter of the disk's written bytes.
+        written, started = qemu.block_writes(site.qmp), time.monotonic()
+        time.sleep(IDLE_S)
+        written, idle = qemu.block_writes(site.qmp) - written, time.monotonic() - started
+        timings["card bytes per idle day"] = written * 86400 / idle
+        site.power_cut()
+        journal = _journal_on_data_partition(disk, tmp_path)
+        assert len(journal["machines"]) == 1  # one machine id across every boot and both slots
+        assert journal["boots"] >= len(site.boots) - 1  # every boot but the cut ones may lose their tail
+        assert journal["bytes"] <= 48 << 20  # SystemMaxUse
+        timings["journal bytes on the card"] = journal["bytes"]
+        print(f"qemu update figures: {timings}")
+    finally:
+        if "site" in locals() and site.machine is not None:
+            site.power_cut()
+        observer.close()
+        fast.close()
+        slow.close()
+        broker.stop()
