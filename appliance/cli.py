@@ -22,6 +22,7 @@ from appliance.config import (
     file_problems,
     load,
 )
+from appliance.core.messages import DEFAULT_LANGUAGE, LANGUAGE_VARIABLE, LANGUAGES, language, problem_text, say
 
 EXIT_OK, EXIT_REFUSED, EXIT_CONFIG, EXIT_NO_DAEMON = 0, 1, 2, 3
 
@@ -31,8 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"rapat-appliance {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def languages(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--lang", choices=LANGUAGES, default=None,
+                         help=f"language of the texts a person reads: id (Bahasa Indonesia, the default) or en; "
+                              f"default ${LANGUAGE_VARIABLE}, else id")
+
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
+        languages(sub)
         sub.add_argument("--config", action="append", metavar="FILE",
                          help="configuration file; repeat to layer (later wins). Default: $APPLIANCE_CONFIG, "
                               "else /etc/appliance/appliance.toml then /var/lib/appliance/site.toml")
@@ -47,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                           "one instead of exiting 2 (always so under systemd, where NOTIFY_SOCKET is set)")
     check = commands.add_parser("check-config", help="validate configuration files without starting anything")
     check.add_argument("files", nargs="+", metavar="FILE")
+    languages(check)
     status = command("status", "show the running daemon's state")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     press = command("press", "press the panel button, exactly as a person would")
@@ -60,10 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     selftest.add_argument("--json", action="store_true", help="machine-readable output")
 
     args = parser.parse_args(argv)
+    args.lang = language(args.lang or os.environ.get(LANGUAGE_VARIABLE))
     if args.command == "run":
         return _run(args, sys.argv[1:] if argv is None else argv)
     if args.command == "check-config":
-        return _check_config(args.files)
+        return _check_config(args.files, args.lang)
     return _local(args)
 
 
@@ -72,7 +81,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
     config, problems = _checked(args.config, args.simulate)
     if config is None:
-        _print_problems(problems)
+        _print_problems(problems, args.lang)
         # Under systemd an exit would only be restarted into a reboot loop with a dark screen (issue 15).
         if not (args.wait_for_config or os.environ.get("NOTIFY_SOCKET")):
             return EXIT_CONFIG
@@ -166,21 +175,23 @@ def fallback_config(paths: list[str], simulate: bool = False, site_file: str = D
     return Config(values, {}, list(paths))
 
 
-def _check_config(files: list[str]) -> int:
+def _check_config(files: list[str], lang: str = DEFAULT_LANGUAGE) -> int:
     try:
         config = load(files)
     except ConfigError as exc:
-        _print_problems(exc.problems)
+        _print_problems(exc.problems, lang)
         return EXIT_CONFIG
     for note in file_problems(config):
-        print(f"note (checked again on the device): {note}")
-    print(f"OK: site {config['site']['id']} ({config['site']['kind']}), broker {config['broker']['url']}")
+        print(say("cli.config_note", lang, note=problem_text(note, lang)))
+    site = config["site"]
+    print(say("cli.config_ok", lang, site=site["id"], kind=site["kind"], url=config["broker"]["url"]))
     return EXIT_OK
 
 
-def _print_problems(problems: list[str]) -> None:
+def _print_problems(problems: list[str], lang: str = DEFAULT_LANGUAGE) -> None:
+    """One line per problem (file, key, what is wrong), in `lang`."""
     for problem in problems:
-        print(problem, file=sys.stderr)
+        print(problem_text(problem, lang), file=sys.stderr)
 
 
 def socket_path(explicit: list[str] | None) -> str:
@@ -211,13 +222,16 @@ def _local(args: argparse.Namespace) -> int:
     if args.command == "selftest":
         body["interactive"] = args.interactive
         if args.interactive and not args.json:
-            print("Tekan tombol panel sekarang (30 detik) / press the panel button now (30 s)", flush=True)
+            print(say("selftest.press_prompt", args.lang), flush=True)
     path = socket_path(args.config)
     try:
         reply = request(path, body)
     except NoDaemon as exc:
         if args.command == "version":
-            print(f"installed: {__version__}")
+            # Asking for the version is not a failure when the daemon is stopped: a technician reads
+            # a non-zero exit or a line on stderr as "broken" (issue 14).
+            print(f"installed: {__version__}\nrunning: - (no daemon answers on {path})")
+            return EXIT_OK
         print(f"appliance: {exc}", file=sys.stderr)
         return EXIT_NO_DAEMON
     if not reply.get("ok"):
@@ -271,7 +285,6 @@ def _print_selftest(reply: dict[str, Any], as_json: bool) -> int:
     else:
         for line in reply.get("lines", []):
             print(line)
-        passed = {"id": "LULUS", "en": "PASSED"}.get(reply.get("language", "id"), "LULUS")
-        failed = {"id": "GAGAL", "en": "FAILED"}.get(reply.get("language", "id"), "GAGAL")
-        print(f"=> {passed if outcome.get('ok') else failed}")
+        verdict = "selftest.outcome.passed" if outcome.get("ok") else "selftest.outcome.failed"
+        print(f"=> {say(verdict, reply.get('language', DEFAULT_LANGUAGE))}")
     return EXIT_OK if outcome.get("ok") else EXIT_REFUSED

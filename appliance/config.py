@@ -13,11 +13,12 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from appliance import wifi
+from appliance.core.messages import Message, Problem, message, problem
 from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, SITE_ID, SITE_KINDS, topic_prefix_problem
 from appliance.core.signing import public_key_from_base64
 
 DEFAULT_FILES = ("/etc/appliance/appliance.toml", "/var/lib/appliance/site.toml")
-# The per-site file comes from the SD card's boot partition, which anyone holding the card can edit:
+# The per-site file comes from the SD card's RAPAT drive, which anyone holding the card can edit:
 # it may set only these keys (None: the whole section); the rest, and any plain mqtt:// broker, only
 # the image's file may set (docs/security.md). `[wifi]` is the site's own network (appliance/wifi.py).
 SITE_FILE = DEFAULT_FILES[1]
@@ -29,7 +30,8 @@ SITE_FILE_KEYS: dict[str, frozenset[str] | None] = {
     "wifi": None,
 }
 REQUIRED = object()
-Check = Callable[[Any], str | None]
+# A key's own check: None when the value is good, else what is wrong (appliance/core/messages.py).
+Check = Callable[[Any], Message | None]
 
 
 @dataclass(frozen=True)
@@ -40,54 +42,58 @@ class Key:
 
 
 def _choice(*options: str) -> Check:
-    return lambda value: None if value in options else f"must be one of {', '.join(options)}, not {value!r}"
+    return lambda value: None if value in options else message("config.choice", options=", ".join(options), value=value)
 
 
 def _between(low: float, high: float) -> Check:
-    return lambda value: None if low <= value <= high else f"must be between {low:g} and {high:g}, not {value!r}"
+    return lambda value: None if low <= value <= high else message("config.between", low=low, high=high, value=value)
 
 
-def _site_id(value: str) -> str | None:
-    return None if SITE_ID.match(value) else f"{value!r} must match ^[a-z0-9][a-z0-9-]{{0,31}}$"
+def _site_id(value: str) -> Message | None:
+    return None if SITE_ID.match(value) else message("config.site_id", value=value, pattern="^[a-z0-9][a-z0-9-]{0,31}$")
 
 
-def _broker_url(value: str) -> str | None:
+def _broker_url(value: str) -> Message | None:
     # urlsplit drops tabs and newlines and strips control characters, so "m\tqtt://" would parse as
     # mqtt: the text must already be exactly what it means.
     if not (value.isascii() and value.isprintable()) or value != value.strip():
-        return f"{value!r} must be printable ASCII with no spaces around it"
+        return message("config.url_not_plain", value=value)
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError as exc:
-        return f"{value!r} is not a URL ({exc})"
+        return message("config.url_malformed", value=value, error=exc)
     if parts.scheme not in ("mqtt", "mqtts"):
-        return f"{value!r} must start with mqtt:// or mqtts://"
+        return message("config.url_scheme", value=value)
     if not parts.hostname:
-        return f"{value!r} names no host"
+        return message("config.url_no_host", value=value)
     return None
 
 
-def _timezone(value: str) -> str | None:
+def _timezone(value: str) -> Message | None:
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
-        return f"{value!r} is not a known time zone (e.g. Asia/Jakarta)"
+        return message("config.timezone", value=value)
     return None
 
 
-def _hosts(value: list[Any]) -> str | None:
+def _hosts(value: list[Any]) -> Message | None:
     if not all(isinstance(host, str) and host for host in value):
-        return "must be a list of host names"
+        return message("config.hosts")
     return None
 
 
-def _window(value: str) -> str | None:
+def _window(value: str) -> Message | None:
     if value and not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]", value):
-        return f"{value!r} must be HH:MM-HH:MM in the site's time zone (e.g. 01:00-04:00), or empty for any idle moment"
+        return message("config.window", value=value)
     if value and value[:5] == value[6:]:
-        return f"{value!r} is an empty window"
+        return message("config.window_empty", value=value)
     return None
+
+
+def _topic_prefix(value: str) -> Message | None:
+    return message("config.topic_prefix", value=value) if topic_prefix_problem(value) else None
 
 
 SCHEMA: dict[str, dict[str, Key]] = {
@@ -105,7 +111,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "client_cert_file": Key(str, ""),
         "client_key_file": Key(str, ""),
         "keepalive_s": Key(int, 30, _between(5, 3600)),
-        "topic_prefix": Key(str, DEFAULT_TOPIC_PREFIX, topic_prefix_problem),
+        "topic_prefix": Key(str, DEFAULT_TOPIC_PREFIX, _topic_prefix),
     },
     "security": {
         "console_public_key": Key(str, ""),
@@ -186,7 +192,7 @@ SIMULATE_BACKENDS = {("panel", "backend"): "mock", ("camera", "backend"): "tests
 class ConfigError(Exception):
     """Raised with every problem found, one per line, so a technician can fix them all at once."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[Problem]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
 
@@ -222,33 +228,33 @@ def config_files(explicit: list[str] | None, environ: dict[str, str] | None = No
 
 def load(paths: list[str], simulate: bool = False) -> Config:
     """Read, merge key by key (later files win) and validate; raise ConfigError listing every problem."""
-    problems: list[str] = []
+    problems: list[Problem] = []
     merged: dict[str, dict[str, Any]] = {}
     sources: dict[tuple[str, str], str] = {}
     if not paths:
-        raise ConfigError([f"(none): no configuration file found; looked for {', '.join(DEFAULT_FILES)}"])
+        raise ConfigError([problem("(none)", "", "config.no_file", looked=", ".join(DEFAULT_FILES))])
     for path in paths:
         try:
             with open(path, "rb") as handle:
                 document = tomllib.load(handle)
         except OSError as exc:
-            problems.append(f"{path}: cannot read the file ({exc.strerror or exc})")
+            problems.append(problem(path, "", "config.unreadable", error=exc.strerror or exc))
             continue
         except tomllib.TOMLDecodeError as exc:
-            problems.append(f"{path}: not valid TOML ({exc})")
+            problems.append(problem(path, "", "config.bad_toml", error=exc))
             continue
         if os.path.abspath(path) == SITE_FILE:
             problems.extend(site_file_problems(path, document, merged))
         for section, table in document.items():
             if section not in SCHEMA:
-                problems.append(f"{path}: [{section}]: unknown section (known: {', '.join(SCHEMA)})")
+                problems.append(problem(path, f"[{section}]", "config.unknown_section", known=", ".join(SCHEMA)))
                 continue
             if not isinstance(table, dict):
-                problems.append(f"{path}: {section}: must be a table [{section}]")
+                problems.append(problem(path, section, "config.not_a_table", section=section))
                 continue
             for key, value in table.items():
                 if key not in SCHEMA[section]:
-                    problems.append(f"{path}: {section}.{key}: unknown key (known: {', '.join(SCHEMA[section])})")
+                    problems.append(problem(path, f"{section}.{key}", "config.unknown_key", known=", ".join(SCHEMA[section])))
                     continue
                 merged.setdefault(section, {})[key] = value
                 sources[(section, key)] = path
@@ -261,17 +267,17 @@ def load(paths: list[str], simulate: bool = False) -> Config:
                 if simulate and (section, key) in SIMULATE_BACKENDS:
                     values[key] = SIMULATE_BACKENDS[(section, key)]
                 elif spec.default is REQUIRED:
-                    problems.append(f"{where}: {section}.{key}: required but missing")
+                    problems.append(problem(where, f"{section}.{key}", "config.required"))
                 else:
                     values[key] = spec.default
                 continue
             value = merged[section][key]
             if not isinstance(value, spec.kind) or (isinstance(value, bool) and spec.kind is not bool):
-                problems.append(f"{where}: {section}.{key}: expected {_type_name(spec.kind)}, got {value!r}")
+                problems.append(problem(where, f"{section}.{key}", "config.wrong_type", kind=_type_name(spec.kind), value=value))
                 continue
-            problem = spec.check(value) if spec.check else None
-            if problem:
-                problems.append(f"{where}: {section}.{key}: {problem}")
+            wrong = spec.check(value) if spec.check else None
+            if wrong:
+                problems.append(Problem(where, f"{section}.{key}", wrong))
                 continue
             values[key] = value
     problems.extend(_cross_checks(config))
@@ -281,43 +287,43 @@ def load(paths: list[str], simulate: bool = False) -> Config:
     return config
 
 
-def _cross_checks(config: Config) -> list[str]:
+def _cross_checks(config: Config) -> list[Problem]:
     problems = []
+
+    def wrong(section: str, key: str, code: str, **params: Any) -> None:
+        problems.append(problem(config.where(section, key), f"{section}.{key}", code, **params))
+
     security, broker = config["security"], config["broker"]
     key_text = security.get("console_public_key", "")
     if key_text:
         try:
             public_key_from_base64(key_text)
         except ValueError as exc:
-            problems.append(f"{config.where('security', 'console_public_key')}: security.console_public_key: {exc}")
+            wrong("security", "console_public_key", "config.console_key_invalid", error=exc)
     elif security.get("allow_unsigned") is False:
-        problems.append(f"{config.where('security', 'console_public_key')}: security.console_public_key: "
-                        "required unless security.allow_unsigned = true")
+        wrong("security", "console_public_key", "config.console_key_required")
     if broker.get("password") and broker.get("password_file"):
-        problems.append(f"{config.where('broker', 'password_file')}: broker.password_file: "
-                        "set either broker.password or broker.password_file, not both")
+        wrong("broker", "password_file", "config.password_twice")
     if bool(broker.get("client_cert_file")) != bool(broker.get("client_key_file")):
-        problems.append(f"{config.where('broker', 'client_cert_file')}: broker.client_cert_file: "
-                        "client_cert_file and client_key_file go together")
+        wrong("broker", "client_cert_file", "config.client_pair")
     tls_files = [key for key in ("ca_file", "client_cert_file", "client_key_file") if broker.get(key)]
     if tls_files and _scheme(broker.get("url", "")) == "mqtt":
-        problems.append(f"{config.where('broker', tls_files[0])}: broker.{tls_files[0]}: "
-                        "TLS files need an mqtts:// broker.url")
+        wrong("broker", tls_files[0], "config.tls_needs_mqtts")
     problems.extend(_panel_pin_problems(config))
     wifi_settings = config["wifi"]
     if wifi_settings.get("psk") and not wifi_settings.get("ssid"):
-        problems.append(f"{config.where('wifi', 'psk')}: wifi.psk: set wifi.ssid too (the network's name)")
+        wrong("wifi", "psk", "config.psk_without_ssid")
     return problems
 
 
-def _panel_pin_problems(config: Config) -> list[str]:
+def _panel_pin_problems(config: Config) -> list[Problem]:
     """The optional on-air LED needs a GPIO of its own (keys that failed their own check are absent)."""
     panel = config["panel"]
     onair = panel.get("onair_led_pin")
     if onair is None:
         return []
-    return [f"{config.where('panel', 'onair_led_pin')}: panel.onair_led_pin: GPIO {onair} is already "
-            f"panel.{key}; the on-air LED needs a pin of its own"
+    return [problem(config.where("panel", "onair_led_pin"), "panel.onair_led_pin", "config.onair_pin_taken",
+                    pin=onair, other=key)
             for key in ("button_pin", "led_pin") if panel.get(key) == onair]
 
 
@@ -329,8 +335,8 @@ def _scheme(url: object) -> str:
         return ""
 
 
-def site_file_problems(path: str, document: dict[str, Any], image: dict[str, dict[str, Any]]) -> list[str]:
-    """What a site file (boot partition, or the installed copy) may not set: keys outside SITE_FILE_KEYS
+def site_file_problems(path: str, document: dict[str, Any], image: dict[str, dict[str, Any]]) -> list[Problem]:
+    """What a site file (RAPAT drive, or the installed copy) may not set: keys outside SITE_FILE_KEYS
     unless they only repeat `image` (the values read before it, else the defaults), and mqtt://."""
     problems = []
     for section, table in document.items():
@@ -339,28 +345,26 @@ def site_file_problems(path: str, document: dict[str, Any], image: dict[str, dic
         for key, value in table.items():
             if key in SCHEMA[section] and key not in SITE_FILE_KEYS.get(section, frozenset()) \
                     and value != image.get(section, {}).get(key, SCHEMA[section][key].default):
-                problems.append(f"{path}: {section}.{key}: may be set only in the image's {DEFAULT_FILES[0]}, "
-                                "not in the site file")
+                problems.append(problem(path, f"{section}.{key}", "config.image_only", image_file=DEFAULT_FILES[0]))
     url = document.get("broker", {}).get("url") if isinstance(document.get("broker"), dict) else None
     if isinstance(url, str) and _scheme(url) != "mqtts":
-        problems.append(f"{path}: broker.url: plain mqtt:// (no TLS) is refused in the site file; use mqtts:// "
-                        f"(only the image's {DEFAULT_FILES[0]} may name a plain mqtt:// broker, for a lab)")
+        problems.append(problem(path, "broker.url", "config.plain_mqtt", image_file=DEFAULT_FILES[0]))
     return problems
 
 
-def file_problems(config: Config) -> list[str]:
+def file_problems(config: Config) -> list[Problem]:
     """Problems with the files the configuration points to; only meaningful on the device itself."""
     problems = []
     for key in ("password_file", "ca_file", "client_cert_file", "client_key_file"):
         path = config["broker"][key]
         if path and not os.access(path, os.R_OK):
-            reason = "does not exist" if not os.path.exists(path) else "is not readable"
-            problems.append(f"{config.where('broker', key)}: broker.{key}: {path} {reason}")
+            code = "config.file_missing" if not os.path.exists(path) else "config.file_unreadable"
+            problems.append(problem(config.where("broker", key), f"broker.{key}", code, path=path))
     return problems
 
 
-def _type_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "a whole number", float: "a number", bool: "true or false", list: "a list"}
-    if isinstance(kind, tuple):
-        return "a number" if set(kind) == {int, float} else " or ".join(names[item] for item in kind)
-    return names[kind]
+def _type_name(kind: type | tuple[type, ...]) -> Message:
+    names = {str: "str", int: "int", float: "number", bool: "bool", list: "list"}
+    if isinstance(kind, tuple):  # every tuple in SCHEMA is (int, float)
+        return message("config.type.number")
+    return message(f"config.type.{names[kind]}")

@@ -38,6 +38,7 @@ from appliance.core import io
 from appliance.core.clock import Clock, SystemClock
 from appliance.core.machine import ApplianceCore, CoreSettings
 from appliance.core.protocol import CommandPolicy
+from appliance.core.selftest import result as selftest_result
 from appliance.core.signing import public_key_from_base64
 from appliance.core.uptime import UptimeLedger
 from appliance.loop import EventLoop
@@ -350,7 +351,7 @@ class Daemon:
 
     def _probe_camera(self, effect: io.ProbeCamera) -> None:
         if self.camera is None:  # the core knows it is missing, but answer anyway: the run must end
-            self.loop.post(io.SelftestCheckDone("camera", {"ok": False, "detail": "no camera backend"}))
+            self.loop.post(io.SelftestCheckDone("camera", selftest_result(False, "selftest.camera.no_backend")))
         else:
             self.camera.run_probe(effect.seconds)
 

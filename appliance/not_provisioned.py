@@ -16,6 +16,7 @@ from appliance.adapters.systemd import Notifier
 from appliance.config import Config
 from appliance.core import io
 from appliance.core.clock import rfc3339
+from appliance.core.messages import problem_text
 from appliance.core.presentation import NOT_PROVISIONED, NOT_PROVISIONED_LED
 from appliance.daemon import Factory, panel_from_config, read_provision_error
 from appliance.loop import EventLoop
@@ -115,7 +116,9 @@ class NotProvisioned:
     def _show(self) -> None:
         if self.display is not None:
             site = self.fallback["site"]
-            self.display.show_screen(NOT_PROVISIONED, {"problems": list(self.problems),
+            # Said in the screen's language (lines read back from provision-error.txt stay as written).
+            language = self.fallback["display"]["language"]
+            self.display.show_screen(NOT_PROVISIONED, {"problems": [problem_text(line, language) for line in self.problems],
                                                        "site_name": site["name"] or site["id"]})
 
     def _recheck(self) -> None:

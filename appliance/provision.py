@@ -1,4 +1,4 @@
-"""Apply the site file a technician put on the boot partition (run by appliance-provision.service).
+"""Apply the site file a technician put on the RAPAT drive (run by appliance-provision.service).
 
 `python -m appliance.provision [--boot-file PATH] [--target PATH] [--set-hostname]`
 
@@ -40,6 +40,7 @@ from typing import Any
 
 from appliance import config as appliance_config
 from appliance import wifi
+from appliance.core.messages import Message, Problem, message, problem
 
 BOOT_FILE = "/boot/firmware/appliance-site.toml"
 TARGET = "/var/lib/appliance/site.toml"
@@ -71,34 +72,33 @@ def _toml(path: Path) -> dict[str, Any] | None:
         return None  # appliance_config.load says why
 
 
-def ca_problem(path: Path) -> str | None:
+def ca_problem(path: Path) -> Message | None:
     """Why `path` is not a CA file: it must hold PEM certificates, each a CA (BasicConstraints ca=True)."""
     # Here, not at the top: the daemon imports this module, and x509 costs it ~1 MB it never uses.
     from cryptography import x509  # noqa: PLC0415
     try:
         data = path.read_bytes()
     except OSError as exc:
-        return f"cannot be read ({exc.strerror or exc})"
+        return message("provision.ca_unreadable", error=exc.strerror or exc)
     try:
         # One by one: x509.load_pem_x509_certificates is newer than the cryptography 38 we accept.
         certificates = [x509.load_pem_x509_certificate(block) for block in PEM_CERTIFICATE.findall(data)]
     except ValueError:
         certificates = []
     if not certificates:
-        return "is not a PEM certificate (expected the fleet's CA certificate from the centre)"
+        return message("provision.ca_not_pem")
     for certificate in certificates:
         try:
             constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
         except x509.ExtensionNotFound:
             constraints = None
         if constraints is None or not constraints.ca:
-            return (f"holds a certificate that is not a CA certificate ({certificate.subject.rfc4514_string()}); "
-                    "expected the fleet's CA, not a server certificate")
+            return message("provision.ca_not_ca", subject=certificate.subject.rfc4514_string())
     return None
 
 
 def boot_file_problems(boot_file: Path, document: dict[str, Any], base_file: Path,
-                       boot_ca: Path | None, installed_ca: Path) -> list[str]:
+                       boot_ca: Path | None, installed_ca: Path) -> list[Problem]:
     """What the boot partition may not do, on top of the daemon's own checks (docs/security.md)."""
     image = (_toml(base_file) or {}) if base_file.exists() else {}
     problems = appliance_config.site_file_problems(str(boot_file), document, image)
@@ -106,15 +106,14 @@ def boot_file_problems(boot_file: Path, document: dict[str, Any], base_file: Pat
     hosts = security.get("allowed_media_hosts") if isinstance(security, dict) else None
     for host in hosts if isinstance(hosts, list) else ():
         if isinstance(host, str) and host and not _plain_host(host):
-            problems.append(f"{boot_file}: security.allowed_media_hosts: {host!r} is not a plain host name "
-                            "(no scheme, port, path or wildcard)")
-    if boot_ca is not None and (problem := ca_problem(boot_ca)):
-        problems.append(f"{boot_ca}: {problem}")
+            problems.append(problem(str(boot_file), "security.allowed_media_hosts", "provision.host_not_plain", host=host))
+    if boot_ca is not None and (wrong := ca_problem(boot_ca)):
+        problems.append(Problem(str(boot_ca), "", wrong))
     broker = document.get("broker")
     ca_file = broker.get("ca_file") if isinstance(broker, dict) else None
     if isinstance(ca_file, str) and ca_file and Path(ca_file).exists() \
-            and not (boot_ca is not None and Path(ca_file) == installed_ca) and (problem := ca_problem(Path(ca_file))):
-        problems.append(f"{boot_file}: broker.ca_file: {ca_file} {problem}")
+            and not (boot_ca is not None and Path(ca_file) == installed_ca) and (wrong := ca_problem(Path(ca_file))):
+        problems.append(problem(str(boot_file), "broker.ca_file", "provision.ca_file_bad", path=ca_file, reason=wrong))
     return problems
 
 
@@ -127,7 +126,7 @@ def _plain_host(host: str) -> bool:
 
 
 def validate(boot_file: Path, base_file: Path, boot_ca: Path | None = None,
-             installed_ca: Path | None = None) -> tuple[appliance_config.Config | None, list[str]]:
+             installed_ca: Path | None = None) -> tuple[appliance_config.Config | None, list[Problem]]:
     """Check the site file the way the daemon will load it (on top of the image's defaults), and
     what the boot partition may set. `boot_ca`, if given, arrives as `installed_ca` in this run, so
     that file need not exist yet."""
@@ -141,8 +140,8 @@ def validate(boot_file: Path, base_file: Path, boot_ca: Path | None = None,
     except appliance_config.ConfigError as exc:
         return None, problems + exc.problems
     arriving = (installed_ca,) if boot_ca is not None else ()
-    problems += [problem for problem in appliance_config.file_problems(loaded)
-                 if not any(f" {path} " in problem for path in arriving)]
+    problems += [wrong for wrong in appliance_config.file_problems(loaded)
+                 if not any(wrong.message.params.get("path") == str(path) for path in arriving)]
     return (None, problems) if problems else (loaded, [])
 
 
@@ -324,8 +323,8 @@ def provision(boot_file: Path, target: Path, base_file: Path, etc: Path, set_hos
             error_file = write_error(target, [f"site file rejected, previous configuration kept: {boot_file}"]
                                      + problems, owner)
             log(f"{boot_file} is invalid; keeping the previous configuration (details in {error_file}):")
-            for problem in problems:
-                log(f"  {problem}")
+            for wrong in problems:
+                log(f"  {wrong}")
             status = EXIT_INVALID
         else:
             if boot_ca.exists():

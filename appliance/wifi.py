@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from appliance.core.messages import Message, message
+
 CONNECTION_ID = "rapat-wifi"
 KEYFILE = f"NetworkManager/system-connections/{CONNECTION_ID}.nmconnection"
 # The regulatory domain (which channels and power are legal) is the kernel's, set when cfg80211 loads.
@@ -23,27 +25,27 @@ COUNTRY_FILE = "modprobe.d/rapat-wifi-country.conf"
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
-def ssid_problem(value: str) -> str | None:
+def ssid_problem(value: str) -> Message | None:
     size = len(value.encode("utf-8"))
     if value and not 1 <= size <= 32:
-        return f"must be 1-32 bytes (this one is {size})"
+        return message("wifi.ssid_size", size=size)
     if any(ord(char) < 32 for char in value):
-        return "must not contain control characters"
+        return message("wifi.ssid_control")
     return None
 
 
-def psk_problem(value: str) -> str | None:
+def psk_problem(value: str) -> Message | None:
     if not value or _HEX64.match(value):
         return None
     if not 8 <= len(value) <= 63:
-        return f"a WPA passphrase is 8-63 characters (this one has {len(value)}), or 64 hex digits"
+        return message("wifi.psk_length", length=len(value))
     if not all(32 <= ord(char) <= 126 for char in value):
-        return "a WPA passphrase is printable ASCII only"
+        return message("wifi.psk_ascii")
     return None
 
 
-def country_problem(value: str) -> str | None:
-    return None if re.fullmatch(r"[A-Z]{2}", value) else f"{value!r} must be a two-letter country code such as ID"
+def country_problem(value: str) -> Message | None:
+    return None if re.fullmatch(r"[A-Z]{2}", value) else message("wifi.country", value=value)
 
 
 def _escape(value: str) -> str:

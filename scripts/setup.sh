@@ -6,11 +6,12 @@ cd "$(dirname "$0")/.."
 # What `make test` and `make demo` need: broker, media, build tools, the image tools the fast
 # image tests use, systemd-analyze, Chromium for the report screenshots, and PipeWire with its
 # WebRTC echo canceller plus sox and espeak-ng for the echo test rig, and RAUC (bundles, the
-# update service on a private system bus) for the update tests; tmux for the watch test in a real terminal.
+# update service on a private system bus) for the update tests; tmux for the watch test in a real terminal;
+# chromium-driver for the dashboard's browser tests (Selenium drives Debian's Chromium).
 APT_PACKAGES=(
   mosquitto mosquitto-clients ffmpeg libvlc5 vlc-plugin-base vlc-plugin-access-extra
   nginx libnginx-mod-rtmp libsystemd-dev pkg-config libcap-dev gcc python3-venv python3-dev
-  jq openssl xvfb vlc-plugin-video-output chromium
+  jq openssl xvfb vlc-plugin-video-output chromium chromium-driver
   fdisk dosfstools mtools e2fsprogs xz-utils util-linux systemd bmap-tools
   pipewire wireplumber pipewire-pulse libspa-0.2-modules pulseaudio-utils dbus sox espeak-ng
   rauc rauc-service squashfs-tools tmux
@@ -42,6 +43,6 @@ stamp=.venv/.rapat-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing Python packages into .venv"
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,systemd]'
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,systemd,console]'
   echo "$want" > "$stamp"
 fi

@@ -11,7 +11,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "appliance"
 # Adapters may share these helpers (pure readings and file writes); none may drive another adapter.
 ADAPTER_HELPERS = {"appliance.adapters.sysinfo", "appliance.adapters.storage", "appliance.adapters.media",
                    "appliance.adapters.audio_checks", "appliance.adapters.echo_canceller",
-                   "appliance.adapters.echo_delay", "appliance.adapters.remote_ops"}
+                   "appliance.adapters.echo_delay", "appliance.adapters.remote_ops",
+                   # RAUC's boot-chooser program; its autoboot.txt reading is what the updater asks too
+                   "appliance.adapters.tryboot"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -30,7 +30,7 @@ def write(path: Path, text: str) -> str:
 
 
 def appliance(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {key: value for key, value in os.environ.items() if key != "APPLIANCE_CONFIG"}
+    environment = {key: value for key, value in os.environ.items() if key not in ("APPLIANCE_CONFIG", "APPLIANCE_LANG")}
     environment.update(env or {})
     return subprocess.run([sys.executable, "-m", "appliance", *args], capture_output=True, text=True,
                           cwd=REPO, env=environment, timeout=30)
@@ -77,18 +77,25 @@ def test_missing_required_and_cross_checks(tmp_path: Path) -> None:
                                             'ca_file = "/ca.pem"\n')
     with pytest.raises(ConfigError) as caught:
         load([path])
-    text = "\n".join(caught.value.problems)
-    assert "site.id: required but missing" in text
-    assert "security.console_public_key: required unless security.allow_unsigned" in text
-    assert "not both" in text and "TLS files need an mqtts://" in text
+    text = "\n".join(caught.value.problems)  # a problem is its Bahasa Indonesia line; text("en") the English one
+    english = "\n".join(problem.text("en") for problem in caught.value.problems)
+    assert "site.id: wajib diisi, tetapi tidak ada" in text and "site.id: required but missing" in english
+    assert "security.console_public_key: wajib diisi kecuali security.allow_unsigned" in text
+    assert "security.console_public_key: required unless security.allow_unsigned" in english
+    assert "jangan keduanya" in text and "not both" in english
+    assert "berkas TLS memerlukan broker.url mqtts://" in text and "TLS files need an mqtts://" in english
+    assert [problem.code for problem in caught.value.problems] == [
+        "config.required", "config.console_key_required", "config.password_twice", "config.tls_needs_mqtts"]
 
 
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
     broken = write(tmp_path / "broken.toml", "[site\nid=1")
     with pytest.raises(ConfigError) as caught:
         load([broken, str(tmp_path / "absent.toml")])
-    assert caught.value.problems[0].startswith(f"{broken}: not valid TOML")
-    assert "absent.toml: cannot read the file" in caught.value.problems[1]
+    assert caught.value.problems[0].startswith(f"{broken}: bukan TOML yang sah")
+    assert caught.value.problems[0].text("en").startswith(f"{broken}: not valid TOML")
+    assert "absent.toml: berkas tidak bisa dibaca" in caught.value.problems[1]
+    assert "absent.toml: cannot read the file" in caught.value.problems[1].text("en")
 
 
 def test_config_files_order(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,11 +113,27 @@ def test_simulate_fills_only_unnamed_backends(tmp_path: Path) -> None:
 def test_check_config_cli(tmp_path: Path) -> None:
     good = write(tmp_path / "good.toml", BASE)
     result = appliance("check-config", good)
-    assert result.returncode == 0 and "OK: site kalibaru" in result.stdout
+    assert result.returncode == 0 and result.stdout == "OK: situs kalibaru (kecamatan), broker mqtts://broker.example:8883\n"
+    assert "OK: site kalibaru" in appliance("check-config", "--lang", "en", good).stdout
     bad = write(tmp_path / "bad.toml", BASE.replace('"kecamatan"', '"kota"'))
     result = appliance("check-config", good, bad)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"{bad}: site.kind: must be one of kecamatan, desa, other, not 'kota'"
+    assert result.stderr.strip() == f"{bad}: site.kind: harus salah satu dari kecamatan, desa, other, bukan 'kota'"
+
+
+def test_check_config_speaks_english_when_asked(tmp_path: Path) -> None:
+    """Bahasa Indonesia first; English with --lang en or APPLIANCE_LANG=en, same file, key and exit code."""
+    bad = write(tmp_path / "bad.toml", BASE.replace('"kecamatan"', '"kota"') + '[wifi]\nssid = "Kantor"\npsk = "short"\n')
+    english = [f"{bad}: site.kind: must be one of kecamatan, desa, other, not 'kota'",
+               f"{bad}: wifi.psk: a WPA passphrase is 8-63 characters (this one has 5), or 64 hex digits"]
+    for result in (appliance("check-config", "--lang", "en", bad), appliance("check-config", bad, env={"APPLIANCE_LANG": "en"})):
+        assert result.returncode == 2 and result.stderr.splitlines() == english
+    indonesian = appliance("check-config", bad, env={"LANG": "en_GB.UTF-8"})  # Pi OS's default locale is not a choice
+    assert indonesian.returncode == 2 and indonesian.stderr.splitlines() == [
+        f"{bad}: site.kind: harus salah satu dari kecamatan, desa, other, bukan 'kota'",
+        f"{bad}: wifi.psk: kata sandi WPA 8-63 karakter (yang ini 5), atau 64 digit heksadesimal"]
+    started = appliance("run", "--lang", "en", "--config", bad)
+    assert started.returncode == 2 and started.stderr.splitlines() == english
 
 
 def test_run_with_invalid_config_exits_2_without_starting(tmp_path: Path) -> None:
@@ -130,15 +153,22 @@ def test_run_refuses_missing_password_file(tmp_path: Path) -> None:
                                                     f'url = "mqtts://broker.example:8883"\npassword_file = "{tmp_path}/nope"'))
     assert appliance("check-config", path).returncode == 0  # a laptop lacks the device's files
     result = appliance("run", "--config", path)
-    assert result.returncode == 2 and "broker.password_file" in result.stderr and "does not exist" in result.stderr
+    assert result.returncode == 2 and "broker.password_file" in result.stderr and "nope tidak ada" in result.stderr
 
 
 def test_local_commands_without_daemon_exit_3(tmp_path: Path) -> None:
     path = write(tmp_path / "c.toml", BASE + f'[paths]\ncontrol_socket = "{tmp_path}/none.sock"\n')
-    for command in ("status", "press", "join", "leave", "version"):
+    for command in ("status", "press", "join", "leave"):
         result = appliance(command, "--config", path)
         assert result.returncode == 3, (command, result.stderr)
         assert "no daemon answers" in result.stderr
+
+
+def test_version_without_daemon_is_not_a_failure(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.toml", BASE + f'[paths]\ncontrol_socket = "{tmp_path}/none.sock"\n')
+    result = appliance("version", "--config", path)
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.splitlines() == ["installed: 0.1.0", f"running: - (no daemon answers on {tmp_path}/none.sock)"]
 
 
 def test_local_commands_against_running_daemon(start_site) -> None:

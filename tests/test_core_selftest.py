@@ -8,11 +8,11 @@ from appliance.core.machine import IDLE, MEETING_AVAILABLE
 from tests.core_helpers import announce, command, events, make_core, published
 
 PROBE_RESULTS = {
-    "clock": st.result(True, "synchronised (NTP)"),
-    "power": st.result(None, "not a Raspberry Pi"),
-    "disk": st.result(True, "5000 MB free"),
-    "camera": st.result(True, "frames seen"),
-    "audio": st.result(False, "no microphone"),
+    "clock": st.result(True, "selftest.clock.synced"),
+    "power": st.result(None, "selftest.power.unknown"),
+    "disk": st.result(True, "selftest.disk.ok", free="5000"),
+    "camera": st.result(True, "selftest.camera.frames", frames=75, seconds=5, width=1280, height=720, fps=30),
+    "audio": st.result(False, "selftest.audio.no_microphone"),
 }
 
 
@@ -50,11 +50,14 @@ def test_unattended_run_measures_the_broker_round_trip_and_publishes_a_retained_
     assert len(result) == 1 and of_type(effects, io.Publish)[-1].retain is True
     checks = result[0]["checks"]
     assert set(checks) == set(st.CHECKS) and result[0]["ok"] is False  # the audio probe failed
-    assert checks["broker"] == st.result(True, "round trip 12 ms")
-    assert checks["panel"]["ok"] is None and "person" in checks["panel"]["detail"]
+    assert checks["broker"] == {"ok": True, "code": "selftest.broker.round_trip",
+                                "detail": "pesan uji sampai dan dijawab dalam 12 ms", "detail_en": "round trip 12 ms"}
+    assert checks["panel"]["ok"] is None and checks["panel"]["code"] == "selftest.panel.needs_person"
+    assert "orang di lokasi" in checks["panel"]["detail"] and "person" in checks["panel"]["detail_en"]
     assert checks["camera"]["ok"] is None and checks["display"]["ok"] is True
     done = of_type(effects, io.SelftestDone)[0]
-    assert done.result == result[0] and "Mikrofon: GAGAL (no microphone)" in done.lines
+    assert done.result == result[0]
+    assert "Mikrofon: GAGAL (mikrofon tidak ditemukan: pasang webcam atau mikrofon USB)" in done.lines
     shown = of_type(effects, io.ShowScreen)[-1]
     assert shown.screen == "selftest" and shown.info["headline"] == "Ada pemeriksaan yang gagal"
     assert core.status()["selftest"] is None
@@ -71,7 +74,7 @@ def test_interactive_panel_check_takes_the_press_shows_the_test_pattern_and_leav
     clock.advance(2.5)
     effects = core.handle(io.ButtonDown()) + core.handle(io.ButtonUp())
     assert core.state == IDLE and "button.press" not in events(effects)
-    assert core.selftest.checks["panel"] == st.result(True, "button pressed after 2.5 s; LED test pattern shown")
+    assert core.selftest.checks["panel"] == st.result(True, "selftest.panel.pressed", seconds="2.5")
     assert of_type(effects, io.SetLed)[-1].pattern == led.OFF  # the panel check is over
     announce(core)  # a press after the panel check is a person's again
     effects = core.handle(io.ButtonDown()) + core.handle(io.ButtonUp())
@@ -85,11 +88,12 @@ def test_every_wait_has_a_deadline_a_missing_press_and_a_silent_broker_fail() ->
     assert core.next_deadline() == clock.monotonic() + st.BROKER_TIMEOUT_S
     clock.advance(st.BROKER_TIMEOUT_S)
     core.tick()
-    assert core.selftest.checks["broker"]["ok"] is False and "within 5 s" in core.selftest.checks["broker"]["detail"]
+    assert core.selftest.checks["broker"]["ok"] is False and "dalam 5 detik" in core.selftest.checks["broker"]["detail"]
     clock.advance(st.PANEL_WAIT_S)
     effects = core.tick()
     report = published(effects, "/selftest")[0]
-    assert report["checks"]["panel"] == st.result(False, "no press within 30 s")
+    assert report["checks"]["panel"] == st.result(False, "selftest.panel.no_press", seconds="30")
+    assert report["checks"]["panel"]["detail_en"] == "no press within 30 s"
     late = core.handle(io.PublishAcked(f"{st.BROKER_RECEIPT}.1"))  # an answer after the timeout changes nothing
     assert not published(late, "/selftest")
     core.local("selftest")  # the next run: the first run's late PUBACK must not pass its broker check
@@ -104,7 +108,8 @@ def test_offline_the_broker_check_fails_at_once_and_names_why() -> None:
     core.handle(io.BrokerDisconnected("cannot reach mqtt://broker: refused"))
     outcome = core.local("selftest")
     assert outcome.ok and not [p for p in published(outcome.effects, "/event") if p["type"] == "selftest.started"]
-    assert core.selftest.checks["broker"] == st.result(False, "not connected to the broker (cannot reach mqtt://broker: refused)")
+    assert core.selftest.checks["broker"]["detail"] == "tidak terhubung ke broker (cannot reach mqtt://broker: refused)"
+    assert core.selftest.checks["broker"]["detail_en"] == "not connected to the broker (cannot reach mqtt://broker: refused)"
 
 
 def test_a_broker_that_refuses_the_test_message_fails_the_broker_check() -> None:
@@ -137,7 +142,7 @@ def test_a_meeting_ends_a_running_selftest_and_keeps_the_screen_and_the_button()
     ack, effects = command(core, "join")
     assert ack["ok"] and core.state == "in_meeting"
     report = published(effects, "/selftest")[0]
-    assert report["checks"]["panel"] == st.result(None, "not finished: the site joined a meeting")
+    assert report["checks"]["panel"] == st.result(None, "selftest.unfinished.meeting")
     assert core.selftest is None and of_type(effects, io.SelftestDone)
     assert core.status()["screen"] == "in_meeting" and core.status()["led"] == "on"
     effects = core.handle(io.ButtonDown())
@@ -153,7 +158,7 @@ def test_a_probe_that_never_answers_fails_and_the_run_still_ends() -> None:
     core.handle(io.PublishAcked(core.selftest.receipt))
     clock.advance(st.PROBES_TIMEOUT_S)
     report = published(core.tick(), "/selftest")[0]
-    assert report["checks"]["camera"] == st.result(False, "the probe gave no answer within 30 s")
+    assert report["checks"]["camera"] == st.result(False, "selftest.no_answer", seconds="30")
     assert report["checks"]["disk"]["ok"] is False and core.selftest is None
 
 
@@ -162,7 +167,7 @@ def test_a_camera_known_to_be_missing_fails_without_a_probe() -> None:
     core.handle(io.HealthReport("camera", "missing", "no /dev/video0"))
     effects = core.local("selftest").effects
     assert not of_type(effects, io.ProbeCamera)
-    assert core.selftest.checks["camera"] == st.result(False, "camera is missing")
+    assert core.selftest.checks["camera"] == st.result(False, "selftest.camera.broken", value="missing")
 
 
 def test_a_press_begun_before_the_test_does_not_pass_the_panel_check() -> None:
@@ -189,3 +194,11 @@ def test_english_texts_follow_the_display_language() -> None:
     core, _ = make_core(language="en")
     effects = core.local("selftest", interactive=True).effects
     assert of_type(effects, io.ShowScreen)[-1].info["headline"] == "Press the button now"
+
+
+def test_the_summary_speaks_the_screens_language_and_old_results_still_read() -> None:
+    checks = {"clock": st.result(True, "selftest.clock.synced"), "disk": {"ok": False, "detail": "an older device's text"}}
+    assert st.summary_lines(checks, "id")[5:7] == ["Jam: lulus (sinkron (NTP))", "Kartu SD: GAGAL (an older device's text)"]
+    assert st.summary_lines(checks, "en")[5:7] == ["Clock: passed (synchronised (NTP))",
+                                                   "SD card: FAILED (an older device's text)"]
+    assert st.summary_lines(checks, "en")[0] == "Button: not tested"

@@ -59,7 +59,7 @@ def test_a_local_selftest_is_answered_when_the_core_finishes_it(config) -> None:
         reply = daemon.request({"cmd": "selftest"}, timeout=30)
     checks = reply["result"]["checks"]
     assert reply["ok"] is True and reply["language"] == "id"
-    assert checks["broker"]["ok"] is False and "not connected" in checks["broker"]["detail"]
+    assert checks["broker"]["ok"] is False and "tidak terhubung" in checks["broker"]["detail"]
     assert checks["disk"]["ok"] is True and "duration_s" in checks["disk"]  # a real probe ran
     assert reply["lines"][0].startswith("Tombol: tidak diuji")
 

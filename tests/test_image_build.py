@@ -326,7 +326,12 @@ def test_manifest_lists_the_appliance_files_and_no_dev_tools(stand_in_images, sn
     assert {"appliance/__init__.py", "appliance/daemon.py", "appliance/cli.py", "appliance/provision.py",
             "appliance/core/machine.py", "appliance/console/cli.py"} <= set(files)
     # Exactly the package's sources: what the build installed, not a list kept by hand.
-    assert set(files) == {path.relative_to(source).as_posix() for path in (source / "appliance").rglob("*.py")}
+    # The dashboard's templates, script and stylesheet are package data (pyproject.toml) and travel too.
+    package_data = [path for pattern in ("templates/*.html", "static/*.js", "static/*.css")
+                    for path in (source / "appliance/console/web").glob(pattern)]
+    assert package_data
+    assert set(files) == {path.relative_to(source).as_posix()
+                          for path in [*(source / "appliance").rglob("*.py"), *package_data]}
     assert [path for path in files if _names_a_dev_tool(path)] == []
     for path in ("appliance/demo.py", "appliance/simulate.py", "appliance/central_media.py", "appliance/localnet.py",
                  "appliance_dev/__init__.py", "appliance_dev/demo.py"):

@@ -20,6 +20,7 @@ import pytest
 from appliance.cli import fallback_config
 from appliance.config import load
 from appliance.core import led
+from appliance.core.messages import problem
 from appliance.media import screens
 from appliance.not_provisioned import NotProvisioned
 from appliance_dev.broker import Mosquitto
@@ -75,8 +76,8 @@ def test_started_as_the_unit_starts_it_it_waits_showing_not_provisioned_then_bec
         assert status["led"] == led.DOUBLE_BLINK.name
         # The technician's own file's fault first, then what is missing on the device.
         assert status["problems"][0].endswith("site.kind: must be one of kecamatan, desa, other, not 'kota'")
-        assert any(f"{site}: cannot read the file" in problem for problem in status["problems"])
-        assert any("site.id: required but missing" in problem for problem in status["problems"])
+        assert any(f"{site}: berkas tidak bisa dibaca" in problem for problem in status["problems"])
+        assert any("site.id: wajib diisi, tetapi tidak ada" in problem for problem in status["problems"])
         notify.collect(6.0)  # longer than a re-check: still there, and systemd hears it is alive
         assert process.poll() is None, log_path.read_text()
         assert statuses(notify) and statuses(notify)[0].startswith("STATUS=not provisioned: ")
@@ -100,7 +101,7 @@ def test_started_as_the_unit_starts_it_it_waits_showing_not_provisioned_then_bec
 def test_from_a_terminal_an_invalid_configuration_still_exits_2(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "appliance", "run", "--config", str(image_defaults(tmp_path))],
                             capture_output=True, text=True, timeout=60, env={**os.environ, "NOTIFY_SOCKET": ""})
-    assert result.returncode == 2 and "site.id: required but missing" in result.stderr
+    assert result.returncode == 2 and "site.id: wajib diisi, tetapi tidak ada" in result.stderr
 
 
 class Screen:
@@ -124,8 +125,9 @@ def test_the_screen_and_the_led_say_not_provisioned_and_follow_the_files(tmp_pat
     site = tmp_path / "site.toml"
     fallback = fallback_config([str(base), str(site)])
     assert fallback["panel"]["backend"] == "mock" and fallback["display"]["language"] == "en"
-    answers: list[tuple[Any, list[str]]] = [(None, ["site.toml: site.id: required but missing"]),
-                                            (None, ["site.toml: broker.url: required but missing"])]
+    # The problems as load() gives them (said in Bahasa Indonesia as strings); this screen speaks English.
+    answers: list[tuple[Any, list[str]]] = [(None, [problem("site.toml", "site.id", "config.required")]),
+                                            (None, [problem("site.toml", "broker.url", "config.required")])]
 
     def check() -> tuple[Any, list[str]]:
         if answers:

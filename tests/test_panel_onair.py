@@ -78,7 +78,9 @@ def test_onair_led_may_not_come_from_the_site_file(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(appliance_config, "SITE_FILE", str(site))
     with pytest.raises(ConfigError) as caught:
         load([str(image), str(site)])
-    assert any("panel.onair_led_pin: may be set only in the image's" in line for line in caught.value.problems)
+    # Each problem reads in Bahasa Indonesia and gives its English line too (appliance/core/messages.py).
+    assert any("panel.onair_led_pin: may be set only in the image's" in problem.text("en")
+               for problem in caught.value.problems)
 
 
 def test_onair_led_follows_set_onair_and_goes_dark_on_close() -> None:

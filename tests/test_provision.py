@@ -39,7 +39,7 @@ password = "s3cret"
 BAD = GOOD.replace('id = "kalibaru"', 'id = "Kali Baru"').replace('kind = "kecamatan"', 'kind = "kota"')
 CA_PEM, CA_KEY_PEM = pki.make_ca()
 SERVER_PEM, _ = pki.make_server_cert("broker.example", CA_PEM, CA_KEY_PEM)
-NOT_ALLOWED = "may be set only in the image's /etc/appliance/appliance.toml"
+NOT_ALLOWED = "hanya boleh diatur di /etc/appliance/appliance.toml milik image"
 
 
 def provision(tmp: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -100,7 +100,7 @@ def test_bad_site_file_on_a_fresh_device_installs_nothing(tree: Path) -> None:
     (tree / "boot/appliance-site.toml").write_text("[site\nid=")
     result = provision(tree)
     assert result.returncode == 2
-    assert "not valid TOML" in result.stderr
+    assert "bukan TOML yang sah" in result.stderr
     assert not (tree / "state/site.toml").exists()
     assert (tree / "etc/hostname").read_text() == "rapat-unprovisioned\n"
 
@@ -120,7 +120,7 @@ def test_referenced_files_must_exist_on_the_device(tree: Path) -> None:
         GOOD.replace('password = "s3cret"', f'password_file = "{tree}/etc/appliance/missing-password"'))
     result = provision(tree)
     assert result.returncode == 2
-    assert "broker.password_file" in result.stderr and "does not exist" in result.stderr
+    assert "broker.password_file" in result.stderr and "tidak ada" in result.stderr
 
 
 def test_no_site_file_reapplies_hostname_from_installed_config(tree: Path) -> None:
@@ -205,7 +205,7 @@ def test_boot_file_may_not_set_security_or_paths(provisioned: Path, hostile: str
 def test_boot_file_may_not_name_a_plain_mqtt_broker(provisioned: Path) -> None:
     (provisioned / "boot/appliance-site.toml").write_text(GOOD.replace("mqtts://broker.example:8883",
                                                                       "mqtt://evil.example:1883"))
-    error = previous_config_kept(provisioned, provision(provisioned), "broker.url: plain mqtt:// (no TLS) is refused")
+    error = previous_config_kept(provisioned, provision(provisioned), "broker.url: mqtt:// biasa (tanpa TLS) ditolak")
     assert "mqtts://" in error
 
 
@@ -226,7 +226,7 @@ def test_every_hostile_field_at_once_is_refused_with_every_reason(provisioned: P
     (provisioned / "boot/appliance-site.toml").write_text(hostile)
     (provisioned / "boot/ca.pem").write_text("not a certificate\n")
     previous_config_kept(provisioned, provision(provisioned), "security.allow_unsigned", "broker.url",
-                         "security.max_command_age_s", "paths.state_dir", "ca.pem: is not a PEM certificate")
+                         "security.max_command_age_s", "paths.state_dir", "ca.pem: bukan sertifikat PEM")
     assert not (provisioned / "state/ca.pem").exists()
 
 
@@ -240,7 +240,7 @@ def test_boot_file_may_set_the_media_hosts_as_plain_host_names(provisioned: Path
     (provisioned / "boot/appliance-site.toml").write_text(GOOD + '[security]\nallowed_media_hosts = ["*"]\n')
     refused = provision(provisioned)
     assert refused.returncode == 2
-    assert "'*' is not a plain host name" in refused.stderr
+    assert "'*' bukan nama host biasa" in refused.stderr
 
 
 def test_boot_file_may_repeat_what_the_image_says(provisioned: Path) -> None:
@@ -265,10 +265,10 @@ def test_an_unknown_wifi_key_is_refused_like_any_other(provisioned: Path) -> Non
 
 
 @pytest.mark.parametrize("ca, reason", [
-    (b"-----BEGIN CERTIFICATE-----\nZmFrZQ==\n-----END CERTIFICATE-----\n", "is not a PEM certificate"),
-    (b"garbage\n", "is not a PEM certificate"),
-    (SERVER_PEM, "holds a certificate that is not a CA certificate (CN=broker.example)"),
-    (CA_PEM + SERVER_PEM, "holds a certificate that is not a CA certificate (CN=broker.example)"),
+    (b"-----BEGIN CERTIFICATE-----\nZmFrZQ==\n-----END CERTIFICATE-----\n", "bukan sertifikat PEM"),
+    (b"garbage\n", "bukan sertifikat PEM"),
+    (SERVER_PEM, "berisi sertifikat yang bukan sertifikat CA (CN=broker.example)"),
+    (CA_PEM + SERVER_PEM, "berisi sertifikat yang bukan sertifikat CA (CN=broker.example)"),
 ], ids=["fake_pem", "garbage", "server_cert", "ca_then_server_cert"])
 def test_ca_beside_the_site_file_must_be_a_ca_certificate(provisioned: Path, ca: bytes, reason: str) -> None:
     with_ca = GOOD.replace('password = "s3cret"', f'password = "s3cret"\nca_file = "{provisioned}/state/ca.pem"')
@@ -282,8 +282,8 @@ def test_ca_file_already_on_the_device_must_be_a_ca_certificate(provisioned: Pat
     (provisioned / "etc/not-a-ca.pem").write_bytes(SERVER_PEM)
     (provisioned / "boot/appliance-site.toml").write_text(
         GOOD.replace('password = "s3cret"', f'password = "s3cret"\nca_file = "{provisioned}/etc/not-a-ca.pem"'))
-    previous_config_kept(provisioned, provision(provisioned), f"broker.ca_file: {provisioned}/etc/not-a-ca.pem holds "
-                         "a certificate that is not a CA certificate (CN=broker.example)")
+    previous_config_kept(provisioned, provision(provisioned), f"broker.ca_file: {provisioned}/etc/not-a-ca.pem berisi "
+                         "sertifikat yang bukan sertifikat CA (CN=broker.example)")
 
 
 def test_the_daemon_refuses_a_tampered_installed_site_file(tmp_path: Path, monkeypatch) -> None:
@@ -297,8 +297,8 @@ def test_the_daemon_refuses_a_tampered_installed_site_file(tmp_path: Path, monke
     monkeypatch.setattr(appliance_config, "SITE_FILE", str(site))
     with pytest.raises(appliance_config.ConfigError) as refused:
         appliance_config.load([str(base), str(site)])
-    assert refused.value.problems == [f"{site}: security.allow_unsigned: {NOT_ALLOWED}, not in the site file",
-                                      f"{site}: paths.state_dir: {NOT_ALLOWED}, not in the site file"]
+    assert refused.value.problems == [f"{site}: security.allow_unsigned: {NOT_ALLOWED}, bukan di berkas situs",
+                                      f"{site}: paths.state_dir: {NOT_ALLOWED}, bukan di berkas situs"]
     site.write_text(GOOD)
     assert appliance_config.load([str(base), str(site)])["site"]["id"] == "kalibaru"
 

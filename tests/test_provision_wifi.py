@@ -41,9 +41,9 @@ def test_removing_the_section_removes_the_connection(tree: Path) -> None:  # noq
 
 
 @pytest.mark.parametrize(("wifi", "words"), [
-    ('ssid = "Kantor"\npsk = "short"', "wifi.psk: a WPA passphrase is 8-63 characters"),
-    ('ssid = "' + "x" * 33 + '"\npsk = "rahasia-desa-123"', "wifi.ssid: must be 1-32 bytes"),
-    ('psk = "rahasia-desa-123"', "wifi.psk: set wifi.ssid too"),
+    ('ssid = "Kantor"\npsk = "short"', "wifi.psk: kata sandi WPA 8-63 karakter"),
+    ('ssid = "' + "x" * 33 + '"\npsk = "rahasia-desa-123"', "wifi.ssid: harus 1-32 byte"),
+    ('psk = "rahasia-desa-123"', "wifi.psk: isi juga wifi.ssid"),
     ('ssid = "Kantor"\ncountry = "indonesia"', "wifi.country"),
     ('ssid = "Kantor"\nchannel = 6', "wifi.channel"),
 ])

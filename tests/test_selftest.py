@@ -34,9 +34,11 @@ def test_unattended_selftest_reports_truthfully(start_site, observer: MqttRecord
     report = json.loads(done.stdout)
     checks = report["checks"]
     assert set(checks) == set(selftest.CHECKS)
-    assert checks["panel"]["ok"] is None and "person" in checks["panel"]["detail"]
+    assert checks["panel"]["ok"] is None and checks["panel"]["code"] == "selftest.panel.needs_person"
+    assert "orang di lokasi" in checks["panel"]["detail"] and "person" in checks["panel"]["detail_en"]
     assert checks["camera"]["ok"] is None and checks["display"]["ok"] is None  # backend none here
-    assert checks["broker"]["ok"] is True and "round trip" in checks["broker"]["detail"]
+    assert checks["broker"]["ok"] is True and "dijawab dalam" in checks["broker"]["detail"]
+    assert "round trip" in checks["broker"]["detail_en"]
     assert checks["disk"]["ok"] is True
     assert checks["audio"]["ok"] is False  # no capture device on this machine: missing, never passed
     assert checks["power"]["ok"] is None  # no Pi throttling flags here: unknown, not made up
@@ -67,7 +69,7 @@ def test_interactive_panel_check_waits_for_a_press_without_blocking_the_loop(sta
     assert pressed["ok"] and pressed["state"] == "idle"  # the press went to the self-test, not the core
     runner.join(60)
     report = json.loads(outcome["done"].stdout)
-    assert report["checks"]["panel"]["ok"] is True and "pressed after" in report["checks"]["panel"]["detail"]
+    assert report["checks"]["panel"]["ok"] is True and "ditekan setelah" in report["checks"]["panel"]["detail"]
     events = [p for t, p, _ in observer.messages if t.endswith("/event")]
     assert not any(event.get("type") == "button.press" for event in events)
     assert any(event.get("type") == "selftest.started" and event["interactive"] for event in events)
@@ -97,14 +99,18 @@ def test_refused_during_a_meeting_and_without_daemon(start_site, observer: MqttR
 
 
 def test_cli_exit_codes_and_text(capsys) -> None:  # noqa: ANN001
-    checks = {name: selftest.result(None if name == "panel" else True, "") for name in selftest.CHECKS}
+    checks = {name: selftest.result(None if name == "panel" else True, "selftest.crashed", error="x")
+              for name in selftest.CHECKS}
     reply = {"result": {"ok": selftest.overall(checks), "checks": checks},
              "lines": selftest.summary_lines(checks, "id"), "language": "id"}
     assert _print_selftest(reply, False) == 0
     out = capsys.readouterr().out
     assert "Tombol: tidak diuji" in out and "Kamera: lulus" in out and "LULUS" in out
-    checks["audio"] = selftest.result(False, "diam")
+    checks["audio"] = selftest.result(False, "selftest.audio.no_device")
     assert _print_selftest({"result": {"ok": selftest.overall(checks)}, "lines": []}, False) == 1
+    assert "=> GAGAL" in capsys.readouterr().out
+    assert _print_selftest({"result": {"ok": False}, "lines": [], "language": "en"}, False) == 1
+    assert "=> FAILED" in capsys.readouterr().out
 
 
 def test_check_functions_never_pass_what_they_cannot_see(tmp_path: Path) -> None:

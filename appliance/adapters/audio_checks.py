@@ -18,12 +18,13 @@ from typing import Any
 
 from appliance.adapters.echo_canceller import describe_delay, load_delay, save_delay
 from appliance.adapters.echo_delay import EchoDelayError, measure_echo_delay
+from appliance.core.messages import Message, message
+from appliance.core.selftest import result
 from appliance.media.audio_route import ECHO_SINK, ECHO_SOURCE, uses_engine
 
 LEVEL_CAPTURE_S = 1.0
 SILENCE_DBFS = -60.0
 PACTL_TIMEOUT_S = 3.0
-ENGINE_HINT = "the audio engine (PipeWire) runs as appliance-audio.service: `systemctl status appliance-audio`"
 
 
 def audio_health(config: Any, run: Callable[..., Any] = subprocess.run) -> tuple[str, str]:
@@ -94,14 +95,22 @@ def chosen_device(run: Callable[..., Any], kind: str, candidates: list[str]) -> 
     return default if default in candidates else candidates[0]
 
 
-def engine_health(status: EngineStatus, state_dir: str) -> tuple[str, str]:
+def engine_problem(status: EngineStatus) -> tuple[str, Message] | None:
+    """(health value, why) when the engine or its canceller is not working, else None."""
     if not status.answers:
-        return "error", f"the audio engine does not answer ({status.why}); {ENGINE_HINT}"
+        return "error", message("selftest.audio.engine_down", why=status.why)
     if not status.microphones:
-        return "missing", "no microphone found: plug in the USB webcam or microphone"
+        return "missing", message("selftest.audio.no_microphone")
     if not status.canceller_loaded:
-        return "error", (f"the audio engine runs but its echo canceller does not ({ECHO_SOURCE} and {ECHO_SINK} "
-                         "missing); the daemon restarts it, see its log: `journalctl -u appliance`")
+        return "error", message("selftest.audio.canceller_down", source=ECHO_SOURCE, sink=ECHO_SINK)
+    return None
+
+
+def engine_health(status: EngineStatus, state_dir: str) -> tuple[str, str]:
+    """(health value, detail) for the health watcher; the detail goes to the log, in English."""
+    problem = engine_problem(status)
+    if problem is not None:
+        return problem[0], problem[1].text("en")
     return "ok", f"echo cancellation running ({describe_delay(state_dir)}); microphone {status.microphones[0]}"
 
 
@@ -138,32 +147,32 @@ def engine_selftest(config: Any, run: Callable[..., Any] = subprocess.run,
     Clicks heard prove the microphone too, in a quiet room; else a silent microphone is named."""
     state_dir = config["paths"]["state_dir"]
     status = engine_status(run)
-    value, detail = engine_health(status, state_dir)
-    if value != "ok":
-        return {"ok": False, "detail": f"audio {value}: {detail}"}
+    problem = engine_problem(status)
+    if problem is not None:
+        return result(False, problem[1].code, **problem[1].params)
     try:
         data = record(ECHO_SOURCE, LEVEL_CAPTURE_S)
     except OSError as exc:
-        return {"ok": False, "detail": f"cannot record from the echo canceller: {exc}"}
+        return result(False, "selftest.audio.record_failed", error=exc)
     if len(data) < 3200:
-        return {"ok": False, "detail": f"{detail}; but recording from {ECHO_SOURCE} gave no sound data"}
+        return result(False, "selftest.audio.no_data", source=ECHO_SOURCE)
     level = level_dbfs(data)
     microphone = chosen_device(run, "source", status.microphones)
     speaker = chosen_device(run, "sink", status.speakers)
-    heard = f"microphone {microphone}, level {level:.0f} dBFS"
+    heard = {"microphone": microphone, "level": f"{level:.0f}"}
     if speaker is None:
-        return {"ok": False, "detail": f"{heard}; no speaker found: connect the TV (HDMI) and turn its sound on"}
+        return result(False, "selftest.audio.no_speaker", **heard)
     before = load_delay(state_dir)
     try:
         delay = measure(speaker, microphone or "")
     except EchoDelayError as exc:
         if level < SILENCE_DBFS:
-            return {"ok": False, "detail": f"{heard}: the microphone is silent: is it muted or unplugged? ({exc})"}
+            return result(False, "selftest.audio.mic_silent", **heard, error=exc)
         if before is None:
-            return {"ok": False, "detail": f"{heard}; echo delay not measured: {exc}"}
-        return {"ok": True, "detail": f"{heard}; echo delay {before * 1000:.0f} ms kept from before ({exc})"}
+            return result(False, "selftest.audio.delay_unmeasured", **heard, error=exc)
+        return result(True, "selftest.audio.delay_kept", **heard, ms=f"{before * 1000:.0f}", error=exc)
     save_delay(state_dir, delay, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    return {"ok": True, "detail": f"echo cancellation running; {heard}; echo delay {delay * 1000:.0f} ms measured now"}
+    return result(True, "selftest.audio.delay_measured", **heard, ms=f"{delay * 1000:.0f}")
 
 
 def record(source: str, seconds: float, rate: int = 16000) -> bytes:

@@ -32,62 +32,63 @@ SILENCE_PEAK = 64  # of 32767: below this a 16-bit capture is silence (or a dead
 
 def check_clock(synced: bool | None) -> Result:
     if synced is None:
-        return result(None, "the kernel does not say whether the clock is synchronised")
-    return result(synced, "synchronised (NTP)" if synced else "not synchronised: check NTP / internet")
+        return result(None, "selftest.clock.unknown")
+    return result(synced, "selftest.clock.synced" if synced else "selftest.clock.unsynced")
 
 
 def check_power(flags: dict[str, Any] | None) -> Result:
     if flags is None:
-        return result(None, "no throttling flags on this system (not a Raspberry Pi)")
+        return result(None, "selftest.power.unknown")
     now = [name for name in ("under_voltage", "throttled", "freq_capped") if flags.get(name)]
     since_boot = [name for name in ("under_voltage_occurred", "throttled_occurred") if flags.get(name)]
     if now or since_boot:
-        return result(False, f"{', '.join(now + since_boot)} (raw {flags.get('raw')}): use the official power supply")
-    return result(True, f"no under-voltage or throttling (raw {flags.get('raw')})")
+        return result(False, "selftest.power.problem", flags=", ".join(now + since_boot), raw=flags.get("raw"))
+    return result(True, "selftest.power.ok", raw=flags.get("raw"))
 
 
 def check_disk(state_dir: str, free_mb: float | None) -> Result:
     if free_mb is None:
-        return result(False, f"cannot read free space of {state_dir}")
+        return result(False, "selftest.disk.no_free_space", path=state_dir)
     probe = Path(state_dir) / ".selftest-probe"
     data = os.urandom(64 * 1024)
     try:
         write_atomic(probe, data)
         good = probe.read_bytes() == data
     except OSError as exc:
-        return result(False, f"write probe failed: {exc}")
+        return result(False, "selftest.disk.write_failed", error=exc)
     finally:
         try:
             probe.unlink()
         except OSError:
             pass
     if not good:
-        return result(False, "write probe read back different bytes: the SD card is failing")
+        return result(False, "selftest.disk.corrupt")
     if free_mb < MIN_FREE_MB:
-        return result(False, f"only {free_mb:g} MB free (need {MIN_FREE_MB:g})")
-    return result(True, f"{free_mb:g} MB free, write probe ok")
+        return result(False, "selftest.disk.low", free=f"{free_mb:g}", need=f"{MIN_FREE_MB:g}")
+    return result(True, "selftest.disk.ok", free=f"{free_mb:g}")
 
 
 def check_audio(device: str, run: Callable[..., Any] = subprocess.run) -> Result:
     if not device:
-        return result(None, "no microphone configured (camera.audio_device = \"\")")
+        return result(None, "selftest.audio.not_configured")
     devices = capture_devices()
     if not devices:
-        return result(False, "no audio capture device (no microphone found)")
+        return result(False, "selftest.audio.no_device")
     if not shutil.which("arecord"):
-        return result(False, f"{len(devices)} capture device(s), but arecord (alsa-utils) is missing")
+        return result(False, "selftest.audio.no_arecord", count=len(devices))
     try:
         done = run(["arecord", "-q", "-D", device, "-d", str(AUDIO_CAPTURE_S), "-f", "S16_LE", "-r", "16000",
                     "-c", "1", "-t", "raw"], capture_output=True, timeout=AUDIO_CAPTURE_S + 5)
     except (OSError, subprocess.SubprocessError) as exc:
-        return result(False, f"capture from {device} failed: {exc}")
+        return result(False, "selftest.audio.capture_failed", device=device, error=exc)
     if done.returncode != 0 or len(done.stdout) < 1000:
-        return result(False, f"capture from {device} failed: {done.stderr.decode(errors='replace').strip()[:200]}")
+        return result(False, "selftest.audio.capture_failed", device=device,
+                      error=done.stderr.decode(errors="replace").strip()[:200])
     samples = array.array("h", done.stdout[: len(done.stdout) // 2 * 2])
     peak = max(abs(sample) for sample in samples)
     if peak < SILENCE_PEAK:
-        return result(False, f"{AUDIO_CAPTURE_S} s capture from {device} is silent (peak {peak})")
-    return result(True, f"{AUDIO_CAPTURE_S} s capture from {device}, peak {peak}")
+        return result(False, "selftest.audio.silent", seconds=AUDIO_CAPTURE_S, device=device, peak=peak)
+    return result(True, "selftest.audio.ok", seconds=AUDIO_CAPTURE_S, device=device, peak=peak)
 
 
 def timed(fn: Callable[[], Result]) -> Result:
@@ -95,7 +96,7 @@ def timed(fn: Callable[[], Result]) -> Result:
     try:
         outcome = fn()
     except Exception as exc:  # noqa: BLE001 - a crashing check is a failed check, not a dead self-test
-        outcome = result(False, f"check crashed: {type(exc).__name__}: {exc}")
+        outcome = result(False, "selftest.crashed", error=f"{type(exc).__name__}: {exc}")
     outcome["duration_s"] = round(time.monotonic() - started, 3)
     return outcome
 

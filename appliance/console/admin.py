@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import re
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from appliance.console.output import print_json, table
 from appliance.console.passwords import hash_password
 from appliance.console.store import new_password
 from appliance.core.clock import rfc3339
+from appliance.core.messages import LANGUAGE_VARIABLE, Problem, language, problem, problem_text, say
 from appliance.core.protocol import RETAINED_DEVICE_TOPICS, site_topic, topic_prefix_problem
 from appliance.core.signing import generate_private_key, private_key_to_pem, public_key_to_base64
 
@@ -228,7 +230,7 @@ def cmd_broker_config(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def check_site_file(ctx: Context, path: Path) -> list[str]:
+def check_site_file(ctx: Context, path: Path) -> list[Problem]:
     """What a device would refuse in this site file (the device's own checks), and what would keep it off
     this fleet (another broker, another console key, an unknown site, a stale password)."""
     from appliance import provision as device_provision  # the device's own checks, not a copy
@@ -250,28 +252,30 @@ def check_site_file(ctx: Context, path: Path) -> list[str]:
     broker = document.get("broker") or {}
     known = {site.id for site in ctx.store.sites()}
     if site_id and site_id not in known:
-        problems.append(f"{path}: site.id {site_id!r} is not a site of this console (see `sites list`)")
+        problems.append(problem(str(path), "site.id", "console.unknown_site", site=site_id))
     url = ctx.require_init()
     if broker.get("url") and broker["url"] != url:
-        problems.append(f"{path}: broker.url {broker['url']!r} is not this fleet's broker {url!r}")
+        problems.append(problem(str(path), "broker.url", "console.other_broker", given=broker["url"], ours=url))
     given = (document.get("security") or {}).get("console_public_key")
     if given and given != key:
-        problems.append(f"{path}: security.console_public_key is not this console's key: commands would be refused")
+        problems.append(problem(str(path), "security.console_public_key", "console.other_key"))
     if site_id in known and broker.get("password") and broker["password"] != ctx.store.site_password(site_id):
-        problems.append(f"{path}: broker.password is not {site_id}'s current password (rotated since?): "
-                        f"write a new file with `provision {site_id}`")
+        problems.append(problem(str(path), "broker.password", "console.stale_password", site=site_id))
     return problems
 
 
 def cmd_provision(ctx: Context, args: argparse.Namespace) -> int:
     if args.check:
         problems = check_site_file(ctx, Path(args.check))
-        if ctx.json:
-            print_json({"file": args.check, "ok": not problems, "problems": problems})
+        lang = language(args.lang or os.environ.get(LANGUAGE_VARIABLE))
+        lines = [problem_text(wrong, lang) for wrong in problems]
+        if ctx.json:  # `problems` as printed; `codes` (the catalogue's, appliance/core/messages.py) for machines
+            print_json({"file": args.check, "ok": not problems, "problems": lines,
+                        "codes": [getattr(wrong, "code", None) for wrong in problems]})
         elif problems:
-            print("\n".join(problems), file=sys.stderr)
+            print("\n".join(lines), file=sys.stderr)
         else:
-            print(f"{args.check}: a device would accept it, and it belongs to this fleet")
+            print(say("cli.site_file_ok", lang, path=args.check))
         return 1 if problems else 0
     if not args.out:
         raise BadInput("give --out DIR (where to write the files), or --check FILE")

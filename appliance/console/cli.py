@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from appliance.console import admin, collect, floor, floor_cli, observers, operate, remote_cli, rollout, update_cli
+from appliance.console import admin, collect, floor, floor_cli, observers, operate, operators, remote_cli, rollout, update_cli
 from appliance.console.context import Context
 from appliance.console.errors import ConsoleError
 from appliance.console.home import ENV_HOME, Home, default_home
@@ -16,7 +16,10 @@ from appliance.console.site_cli import add_arguments as site_arguments
 from appliance.console.site_cli import cmd_site
 from appliance.console.watch import add_arguments as watch_arguments
 from appliance.console.watch import cmd_watch
+from appliance.console.web.serve import add_arguments as serve_arguments
+from appliance.console.web.serve import cmd_serve
 from appliance.core.floor import FLOOR_MODES, MODERATED
+from appliance.core.messages import LANGUAGE_VARIABLE, LANGUAGES
 from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, GROUPS, SITE_KINDS
 
 EPILOG = "Exit codes: 0 success, 1 refused or partly failed, 2 bad usage or bad input."
@@ -127,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     provision.add_argument("--out", metavar="DIR", help="where to write the files")
     provision.add_argument("--check", metavar="FILE",
                            help="instead: check a site file a technician sends in, as a device and this fleet would")
+    provision.add_argument("--lang", choices=LANGUAGES, default=None,
+                           help=f"language of --check's problems: id (Bahasa Indonesia, the default) or en; "
+                                f"default ${LANGUAGE_VARIABLE}, else id")
     provision.add_argument("--media-host", action="append", metavar="HOST",
                            help="allowed media host (repeatable; default: those given to init)")
     provision.add_argument("--ca-path", default="/var/lib/appliance/ca.pem", metavar="PATH",
@@ -192,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub(commands, "rollout", "which sites are ready for the target and why not; travel avoided")
     rollout.add_arguments(report)
     report.set_defaults(handler=rollout.cmd_rollout)
+
+    # The operator's live web dashboard (issue 13): its accounts, and the server (appliance/console/web/).
+    operators.add_commands(sub, commands)
+    serving = sub(commands, "serve", "the live web dashboard: fleet, meetings and the floor, rollout "
+                  "(log in with an account from `operators add`)")
+    serve_arguments(serving)
+    serving.set_defaults(handler=cmd_serve)
     return parser
 
 

@@ -22,3 +22,12 @@ class BadInput(ConsoleError):
     """The operator's input is wrong (bad CSV, unknown site, bad URL); nothing was changed."""
 
     exit_code = 2
+
+
+class InvalidFields(BadInput):
+    """Bad input in several named fields at once (a dashboard form shows each next to its field)."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        messages = list(fields.values())
+        super().__init__(messages[0], messages[1:])
+        self.fields = fields

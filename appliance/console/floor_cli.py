@@ -77,14 +77,24 @@ def _meeting_text(meeting: MeetingFloor, now: float, names: Mapping[str, str]) -
     return "".join(lines)
 
 
-def _report(ctx: Any, outcome: FloorOutcome, expires: float) -> int:
+def record_outcome(store: Any, outcome: FloorOutcome, operator: str | None = None) -> None:
+    """Every floor command sent, and its answers, in the console's command log (`operator`: a dashboard account)."""
     for item, tracker in zip(outcome.sent, outcome.trackers, strict=True):
-        ctx.store.record_command(item.command, item.label)
-        ctx.store.record_results(item.command["id"], tracker.rows())
+        store.record_command(item.command, item.label, operator)
+        store.record_results(item.command["id"], tracker.rows())
+
+
+def outcome_document(outcome: FloorOutcome, expires: float) -> dict[str, Any]:
+    """What `floor grant|revoke --json` prints (and the dashboard's API answers)."""
+    return {"plan": outcome.plan.document(), "expires_s": expires, "summary": outcome.summary(),
+            "commands": [item.command for item in outcome.sent], "results": outcome.rows()}
+
+
+def _report(ctx: Any, outcome: FloorOutcome, expires: float) -> int:
+    record_outcome(ctx.store, outcome)
     rows, counts = outcome.rows(), outcome.summary()
     if ctx.json:
-        print_json({"plan": outcome.plan.document(), "expires_s": expires, "summary": counts,
-                    "commands": [item.command for item in outcome.sent], "results": rows})
+        print_json(outcome_document(outcome, expires))
     else:
         for row in rows:
             row["detail"] = f"{row['error'].get('code')}: {row['error'].get('message')}" if row["error"] else ""

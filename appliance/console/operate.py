@@ -11,10 +11,11 @@ from typing import Any
 from appliance.console import commands
 from appliance.console import floor as floors
 from appliance.console.context import Context
-from appliance.console.errors import BadInput
+from appliance.console.errors import BadInput, InvalidFields
 from appliance.console.fleet import Tracker, send_and_collect
 from appliance.console.output import Live, health_summary, print_json, table
 from appliance.core.clock import rfc3339
+from appliance.core.floor import FLOOR_MODES, MODERATED
 from appliance.core.protocol import COMMAND_ID, MAX_TITLE_CHARS, site_topic
 from appliance.core.urls import URL_SCHEMES
 
@@ -75,37 +76,62 @@ def _target(ctx: Context, args: argparse.Namespace) -> commands.Target:
     return commands.resolve_target(ctx.store, args.sites, args.group, ctx.topic_prefix)
 
 
-def cmd_meeting_start(ctx: Context, args: argparse.Namespace) -> int:
-    ctx.require_init()
-    title = (args.title or "").strip()
+def meeting_start_body(store: Any, *, title: str | None, program_url: str | None, ingest_url: str | None,
+                       meeting_id: str | None = None, auto_join: bool = False, floor: str = MODERATED) -> dict[str, Any]:
+    """The body of a `meeting.start`, checked as the devices would; InvalidFields naming every bad field
+    (by its CLI option) otherwise. Shared by `meeting start` and the dashboard's form."""
+    errors: dict[str, str] = {}
+    title = (title or "").strip()
     if not title or len(title) > MAX_TITLE_CHARS:
-        raise BadInput(f"--title must be 1-{MAX_TITLE_CHARS} characters")
-    known_hosts = ctx.store.get_meta("media_hosts") or []
-    commands.check_media_url("--program-url", args.program_url, known_hosts, URL_SCHEMES["program_url"])
-    commands.check_media_url("--ingest-url", args.ingest_url.replace("{site}", "site"), known_hosts,
-                             URL_SCHEMES["ingest_url"])
-    meeting_id = args.meeting_id or commands.meeting_id_from(title)
+        errors["title"] = f"--title must be 1-{MAX_TITLE_CHARS} characters"
+    known_hosts = store.get_meta("media_hosts") or []
+    for name, option, url in (("program_url", "--program-url", program_url), ("ingest_url", "--ingest-url", ingest_url)):
+        if not url:
+            errors[name] = f"{option} is required"
+            continue
+        try:
+            commands.check_media_url(option, url.replace("{site}", "site"), known_hosts, URL_SCHEMES[name])
+        except BadInput as exc:
+            errors[name] = exc.message
+    if floor not in FLOOR_MODES:
+        errors["floor"] = f"--floor {floor!r} must be one of {', '.join(FLOOR_MODES)}"
+    meeting_id = meeting_id or (commands.meeting_id_from(title) if title else None)
+    if meeting_id is not None and not COMMAND_ID.match(meeting_id):
+        errors["meeting_id"] = f"--meeting-id {meeting_id!r}: expected 1-64 of [A-Za-z0-9_.:-]"
+    if errors:
+        raise InvalidFields(errors)
+    return {"meeting_id": meeting_id, "title": title, "program_url": program_url, "ingest_url": ingest_url,
+            "auto_join": bool(auto_join), "floor": floor}
+
+
+def meeting_end_target(store: Any, meeting_id: str | None, sites: str | None, group: str | None,
+                       prefix: str) -> tuple[str, commands.Target]:
+    """Which meeting to end (default: the last one started here) and on which sites (default: the same)."""
+    last = store.last_meeting()
+    meeting_id = meeting_id or (last["body"]["meeting_id"] if last else None)
+    if not meeting_id:
+        raise BadInput("no meeting was started from this console: give --meeting-id")
     if not COMMAND_ID.match(meeting_id):
         raise BadInput(f"--meeting-id {meeting_id!r}: expected 1-64 of [A-Za-z0-9_.:-]")
-    body = {"meeting_id": meeting_id, "title": title, "program_url": args.program_url,
-            "ingest_url": args.ingest_url, "auto_join": bool(args.auto_join), "floor": args.floor}
+    if not sites and not group:
+        label = store.meeting_target(meeting_id)
+        if label is None:
+            raise BadInput(f"meeting {meeting_id!r} was not started from this console: give --sites or --group")
+        return meeting_id, commands.target_from_label(store, label, prefix)
+    return meeting_id, commands.resolve_target(store, sites, group, prefix)
+
+
+def cmd_meeting_start(ctx: Context, args: argparse.Namespace) -> int:
+    ctx.require_init()
+    body = meeting_start_body(ctx.store, title=args.title, program_url=args.program_url, ingest_url=args.ingest_url,
+                              meeting_id=args.meeting_id, auto_join=args.auto_join, floor=args.floor)
     code, _ = run_command(ctx, "meeting.start", body, _target(ctx, args), args)
     return code
 
 
 def cmd_meeting_end(ctx: Context, args: argparse.Namespace) -> int:
     ctx.require_init()
-    last = ctx.store.last_meeting()
-    meeting_id = args.meeting_id or (last["body"]["meeting_id"] if last else None)
-    if not meeting_id:
-        raise BadInput("no meeting was started from this console: give --meeting-id")
-    if not args.sites and not args.group:
-        label = ctx.store.meeting_target(meeting_id)
-        if label is None:
-            raise BadInput(f"meeting {meeting_id!r} was not started from this console: give --sites or --group")
-        target = commands.target_from_label(ctx.store, label, ctx.topic_prefix)
-    else:
-        target = _target(ctx, args)
+    meeting_id, target = meeting_end_target(ctx.store, args.meeting_id, args.sites, args.group, ctx.topic_prefix)
     code, _ = run_command(ctx, "meeting.end", {"meeting_id": meeting_id}, target, args)
     return code
 

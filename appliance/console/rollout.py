@@ -23,6 +23,7 @@ from appliance.console.context import Context
 from appliance.console.errors import BadInput, Refused
 from appliance.console.home import atomic_write
 from appliance.console.output import print_json, table
+from appliance.console.rollout_html import id_number, render
 from appliance.core.clock import parse_rfc3339, rfc3339
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -164,7 +165,7 @@ def evaluate(site: SiteData, at: float, criteria: Criteria) -> dict[str, Any]:
                                "belum pernah terhubung: belum dipasang atau belum diprovisi"))
     elif at - last_seen > criteria.seen_within_s:
         ago = (at - last_seen) / 3600
-        when = datetime.fromtimestamp(last_seen, criteria.tz).strftime("%d-%m %H:%M")
+        when = datetime.fromtimestamp(last_seen, criteria.tz).strftime("%d-%m %H:%M %Z")  # %Z: WIB, WITA or WIT
         reasons.append(_reason("offline", f"offline: last seen {when} ({_hours(ago, 'en')} ago)",
                                f"tidak daring: terakhir terlihat {when} ({_hours(ago, 'id')} lalu)"))
     tests = [test for test in site.selftests if test[0] <= at]
@@ -182,8 +183,8 @@ def evaluate(site: SiteData, at: float, criteria: Criteria) -> dict[str, Any]:
     if pct is not None and pct < criteria.uptime_min_pct:
         reasons.append(_reason("uptime", f"office-hours uptime {pct:.1f}% over {criteria.window_days} days "
                                f"(needs {criteria.uptime_min_pct:g}%)",
-                               f"waktu aktif jam kerja {pct:.1f}% dalam {criteria.window_days} hari "
-                               f"(perlu {criteria.uptime_min_pct:g}%)".replace(".", ",", 1)))
+                               f"waktu aktif jam kerja {id_number(pct, 1)}% dalam {criteria.window_days} hari "
+                               f"(perlu {id_number(criteria.uptime_min_pct)}%)"))
     return {"id": site.id, "name": site.name, "kind": site.kind, "ready": not reasons, "reasons": reasons,
             "last_seen": rfc3339(last_seen) if last_seen else None, "selftest": selftest,
             "office_uptime_pct": None if pct is None else round(pct, 2), "meetings_joined": site.meetings,
@@ -208,8 +209,8 @@ def _reason(code: str, en: str, id_: str) -> dict[str, str]:
 
 def _hours(hours: float, language: str) -> str:
     if hours >= 72:
-        return f"{hours / 24:.0f} {'days' if language == 'en' else 'hari'}"
-    return f"{hours:.0f} {'h' if language == 'en' else 'jam'}"
+        return f"{hours / 24:.0f} days" if language == "en" else f"{id_number(hours / 24, 0)} hari"
+    return f"{hours:.0f} h" if language == "en" else f"{id_number(hours, 0)} jam"
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -326,7 +327,6 @@ def csv_report(report: dict[str, Any]) -> str:
 
 
 def cmd_rollout(ctx: Context, args: argparse.Namespace) -> int:
-    from appliance.console.rollout_html import render  # noqa: PLC0415 - only when asked for
 
     criteria = parse_criteria(args)
     targets = parse_targets(args.targets)

@@ -13,6 +13,7 @@ from appliance.core.selftest import texts
 
 KIND_ID = {"kecamatan": "Kecamatan", "desa": "Desa", "other": "Lainnya"}
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "Mei", "Jun", "Jul", "Agu", "Sep", "Okt", "Nov", "Des")
+WEEKDAYS_ID = {"mon": "Sen", "tue": "Sel", "wed": "Rab", "thu": "Kam", "fri": "Jum", "sat": "Sab", "sun": "Min"}
 
 CSS = """
 *{box-sizing:border-box}body{margin:0;font-family:"DejaVu Sans",Arial,Helvetica,sans-serif;background:#f4f6f9;color:#1b2733}
@@ -33,8 +34,23 @@ footer{font-size:14px;color:#4a5a6a;padding:0 48px 30px}
 """
 
 
+def id_number(value: float, decimals: int | None = None) -> str:
+    """A number as Indonesian writes it: "." between thousands, "," before decimals (2.000; 97,5).
+    `decimals` None: as many as the value has (up to 2), none for a whole number."""
+    text = f"{value:,.{2 if decimals is None else decimals}f}"
+    if decimals is None and "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text.translate(str.maketrans({",": ".", ".": ","}))
+
+
+def zone_name(report: dict[str, Any]) -> str:
+    """The abbreviation of the report's time zone at its time (WIB, WITA, WIT), not a fixed "WIB"."""
+    tz = ZoneInfo(report["criteria"].get("timezone") or "Asia/Jakarta")
+    return datetime.fromtimestamp(parse_rfc3339(report["as_of"]), tz).tzname() or str(tz.key)
+
+
 def _fmt(value: float) -> str:
-    return f"{value:,.0f}".replace(",", ".")
+    return id_number(value, 0)
 
 
 def _date_id(text: str) -> str:
@@ -51,22 +67,23 @@ def render(report: dict[str, Any]) -> str:
         target = numbers["target"] or numbers["registered"] or 1
         share = min(100.0, 100.0 * numbers["ready"] / target)
         tiles.append(f'<div class="tile"><div class="label">{KIND_ID[kind]} siap</div>'
-                     f'<div class="value">{numbers["ready"]}<small> / {target}</small></div>'
-                     f'<div class="bar"><div style="width:{share:.1f}%"></div></div>'
-                     f'<div class="note">{numbers["registered"]} terdaftar</div></div>')
+                     f'<div class="value">{_fmt(numbers["ready"])}<small> / {_fmt(target)}</small></div>'
+                     f'<div class="bar"><div style="width:{share:.1f}%"></div></div>'  # CSS: a "." decimal
+                     f'<div class="note">{_fmt(numbers["registered"])} terdaftar</div></div>')
     if days_left >= 0:
-        deadline = f'<div class="value">{days_left}<small> hari</small></div>'
+        deadline = f'<div class="value">{_fmt(days_left)}<small> hari</small></div>'
     else:
-        deadline = f'<div class="value late">+{-days_left}<small> hari lewat</small></div>'
+        deadline = f'<div class="value late">+{_fmt(-days_left)}<small> hari lewat</small></div>'
     finish = projection["complete_on"]
-    pace = f"{projection['pace_per_day']:g}".replace(".", ",")
+    pace = id_number(projection["pace_per_day"])
     pace_note = (f"laju {pace} lokasi/hari; semua siap {_date_id(finish)}" if finish
                  else "dengan laju sekarang target tidak tercapai")
     tiles.append(f'<div class="tile"><div class="label">Menuju target {_date_id(report["target"])}</div>'
                  f'{deadline}<div class="note">{escape(pace_note)}</div></div>')
     tiles.append(f'<div class="tile"><div class="label">Perjalanan dihindari</div>'
                  f'<div class="value">{_fmt(travel["km"])}<small> km</small></div>'
-                 f'<div class="note">{_fmt(travel["hours"])} jam · {travel["meetings_joined"]} rapat diikuti daring</div></div>')
+                 f'<div class="note">{_fmt(travel["hours"])} jam · {_fmt(travel["meetings_joined"])} rapat diikuti daring'
+                 '</div></div>')
     not_ready = [row for row in report["sites"] if not row["ready"]]
     never = [row for row in not_ready if row["reasons"][0]["code"] == "never_connected"]
     working = [row for row in not_ready if row not in never]
@@ -78,28 +95,29 @@ def render(report: dict[str, Any]) -> str:
     missing = sum(max(0, (numbers["target"] or 0) - numbers["registered"]) for numbers in summary.values())
     ready = ", ".join(escape(row["name"]) for row in report["sites"] if row["ready"]) or "belum ada"
     criteria = report["criteria"]
-    method = (f"Siap = terdaftar dan pernah terhubung; daring dalam {criteria['seen_within_h']:g} jam terakhir; "
-              f"uji mandiri terakhir lulus; waktu aktif ≥ {criteria['uptime_min_pct']:g}% pada jam kerja "
-              f"{criteria['office_hours']} WIB ({criteria['workdays']}) selama {criteria['window_days']} hari terakhir, "
-              f"diukur per {criteria['bucket_min']} menit dari telemetri. Perjalanan = rapat diikuti daring × 2 × "
-              f"jarak ke kantor kabupaten; jam pada {travel['speed_kmh']:g} km/jam.")
+    workdays = ",".join(WEEKDAYS_ID.get(day, day) for day in criteria["workdays"].split(","))
+    method = (f"Siap = terdaftar dan pernah terhubung; daring dalam {id_number(criteria['seen_within_h'])} jam terakhir; "
+              f"uji mandiri terakhir lulus; waktu aktif ≥ {id_number(criteria['uptime_min_pct'])}% pada jam kerja "
+              f"{criteria['office_hours']} {zone_name(report)} ({workdays}) selama {criteria['window_days']} "
+              f"hari terakhir, diukur per {criteria['bucket_min']} menit dari telemetri. Perjalanan = rapat diikuti daring "
+              f"× 2 × jarak ke kantor kabupaten; jam pada {id_number(travel['speed_kmh'])} km/jam.")
     return f"""<!DOCTYPE html>
 <html lang="id"><head><meta charset="utf-8"><title>Kesiapan Rapat Daring — {escape(report["today"])}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
 <body><header><h1>Kesiapan Perangkat Rapat Daring — Kabupaten Banyuwangi</h1>
-<p>Per {_date_id(report["today"])} · {report["ready_total"]} dari {report["needed_total"]} lokasi siap</p></header>
+<p>Per {_date_id(report["today"])} · {_fmt(report["ready_total"])} dari {_fmt(report["needed_total"])} lokasi siap</p></header>
 <main><div class="tiles">{"".join(tiles)}</div>
 <section><h2>Lokasi siap dari waktu ke waktu</h2>{chart(report)}
 <div class="legend"><span><i style="border-color:#0f3b66"></i>Semua lokasi siap</span>
 <span><i style="border-color:#e08a00"></i>Kecamatan siap</span>
 <span><i style="border-color:#0f3b66;border-top-style:dashed"></i>Proyeksi laju sekarang</span>
 <span><i style="border-color:#b3261e;border-top-style:dotted"></i>Target</span></div></section>
-<section><h2>Terpasang tetapi belum siap ({len(working)}) dan alasannya</h2>
+<section><h2>Terpasang tetapi belum siap ({_fmt(len(working))}) dan alasannya</h2>
 <table><tr><th>Lokasi</th><th>Jenis</th><th>Alasan</th></tr>{rows}</table></section>
 {selftest_section(report)}
-<section><h2>Belum pernah terhubung ({len(never)})</h2><p>{never_text or "tidak ada"}</p>
-{f"<p>Ditambah {missing} lokasi target yang belum didaftarkan di konsol.</p>" if missing else ""}</section>
-<section><h2>Sudah siap ({report["ready_total"]})</h2><p>{ready}</p></section></main>
+<section><h2>Belum pernah terhubung ({_fmt(len(never))})</h2><p>{never_text or "tidak ada"}</p>
+{f"<p>Ditambah {_fmt(missing)} lokasi target yang belum didaftarkan di konsol.</p>" if missing else ""}</section>
+<section><h2>Sudah siap ({_fmt(report["ready_total"])})</h2><p>{ready}</p></section></main>
 <footer>{escape(method)}<br>Dibuat oleh appliance-console rollout pada {escape(report["as_of"])}.</footer>
 </body></html>
 """
@@ -181,5 +199,6 @@ def selftest_section(report: dict[str, Any]) -> str:
         + "</td></tr>" for row in failed)
     table = (f"<table><tr><th>Lokasi</th><th>Uji terakhir</th><th>Pemeriksaan gagal</th></tr>{rows}</table>"
              if failed else "<p>Tidak ada uji mandiri terakhir yang gagal.</p>")
-    return (f'<section id="selftests"><h2>Uji mandiri terakhir: {len(failed)} gagal, {len(tested) - len(failed)} lulus, '
-            f'{len(report["sites"]) - len(tested)} belum diuji</h2>{table}</section>')
+    return (f'<section id="selftests"><h2>Uji mandiri terakhir: {_fmt(len(failed))} gagal, '
+            f'{_fmt(len(tested) - len(failed))} lulus, {_fmt(len(report["sites"]) - len(tested))} belum diuji</h2>'
+            f'{table}</section>')

@@ -25,7 +25,9 @@ log = logging.getLogger("appliance.console.schema")
 # Version 2: one `last_seen` table (REAL epoch seconds).
 # Version 3: remote updates: `releases`, `site_rings`, `rollouts`, `rollout_sites` (new tables only).
 # Version 4: `telemetry` keeps `mqtt_reconnects` and `system_uptime_s` too (for `site SITE`).
-SCHEMA_VERSION = 4
+# Version 5: `commands.operator`: the dashboard account that sent a command (NULL: the CLI).
+# Version 6: `sites.lat`, `sites.lon`: where a site is (WGS 84 degrees, from the sites CSV), for the dashboard's map.
+SCHEMA_VERSION = 6
 VERSION_KEY = "schema_version"  # in `meta`, JSON-encoded like every other `meta` value
 
 TABLES = """
@@ -38,7 +40,9 @@ CREATE TABLE IF NOT EXISTS sites (
     password TEXT NOT NULL,
     password_hash TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    password_changed_at TEXT NOT NULL
+    password_changed_at TEXT NOT NULL,
+    lat REAL,
+    lon REAL
 );
 CREATE TABLE IF NOT EXISTS commands (
     id TEXT PRIMARY KEY,
@@ -47,7 +51,8 @@ CREATE TABLE IF NOT EXISTS commands (
     meeting_id TEXT,
     payload TEXT NOT NULL,
     sent_at TEXT NOT NULL,
-    results TEXT
+    results TEXT,
+    operator TEXT
 );
 CREATE TABLE IF NOT EXISTS last_seen (site TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS site_state (site TEXT PRIMARY KEY, online INTEGER, state TEXT, at REAL NOT NULL,
@@ -162,5 +167,20 @@ def _telemetry_counters(db: sqlite3.Connection) -> None:
             db.execute(f"ALTER TABLE telemetry ADD COLUMN {column} REAL")
 
 
+def _command_operator(db: sqlite3.Connection) -> None:
+    """Version 5: who sent a command from the dashboard (NULL for every command sent before, and from the CLI)."""
+    if "operator" not in {row[1] for row in db.execute("PRAGMA table_info(commands)")}:
+        db.execute("ALTER TABLE commands ADD COLUMN operator TEXT")
+
+
+def _site_coordinates(db: sqlite3.Connection) -> None:
+    """Version 6: where each site is (NULL for every site until a sheet with lat,lon is imported)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(sites)")}
+    for column in ("lat", "lon"):
+        if column not in have:
+            db.execute(f"ALTER TABLE sites ADD COLUMN {column} REAL")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _merge_seen_into_last_seen, 3: _nothing_to_move,
-                                                            4: _telemetry_counters}
+                                                            4: _telemetry_counters, 5: _command_operator,
+                                                            6: _site_coordinates}

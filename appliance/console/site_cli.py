@@ -79,15 +79,19 @@ def _newer(first: dict[str, Any] | None, second: dict[str, Any] | None) -> dict[
     return first if (sitelook.when(first.get("at")) or 0) >= (sitelook.when(second.get("at")) or 0) else second
 
 
-def gather(ctx: Context, site_id: str, events: int = 10) -> tuple[dict[str, Any], str | None]:
-    """The site's document (as `--json` prints it) and, if the broker was unreachable, why."""
+def gather(ctx: Context, site_id: str, events: int = 10,
+           live: dict[str, Any] | None = None) -> tuple[dict[str, Any], str | None]:
+    """The site's document (as `--json` prints it) and, if the broker was unreachable, why.
+    `live`: the retained state, selftest and uptime already at hand (the dashboard's subscription);
+    without it they are fetched from the broker now."""
     site = ctx.store.site(site_id)  # BadInput (exit 2) for an unknown site
     stored = _stored(ctx.store.db, site.id, events)
     problem = None
-    try:
-        live = _retained(ctx, site.id)
-    except Refused as exc:
-        live, problem = {}, exc.message
+    if live is None:
+        try:
+            live = _retained(ctx, site.id)
+        except Refused as exc:
+            live, problem = {}, exc.message
     state = live.get("state") or stored["state"]  # the retained state is the current one
     selftest = _newer(live.get("selftest"), stored["selftest"])
     uptime = live.get("uptime") if isinstance((live.get("uptime") or {}).get("days"), list) else stored["uptime"]

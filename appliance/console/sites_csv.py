@@ -10,8 +10,32 @@ from appliance.console.errors import BadInput
 from appliance.console.store import Site, check_site
 
 REQUIRED = ("id", "name", "kind")
-OPTIONAL = ("distance_km", "ring")
+OPTIONAL = ("distance_km", "ring", "lat", "lon")
 RINGS = ("canary", "main")  # update rings, see update_rollout.py
+COORDINATES = (("lat", 90.0), ("lon", 180.0))  # WGS 84 degrees, and how far from 0 each may be
+
+
+def check_coordinates(lat: str, lon: str) -> tuple[list[str], float | None, float | None]:
+    """Problems with one row's lat,lon cells (empty when fine), and the numbers; both empty: no coordinates."""
+    if not lat and not lon:
+        return [], None, None
+    problems = []
+    numbers = []
+    for (column, limit), text in zip(COORDINATES, (lat, lon), strict=True):
+        try:
+            value = float(text) if text else None
+        except ValueError:
+            value = None
+            problems.append(f"{column} {text!r} is not a number (decimal degrees with a point, e.g. -8.2191)")
+        else:
+            if value is None:
+                other = "lon" if column == "lat" else "lat"
+                problems.append(f"{column} is empty but {other} is not: give both or neither")
+            elif not -limit <= value <= limit:  # NaN fails this too
+                problems.append(f"{column} {text!r} must be between {-limit:g} and {limit:g}")
+                value = None
+        numbers.append(value)
+    return (problems, None, None) if problems else (problems, numbers[0], numbers[1])
 
 
 def parse(path: str | Path) -> list[Site]:
@@ -35,12 +59,16 @@ def parse(path: str | Path) -> list[Site]:
     missing = [column for column in REQUIRED if column not in header]
     if missing:
         problems.append(f"line 1: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                        f"(the header must name at least {','.join(REQUIRED)}[,distance_km][,ring])")
+                        f"(the header must name at least {','.join(REQUIRED)}[,distance_km][,ring][,lat,lon])")
     duplicated = sorted({column for column in header if column and header.count(column) > 1})
     if duplicated:
         problems.append(f"line 1: column{'s' if len(duplicated) > 1 else ''} {', '.join(duplicated)} appear more than once")
+    if ("lat" in header) != ("lon" in header):
+        problems.append(f"line 1: column {'lat' if 'lat' in header else 'lon'} without "
+                        f"{'lon' if 'lat' in header else 'lat'}: a map position needs both")
     if problems:
         raise BadInput(f"{path}: bad header; nothing imported", problems)
+    sets_coordinates = "lat" in header
 
     sites: list[Site] = []
     first_seen: dict[str, int] = {}
@@ -59,12 +87,14 @@ def parse(path: str | Path) -> list[Site]:
         ring = (row["ring"].lower() or "main") if "ring" in row else None  # the column, when present, decides
         if ring is not None and ring not in RINGS:
             row_problems.append(f"ring {row['ring']!r} must be one of {', '.join(RINGS)} (or empty: main)")
+        coordinate_problems, lat, lon = check_coordinates(row.get("lat", ""), row.get("lon", ""))
+        row_problems.extend(coordinate_problems)
         problems.extend(f"line {line}: {problem}" for problem in row_problems)
         if site_id in first_seen:
             problems.append(f"line {line}: id {site_id!r} already appears on line {first_seen[site_id]}")
         first_seen.setdefault(site_id, line)
         if not row_problems:
-            sites.append(Site(site_id, row["name"], row["kind"], distance, ring))
+            sites.append(Site(site_id, row["name"], row["kind"], distance, ring, lat, lon, sets_coordinates))
     if problems:
         raise BadInput(f"{path}: {len(problems)} problem{'s' if len(problems) > 1 else ''}; nothing imported", problems)
     if not sites:

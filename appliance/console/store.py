@@ -57,9 +57,17 @@ class Site:
     kind: str
     distance_km: float | None
     ring: str | None = None  # update ring (`canary` or `main`) from a CSV import; None: leave it as it is
+    lat: float | None = None  # WGS 84 degrees, for the dashboard's map; both or neither
+    lon: float | None = None
+    # From a sheet with lat,lon columns: its lat/lon replace the stored ones (None clears them). A sheet
+    # without those columns leaves the stored coordinates alone, as it does the update ring.
+    sets_coordinates: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "kind": self.kind, "distance_km": self.distance_km}
+        result: dict[str, Any] = {"id": self.id, "name": self.name, "kind": self.kind, "distance_km": self.distance_km}
+        if self.lat is not None:  # only when known: scripts reading `sites list --json` keep the shape they know
+            result.update(lat=self.lat, lon=self.lon)
+        return result
 
 
 def new_password() -> str:
@@ -131,8 +139,9 @@ class Store:
 
     # --- sites ----------------------------------------------------------------------------------
     def sites(self, ids: list[str] | None = None, kind: str | None = None) -> list[Site]:
-        rows = self.db.execute("SELECT id, name, kind, distance_km FROM sites ORDER BY id").fetchall()
-        sites = [Site(row["id"], row["name"], row["kind"], row["distance_km"]) for row in rows]
+        rows = self.db.execute("SELECT id, name, kind, distance_km, lat, lon FROM sites ORDER BY id").fetchall()
+        sites = [Site(row["id"], row["name"], row["kind"], row["distance_km"], lat=row["lat"], lon=row["lon"])
+                 for row in rows]
         if kind is not None:
             sites = [site for site in sites if site.kind == kind]
         if ids is not None:
@@ -186,19 +195,23 @@ class Store:
             self.db.execute("DELETE FROM site_rings WHERE site = ?", (site_id,))
 
     def upsert_sites(self, rows: list[Site]) -> dict[str, list[str]]:
-        """Add new sites and update the name, kind and distance of known ones, all or nothing."""
+        """Add new sites and update the name, kind, distance (and coordinates) of known ones, all or nothing."""
         result: dict[str, list[str]] = {"added": [], "updated": [], "unchanged": []}
         with self.transaction():
             for site in rows:
-                old = self.db.execute("SELECT name, kind, distance_km FROM sites WHERE id = ?", (site.id,)).fetchone()
+                old = self.db.execute("SELECT name, kind, distance_km, lat, lon FROM sites WHERE id = ?",
+                                      (site.id,)).fetchone()
+                position = (site.lat, site.lon) if site.sets_coordinates or old is None else (old["lat"], old["lon"])
                 if old is None:
                     self._insert(site.id, site.name, site.kind, site.distance_km)
+                    self.db.execute("UPDATE sites SET lat = ?, lon = ? WHERE id = ?", (*position, site.id))
                     result["added"].append(site.id)
-                elif (old["name"], old["kind"], old["distance_km"]) == (site.name, site.kind, site.distance_km):
+                elif (old["name"], old["kind"], old["distance_km"], old["lat"], old["lon"]) == (
+                        site.name, site.kind, site.distance_km, *position):
                     result["unchanged"].append(site.id)
                 else:
-                    self.db.execute("UPDATE sites SET name = ?, kind = ?, distance_km = ? WHERE id = ?",
-                                    (site.name, site.kind, site.distance_km, site.id))
+                    self.db.execute("UPDATE sites SET name = ?, kind = ?, distance_km = ?, lat = ?, lon = ? WHERE id = ?",
+                                    (site.name, site.kind, site.distance_km, *position, site.id))
                     result["updated"].append(site.id)
                 if site.ring is not None and self._set_ring(site.id, site.ring) and site.id in result["unchanged"]:
                     result["unchanged"].remove(site.id)
@@ -233,12 +246,13 @@ class Store:
         return password
 
     # --- commands -------------------------------------------------------------------------------
-    def record_command(self, command: dict[str, Any], target: str) -> None:
+    def record_command(self, command: dict[str, Any], target: str, operator: str | None = None) -> None:
+        """`operator`: the dashboard account that sent it (None: the CLI, run by whoever owns the home)."""
         with self.transaction():
             self.db.execute(
-                "INSERT INTO commands (id, type, target, meeting_id, payload, sent_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO commands (id, type, target, meeting_id, payload, sent_at, operator) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (command["id"], command["type"], target, command["body"].get("meeting_id"),
-                 json.dumps(command, ensure_ascii=False), rfc3339(time.time())),
+                 json.dumps(command, ensure_ascii=False), rfc3339(time.time()), operator),
             )
 
     def record_results(self, command_id: str, results: list[dict[str, Any]]) -> None:
@@ -259,6 +273,23 @@ class Store:
         row = self.db.execute("SELECT target FROM commands WHERE type = 'meeting.start' AND meeting_id = ? "
                               "ORDER BY sent_at DESC, rowid DESC LIMIT 1", (meeting_id,)).fetchone()
         return row["target"] if row else None
+
+    def recent_streams(self, limit: int = 8) -> list[dict[str, str]]:
+        """The program/ingest URL pairs of past meetings, newest first, each once: the presets the
+        dashboard's start form offers (the centre streams again what it streamed before)."""
+        streams: list[dict[str, str]] = []
+        seen: set[tuple[str, str]] = set()
+        rows = self.db.execute("SELECT payload FROM commands WHERE type = 'meeting.start' "
+                               "ORDER BY sent_at DESC, rowid DESC LIMIT 500")
+        for row in rows:
+            body = json.loads(row["payload"]).get("body") or {}
+            pair = (body.get("program_url") or "", body.get("ingest_url") or "")
+            if pair[0] and pair not in seen:
+                seen.add(pair)
+                streams.append({"program_url": pair[0], "ingest_url": pair[1], "title": body.get("title") or ""})
+                if len(streams) >= limit:
+                    break
+        return streams
 
     def last_meeting(self) -> dict[str, Any] | None:
         row = self.db.execute(

@@ -270,7 +270,7 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow
         self.health["broker"] = "error"
         self._log("error", f"broker refused a publish to {event.topic}: {event.reason}")
         if self.selftest and event.receipt == self.selftest.receipt:
-            self.selftest.record("broker", st.result(False, f"the broker refused the test message: {event.reason}"))
+            self.selftest.record("broker", st.result(False, "selftest.broker.refused", reason=event.reason))
             self._selftest_progress()
 
     def _on_message(self, event: io.MessageReceived) -> None:
@@ -347,7 +347,7 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow
             if not run.press_began:
                 return  # the release of a press that began before the test: not the test's press
             elapsed = self.clock.monotonic() - run.started
-            run.record("panel", st.result(True, f"button pressed after {elapsed:.1f} s; LED test pattern shown"))
+            run.record("panel", st.result(True, "selftest.panel.pressed", seconds=f"{elapsed:.1f}"))
             self._selftest_progress()
             return
         if self._button_down_at is None:
@@ -476,7 +476,7 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow
 
     def _begin_join(self, context: dict[str, Any]) -> None:
         assert self.meeting is not None
-        self._abandon_selftest("the site joined a meeting")
+        self._abandon_selftest("selftest.unfinished.meeting")
         self._floor_begin()
         if self.settings.camera_enabled:
             self._emit(io.StartUplink(self.meeting.ingest_url, microphone_live=self._microphone_live()))

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.core import messages
+
 CHECKS = ("panel", "camera", "display", "audio", "broker", "clock", "disk", "power")
 # Run by the probes adapter on its worker thread (RunProbes); the camera probes itself (ProbeCamera);
 # the others are decided by the core.
@@ -25,32 +27,29 @@ RESULT_SHOWN_S = 20.0
 BROKER_RECEIPT = "selftest.broker"
 Result = dict[str, Any]
 
-TEXTS = {
-    "id": {
-        "title": "Uji mandiri", "press_now": "Tekan tombol sekarang",
-        "press_hint": "Lampu tombol berkedip pola uji. {s} detik.",
-        "running": "Uji mandiri berjalan…", "all_ok": "Semua pemeriksaan lulus", "failed": "Ada pemeriksaan yang gagal",
-        "ok": "lulus", "fail": "GAGAL", "skip": "tidak diuji",
-        "panel": "Tombol", "camera": "Kamera", "display": "Layar", "audio": "Mikrofon", "broker": "Koneksi ke pusat",
-        "clock": "Jam", "disk": "Kartu SD", "power": "Catu daya",
-    },
-    "en": {
-        "title": "Self-test", "press_now": "Press the button now",
-        "press_hint": "The button light shows its test pattern. {s} seconds.",
-        "running": "Self-test running…", "all_ok": "All checks passed", "failed": "Some checks failed",
-        "ok": "passed", "fail": "FAILED", "skip": "not tested",
-        "panel": "Button", "camera": "Camera", "display": "Screen", "audio": "Microphone", "broker": "Connection to the centre",
-        "clock": "Clock", "disk": "SD card", "power": "Power supply",
-    },
-}
+SCREEN_KEYS = ("title", "press_now", "press_hint", "running", "all_ok", "failed")
 
 
 def texts(language: str) -> dict[str, str]:
-    return TEXTS.get(language, TEXTS["id"])
+    """The self-test's words on screen, from the message catalogue: screen keys, verdicts (ok, fail,
+    skip) and each check's name. `press_hint` keeps its `{seconds}` for the caller."""
+    said = {key: messages.CATALOGUE[f"selftest.{key}"][0 if messages.language(language) == "id" else 1]
+            for key in SCREEN_KEYS}
+    said.update({key: messages.say(f"selftest.verdict.{key}", language) for key in ("ok", "fail", "skip")})
+    said.update({name: messages.say(f"selftest.check.{name}", language) for name in CHECKS})
+    return said
 
 
-def result(ok: bool | None, detail: str) -> Result:
-    return {"ok": ok, "detail": detail}
+def result(ok: bool | None, code: str, **params: Any) -> Result:
+    """A check's outcome: `detail` in Bahasa Indonesia (what the centre and the rollout report show),
+    `detail_en` in English, and the catalogue `code` for machines (appliance/core/messages.py)."""
+    said = messages.Message(code, params)
+    return {"ok": ok, "code": code, "detail": said.text("id"), "detail_en": said.text("en")}
+
+
+def detail(check: Result, language: str) -> str:
+    """A check's detail in `language`; a result from an older device has only `detail`."""
+    return str((check.get("detail_en") if language == "en" else None) or check.get("detail") or "")
 
 
 def overall(checks: dict[str, Result]) -> bool:
@@ -62,9 +61,10 @@ def summary_lines(checks: dict[str, Result], language: str = "id") -> list[str]:
     t = texts(language)
     lines = []
     for name in CHECKS:
-        check = checks.get(name) or result(None, "")
-        verdict = {True: t["ok"], False: t["fail"], None: t["skip"]}[check["ok"]]
-        lines.append(f"{t[name]}: {verdict}" + (f" ({check['detail']})" if check["detail"] else ""))
+        check = checks.get(name) or {"ok": None}
+        verdict = {True: t["ok"], False: t["fail"], None: t["skip"]}[check.get("ok")]
+        said = detail(check, language)
+        lines.append(f"{t[name]}: {verdict}" + (f" ({said})" if said else ""))
     return lines
 
 
@@ -110,17 +110,17 @@ class SelftestRun:
 
     def expire(self, now: float) -> None:
         if self.panel_deadline is not None and now >= self.panel_deadline:
-            self.record("panel", result(False, f"no press within {PANEL_WAIT_S:g} s"))
+            self.record("panel", result(False, "selftest.panel.no_press", seconds=f"{PANEL_WAIT_S:g}"))
         if self.broker_sent_at is not None and now >= self.broker_sent_at + BROKER_TIMEOUT_S:
-            self.record("broker", result(False, f"no answer from the broker within {BROKER_TIMEOUT_S:g} s"))
+            self.record("broker", result(False, "selftest.broker.no_answer", seconds=f"{BROKER_TIMEOUT_S:g}"))
         if self.probes_deadline is not None and now >= self.probes_deadline:
             for name in (*PROBED, "camera"):
-                self.record(name, result(False, f"the probe gave no answer within {PROBES_TIMEOUT_S:g} s"))
+                self.record(name, result(False, "selftest.no_answer", seconds=f"{PROBES_TIMEOUT_S:g}"))
 
-    def abandon(self, why: str) -> None:
-        """End the run now: every check still open is reported as not tested, saying why."""
+    def abandon(self, why_code: str) -> None:
+        """End the run now: every check still open is reported as not tested, saying why (a catalogue code)."""
         for name in CHECKS:
-            self.record(name, result(None, f"not finished: {why}"))
+            self.record(name, result(None, why_code))
 
     def payload(self, site: str, at: str) -> dict[str, Any]:
         checks = {name: self.checks[name] for name in CHECKS}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from appliance.core import io
+from appliance.core import io, messages
 from appliance.core import selftest as st
 from appliance.core.clock import rfc3339
 from appliance.core.transitions import IN_MEETING, JOINING, LEAVING
@@ -32,17 +32,18 @@ class SelftestFlow:
             run.broker_sent_at = now
             self._event("selftest.started", receipt=run.receipt, interactive=interactive)
         else:
-            run.record("broker", st.result(False, f"not connected to the broker ({self.broker_problem})"))
+            run.record("broker", st.result(False, "selftest.broker.not_connected", reason=self.broker_problem))
         if not self.settings.display_enabled:
-            run.record("display", st.result(None, "disabled (display.backend = none)"))
+            run.record("display", st.result(None, "selftest.display.disabled"))
         else:
             shown = self.health["display"]
-            run.record("display", st.result(shown == "ok", "test card shown" if shown == "ok" else f"display is {shown}"))
+            run.record("display", st.result(True, "selftest.display.shown") if shown == "ok"
+                       else st.result(False, "selftest.display.broken", value=shown))
         run.probes_deadline = now + st.PROBES_TIMEOUT_S
         if not self.settings.camera_enabled:
-            run.record("camera", st.result(None, "disabled (camera.backend = none)"))
+            run.record("camera", st.result(None, "selftest.camera.disabled"))
         elif self._is_broken("camera"):
-            run.record("camera", st.result(False, f"camera is {self.health['camera']}"))
+            run.record("camera", st.result(False, "selftest.camera.broken", value=self.health["camera"]))
         else:
             self._emit(io.ProbeCamera(st.CAMERA_PROBE_S))
         self._emit(io.RunProbes(st.PROBED))
@@ -50,13 +51,13 @@ class SelftestFlow:
             run.panel_deadline = now + st.PANEL_WAIT_S
             self._button_down_at = None  # a press begun before the test is neither the test's nor a hold
         else:
-            run.record("panel", st.result(None, "needs a person: run `appliance selftest --interactive` at the site"))
+            run.record("panel", st.result(None, "selftest.panel.needs_person"))
 
-    def _abandon_selftest(self: ApplianceCore, why: str) -> None:
+    def _abandon_selftest(self: ApplianceCore, why_code: str) -> None:
         """A meeting outranks a self-test: it ends at once, what is still open reported as not tested."""
         if self.selftest is not None:
-            self._log("warning", f"self-test ended early: {why}")
-            self.selftest.abandon(why)
+            self._log("warning", f"self-test ended early: {messages.say(why_code, 'en')}")
+            self.selftest.abandon(why_code)
             self._selftest_progress()
             self._selftest_result = None  # the meeting has the screen
 
@@ -79,7 +80,7 @@ class SelftestFlow:
         run = self.selftest
         if run and event.receipt == run.receipt and run.broker_sent_at is not None:
             waited = self.clock.monotonic() - run.broker_sent_at
-            run.record("broker", st.result(True, f"round trip {waited * 1000:.0f} ms"))
+            run.record("broker", st.result(True, "selftest.broker.round_trip", ms=f"{waited * 1000:.0f}"))
             self._selftest_progress()
 
     def _on_selftest_check_done(self: ApplianceCore, event: io.SelftestCheckDone) -> None:
@@ -95,7 +96,7 @@ class SelftestFlow:
             if not self.selftest.waiting_press:
                 return {"card": True, "site_name": site_name}  # the display check's test card
             return {"site_name": site_name, "title": texts["title"], "headline": texts["press_now"], "lines": [],
-                    "hint": texts["press_hint"].format(s=f"{st.PANEL_WAIT_S:g}")}
+                    "hint": texts["press_hint"].format(seconds=f"{st.PANEL_WAIT_S:g}")}
         if self._selftest_result is not None:
             ok, lines, _ = self._selftest_result
             return {"site_name": site_name, "title": texts["title"], "headline": texts["all_ok" if ok else "failed"],

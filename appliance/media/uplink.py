@@ -31,6 +31,8 @@ from typing import Any
 
 from appliance.core.backoff import Backoff
 from appliance.core.io import HealthReport, MediaStatus, SelftestCheckDone
+from appliance.core.messages import Message, message
+from appliance.core.selftest import result
 from appliance.core.urls import INGEST_SCHEMES, clean_url, redact_text, redact_url
 from appliance.media import audio_route, proc
 from appliance.media.microphone import MIC_REPLY_S, Attempt, MicrophoneControl, control_parent, microphone_filters
@@ -197,25 +199,25 @@ class FfmpegUplink:
             started = time.monotonic()
             try:
                 problem = self.check()
-                ok, detail = (False, problem) if problem else self.probe(seconds)
+                ok, said = (False, message("selftest.camera.unusable", reason=problem)) if problem else self.probe(seconds)
             except Exception as exc:  # noqa: BLE001 - a crashing probe is a failed check, not a dead self-test
-                ok, detail = False, f"probe crashed: {type(exc).__name__}: {exc}"
-            self._post(SelftestCheckDone("camera", {"ok": bool(ok), "detail": str(detail),
+                ok, said = False, message("selftest.crashed", error=f"{type(exc).__name__}: {exc}")
+            self._post(SelftestCheckDone("camera", {**result(bool(ok), said.code, **said.params),
                                                     "duration_s": round(time.monotonic() - started, 3)}))
 
         threading.Thread(target=work, name="camera-probe", daemon=True).start()
 
-    def probe(self, seconds: float) -> tuple[bool, str]:
+    def probe(self, seconds: float) -> tuple[bool, Message]:
         """Self-test: run the source for `seconds` into nothing and count the frames it encodes."""
         with self._lock:
             session = self._session
         if session is not None:
-            return session.status == "live", f"in use by the meeting's uplink ({session.status})"
+            return session.status == "live", message("selftest.camera.in_use", status=session.status)
         try:
             child = proc.spawn(self.command_with(["-f", "null", "-"]), stdin=self.stdin(),
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         except OSError as exc:
-            return False, f"cannot run ffmpeg: {exc}"
+            return False, message("selftest.camera.no_ffmpeg", error=exc)
         frames = 0
         try:
             self.attached(child)
@@ -231,14 +233,15 @@ class FfmpegUplink:
                     if line.startswith("frame="):
                         frames = max(frames, _int(line.partition("=")[2]))
         except PermanentError as exc:
-            return False, str(exc)
+            return False, message("selftest.camera.failed", error=exc)
         finally:
             proc.kill(child)
             self.detached()
             self.session_ended()
         s = self.settings
         ok = frames >= seconds * s.fps / 2
-        return ok, f"{frames} frames encoded in {seconds:g} s ({s.width}x{s.height}@{s.fps})"
+        return ok, message("selftest.camera.frames", frames=frames, seconds=f"{seconds:g}", width=s.width,
+                           height=s.height, fps=s.fps)
 
     # --- hooks ----------------------------------------------------------------------------------
     def check(self) -> str | None:

@@ -42,7 +42,7 @@ def _speaking_aec_site(rig: AudioRig, make_config, rtmp_server, monkeypatch,  # 
         wait_until(lambda: site.health.get("audio") == "ok", 10, what=lambda: f"audio ok: {site.health}")
         if calibrate:
             checks = site.daemon.request({"cmd": "selftest"}, timeout=60)["result"]["checks"]
-            assert checks["audio"]["ok"] is True and "measured now" in checks["audio"]["detail"], checks["audio"]
+            assert checks["audio"]["ok"] is True and "measured now" in checks["audio"]["detail_en"], checks["audio"]
             measured = load_delay(config["paths"]["state_dir"])
             wait_until(lambda: getattr(_canceller(site).targets, "delay_s", None) == measured, 15,
                        what=lambda: f"the canceller restarted with {measured}: {_canceller(site).targets}")
@@ -149,7 +149,8 @@ def test_the_self_test_reports_the_canceller_and_measures_the_echo_delay(make_co
         for name, value in rig.env.items():
             monkeypatch.setenv(name, value)
         missing = engine_selftest(config)  # the engine runs, but nothing started the canceller
-        assert missing["ok"] is False and "echo canceller does not" in missing["detail"], missing
+        assert missing["ok"] is False and "echo canceller does not" in missing["detail_en"], missing
+        assert missing["code"] == "selftest.audio.canceller_down" and "peredam gema" in missing["detail"]
         reports: list = []
         watcher = AudioEngine(config, reports.append)
         watcher.open()
@@ -165,10 +166,11 @@ def test_the_self_test_reports_the_canceller_and_measures_the_echo_delay(make_co
             quiet = engine_selftest(config)  # a quiet room: the clicks' echo proves the microphone
         finally:
             watcher.close()
-    assert heard["ok"] is True and "echo cancellation running" in heard["detail"], heard
-    assert "level" in heard["detail"] and "echo delay 90 ms measured now" in heard["detail"], heard
+    assert heard["ok"] is True and "echo cancellation running" in heard["detail_en"], heard
+    assert "level" in heard["detail_en"] and "echo delay 90 ms measured now" in heard["detail_en"], heard
+    assert "jeda gema 90 ms diukur sekarang" in heard["detail"], heard
     assert abs(load_delay(state_dir) - 0.090) <= 0.002
-    assert quiet["ok"] is True and "measured now" in quiet["detail"], quiet
+    assert quiet["ok"] is True and "measured now" in quiet["detail_en"], quiet
     assert watcher.canceller.child is None, "the canceller outlived its watcher"
 
 
@@ -193,9 +195,9 @@ def test_a_tv_that_is_not_heard_is_named_and_the_old_delay_kept(make_config, mon
             again = engine_selftest(config)
         finally:
             canceller.stop()
-    assert silent["ok"] is False and "the microphone is silent" in silent["detail"], silent
-    assert first["ok"] is False and "did not reach the microphone" in first["detail"], first
-    assert again["ok"] is True and "61 ms kept from before" in again["detail"], again
+    assert silent["ok"] is False and "the microphone is silent" in silent["detail_en"], silent
+    assert first["ok"] is False and "did not reach the microphone" in first["detail_en"], first
+    assert again["ok"] is True and "61 ms kept from before" in again["detail_en"], again
     assert load_delay(state_dir) == 0.061
 
 

@@ -20,7 +20,7 @@ def test_provisioning_file_passes_check_config_and_carries_everything(console: C
     checked = subprocess.run([sys.executable, "-m", "appliance", "check-config", str(site_file)], cwd=ROOT,
                              capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
-    assert "OK: site pesanggaran" in checked.stdout
+    assert "OK: situs pesanggaran" in checked.stdout
     config = tomllib.loads(site_file.read_text())
     assert config["site"] == {"id": "pesanggaran", "name": "Kecamatan Pesanggaran", "kind": "kecamatan"}
     assert config["broker"]["url"] == "mqtts://broker.banyuwangikab.go.id:8883"

@@ -62,7 +62,8 @@ def test_the_centre_checks_a_site_file_a_technician_sends_in(fleet_broker: Conso
     console = fleet_broker
     console.ok("provision", "kalibaru", "--out", str(tmp_path / "card"))
     good = tmp_path / "card" / "appliance-site.toml"
-    assert "a device would accept it" in console.ok("provision", "--check", str(good)).out
+    assert "perangkat akan menerimanya" in console.ok("provision", "--check", str(good)).out
+    assert "a device would accept it" in console.ok("provision", "--check", str(good), "--lang", "en").out
     edited = tmp_path / "edited" / "appliance-site.toml"
     edited.parent.mkdir()
     text = good.read_text().replace('kind = "kecamatan"', 'kind = "kota"').replace('[broker]', '[broker]\nport = 1')
@@ -72,4 +73,10 @@ def test_the_centre_checks_a_site_file_a_technician_sends_in(fleet_broker: Conso
     assert result.code == 1 and result.json["ok"] is False
     assert any("site.kind" in problem and "kota" in problem for problem in problems), problems
     assert any("broker.port" in problem for problem in problems), problems
+    assert "config.choice" in result.json["codes"] and "console.other_broker" in result.json["codes"]
+    said = console.run("provision", "--check", str(edited))  # Bahasa Indonesia first, one line per problem
+    assert said.code == 1 and f"{edited}: site.kind: harus salah satu dari kecamatan, desa, other, bukan 'kota'" in said.err
+    english = console.run("provision", "--check", str(edited), "--lang", "en")
+    assert f"{edited}: broker.url: 'mqtts://elsewhere:" in english.err and "is not this fleet's broker" in english.err
+    assert len(english.err.splitlines()) == len(said.err.splitlines()) == len(problems)
     assert console.run("provision", "--check", str(tmp_path / "missing.toml")).code == 2

@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from appliance.console import records
+from appliance.console.rollout_html import id_number
 from appliance.console.store import Store
 from appliance.core.clock import rfc3339
 from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, site_topic
@@ -146,6 +147,26 @@ def test_bad_input_is_refused_and_nothing_written(scenario: Console, tmp_path: P
     assert not html.exists()
     result = scenario.run("rollout", "--html", str(tmp_path / "missing-dir" / "x" / "r.html"), "--as-of", AS_OF)
     assert result.code == 0  # parent directories are created
+
+
+def test_indonesian_numbers_in_the_report() -> None:
+    assert [id_number(value) for value in (2000, 97.5, 0.18, 95, 1234567.25)] == ["2.000", "97,5", "0,18", "95",
+                                                                                   "1.234.567,25"]
+    assert id_number(96.296, 1) == "96,3" and id_number(955.6, 0) == "956"
+
+
+def test_the_html_speaks_indonesian_numbers_and_the_consoles_time_zone(scenario: Console, tmp_path: Path) -> None:
+    html = tmp_path / "rollout.html"
+    scenario.ok("rollout", "--as-of", AS_OF, "--html", str(html), "--uptime-min", "97.5", "--tz", "Asia/Makassar")
+    page = html.read_text()
+    assert "WIB" not in page and "WITA" in page  # the zone given to --tz, not a fixed WIB
+    assert "waktu aktif ≥ 97,5% pada jam kerja" in page
+    assert "(perlu 97,5%)" in page and "97.5%" not in page  # (97.5 may be an SVG coordinate)
+    assert "(Sen,Sel,Rab,Kam,Jum)" in page
+    jakarta = scenario.ok("rollout", "--as-of", AS_OF, "--json").json
+    wongsorejo = next(row for row in jakarta["sites"] if row["id"] == "wongsorejo")
+    assert "waktu aktif jam kerja 60,0% dalam" in wongsorejo["reasons"][1]["text_id"]
+    assert wongsorejo["reasons"][0]["text_id"].startswith("tidak daring: terakhir terlihat 07-10 16:00 WIB")
 
 
 def test_html_is_self_contained_and_renders_in_chromium(scenario: Console, tmp_path: Path) -> None:

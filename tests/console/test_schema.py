@@ -116,3 +116,24 @@ def test_schema_py_is_the_only_module_that_creates_tables() -> None:
                 if re.search(r"create\s+(temp\w*\s+)?(table|index)", path.read_text(encoding="utf-8"), re.IGNORECASE)}
     assert other_databases <= creating, "the exception above is stale: drop it"
     assert creating - other_databases == {Path("appliance/console/schema.py")}
+
+
+def test_a_version_5_home_keeps_its_sites_and_gains_coordinates(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    home.ensure()
+    fresh = Context(home)
+    fresh.store.sites()  # the store opens lazily: this creates and seeds the database (the 25 kecamatan)
+    fresh.close()
+    # Back to what version 5 left on disk: no coordinate columns (SQLite >= 3.35 drops columns).
+    with contextlib.closing(sqlite3.connect(home.database, isolation_level=None)) as db:
+        db.execute("ALTER TABLE sites DROP COLUMN lat")
+        db.execute("ALTER TABLE sites DROP COLUMN lon")
+        db.execute("UPDATE meta SET value = '5' WHERE key = ?", (schema.VERSION_KEY,))
+        db.execute("UPDATE sites SET password = 'kept' WHERE id = 'licin'")
+    ctx = Context(home)
+    try:
+        assert ctx.store.get_meta(schema.VERSION_KEY) == schema.SCHEMA_VERSION == 6
+        assert ctx.store.site_password("licin") == "kept" and len(ctx.store.sites()) == 25
+        assert {(site.lat, site.lon) for site in ctx.store.sites()} == {(None, None)}
+    finally:
+        ctx.close()

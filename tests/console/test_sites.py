@@ -237,3 +237,56 @@ def test_a_home_from_before_the_console_listener_gets_it_on_the_next_port(consol
     conf = (tmp_path / "b" / "mosquitto.conf").read_text()
     assert "\nlistener 8883\n" in conf and "\nlistener 8884\n" in conf
     assert "appliance-tamansari:" in (tmp_path / "b" / "passwd").read_text()
+
+
+def test_import_with_lat_lon_stores_the_map_positions(console: Console, tmp_path: Path) -> None:
+    sheet = tmp_path / "map.csv"
+    sheet.write_text("id,name,kind,lat,lon\n"
+                     "kalibaru,Kecamatan Kalibaru,kecamatan,-8.2936,113.9800\n"
+                     "tamansari,Desa Tamansari,desa,-8.1125,114.2300\n"
+                     "kemiren,Desa Kemiren,desa,,\n")  # both empty: no position, not an error
+    result = console.ok("sites", "import", str(sheet), "--json").json
+    assert result["added"] == ["tamansari", "kemiren"] and result["updated"] == ["kalibaru"]
+    sites = {site["id"]: site for site in console.ok("sites", "list", "--json").json}
+    assert (sites["kalibaru"]["lat"], sites["kalibaru"]["lon"]) == (-8.2936, 113.98)
+    assert (sites["tamansari"]["lat"], sites["tamansari"]["lon"]) == (-8.1125, 114.23)
+    assert "lat" not in sites["kemiren"] and "lat" not in sites["licin"]
+    # A sheet without the columns leaves the positions alone; one with them and empty cells clears them.
+    plain = tmp_path / "plain.csv"
+    plain.write_text("id,name,kind\nkalibaru,Kecamatan Kalibaru,kecamatan\n")
+    assert console.ok("sites", "import", str(plain), "--json").json["unchanged"] == ["kalibaru"]
+    assert console.ok("sites", "list", "--json").json[10]["lat"] == -8.2936  # kalibaru, 11th of the 25
+    cleared = tmp_path / "cleared.csv"
+    cleared.write_text("id,name,kind,lat,lon\nkalibaru,Kecamatan Kalibaru,kecamatan,,\n")
+    assert console.ok("sites", "import", str(cleared), "--json").json["updated"] == ["kalibaru"]
+    assert "lat" not in console.ok("sites", "list", "--json").json[10]
+
+
+def test_bad_lat_lon_names_the_line_and_column_and_imports_nothing(console: Console, tmp_path: Path) -> None:
+    sheet = tmp_path / "map.csv"
+    sheet.write_text("id,name,kind,lat,lon\n"
+                     "tamansari,Desa Tamansari,desa,-8.11,114.23\n"  # fine, but must not be imported
+                     "kemiren,Desa Kemiren,desa,-8,2,114.3\n"         # line 3: decimal comma splits the cell
+                     "olehsari,Desa Olehsari,desa,utara,114.3\n"      # line 4: not a number
+                     "glagah,Desa Glagah,desa,-91,114.3\n"            # line 5: lat out of range
+                     "licin2,Desa Licin,desa,-8.1,181\n"              # line 6: lon out of range
+                     "bakungan,Desa Bakungan,desa,-8.1,\n"            # line 7: lat without lon
+                     "boyolangu,Desa Boyolangu,desa,nan,114.3\n")     # line 8: NaN is no place
+    before = console.ok("sites", "list", "--json").json
+    result = console.run("sites", "import", str(sheet))
+    assert result.code == 2, result.err
+    assert "nothing imported" in result.err
+    for line, what in ((3, "expected 5 fields"), (4, "lat 'utara' is not a number"), (5, "lat '-91' must be between -90 and 90"),
+                       (6, "lon '181' must be between -180 and 180"), (7, "lon is empty but lat is not"),
+                       (8, "lat 'nan' must be between")):
+        problems = result.err.splitlines()
+        assert any(text.strip().startswith(f"line {line}:") and what in text for text in problems), (line, what, result.err)
+    assert "line 2:" not in result.err
+    assert console.ok("sites", "list", "--json").json == before
+
+
+def test_lat_without_lon_in_the_header_is_refused(console: Console, tmp_path: Path) -> None:
+    sheet = tmp_path / "map.csv"
+    sheet.write_text("id,name,kind,lat\ntamansari,Desa Tamansari,desa,-8.11\n")
+    result = console.run("sites", "import", str(sheet))
+    assert result.code == 2 and "line 1: column lat without lon" in result.err

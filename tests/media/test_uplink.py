@@ -157,10 +157,10 @@ def _alive(pid: int) -> bool:
 def test_selftest_probe_counts_encoded_frames(make_config, recorder):
     uplink = _uplink(make_config, recorder)
     try:
-        ok, detail = uplink.probe(1.5)
-        assert ok, detail
-        frames = int(detail.split()[0])
-        assert frames >= 15 and f"{WIDTH}x{HEIGHT}" in detail
+        ok, said = uplink.probe(1.5)
+        assert ok, said
+        assert said.code == "selftest.camera.frames" and said.params["frames"] >= 15
+        assert f"{WIDTH}x{HEIGHT}" in said.text("en") and "bingkai dikodekan" in said.text("id")
     finally:
         uplink.close()
 

@@ -1,4 +1,4 @@
-"""The trial guard (appliance/adapters/trial_guard.py): a trial boot whose new version is never kept
+"""The trial guard (appliance/trial_guard.py): a trial boot whose new version is never kept
 is rebooted normally after the daemon's own time plus a grace, never in a meeting, with the reason
 left in the update record for the old version to report. The clock and the reboot are injected;
 the files (autoboot.txt, the record, the configuration) and the control socket are real."""
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.adapters import trial_guard, tryboot
+from appliance import trial_guard
+from appliance.adapters import tryboot
 
 TRIAL_CMDLINE = "console=ttyAMA0 root=PARTUUID=abcd-06 rauc.slot=B rapat.tryboot=1"
 
