@@ -22,8 +22,9 @@ reset), the next boot is the normal one again. So an update never needs anyone o
   the old slot, untouched.
 
 Slot states (good/bad) are kept beside autoboot.txt in `rauc-slot-states`; a slot marked bad is
-never made the tryboot target. Files are replaced atomically (write, fsync, rename), so a power
-cut leaves the old or the new file, never half of one.
+never made the tryboot target. autoboot.txt always has the same length and is rewritten in place
+(one sector, no change to FAT's allocation table, which a power cut can leave inconsistent); the
+slot states are replaced atomically (write, fsync, rename): losing them only makes both slots good.
 """
 
 from __future__ import annotations
@@ -81,6 +82,28 @@ def booted_on_trial(cmdline: str, flag_path: str = PI_TRYBOOT_FLAG) -> bool:
     return "rapat.tryboot=1" in cmdline.split()
 
 
+def write_in_place(path: Path, text: str) -> None:
+    """autoboot.txt is the one file the firmware must always read. On FAT a new file plus a rename
+    changes the allocation table, and a power cut right after a commit left the table without the
+    new file's cluster (seen in the QEMU update test: an empty autoboot.txt, a Pi that no longer
+    boots). Every autoboot.txt this module writes has the same length (render), so it is rewritten
+    in place: the same cluster, no allocation, one sector's data. Any other size: write_atomic."""
+    data = text.encode("ascii")
+    try:
+        handle = open(path, "r+b")
+    except FileNotFoundError:
+        write_atomic(path, text)
+        return
+    with handle:
+        if os.fstat(handle.fileno()).st_size != len(data):
+            handle.close()
+            write_atomic(path, text)
+            return
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def write_atomic(path: Path, text: str) -> None:
     # Not storage.write_atomic: that one chmods the new file, which FAT (autoboot.txt's partition) refuses.
     temporary = path.with_name(path.name + ".new")
@@ -123,9 +146,9 @@ class BootChooser:
     def set_primary(self, slot: str) -> None:
         normal, _ = self._slots()
         if slot == self.booted or slot == normal:
-            write_atomic(self.autoboot, render(slot, slot))  # committed: boot it every time
+            write_in_place(self.autoboot, render(slot, slot))  # committed: boot it every time
         else:
-            write_atomic(self.autoboot, render(normal, slot))  # the next tryboot only
+            write_in_place(self.autoboot, render(normal, slot))  # the next tryboot only
         self.set_state(slot, "good")
 
     def get_state(self, slot: str) -> str:
@@ -138,7 +161,7 @@ class BootChooser:
         if state == "bad":
             normal, trial = self._slots()
             if trial == slot and normal != slot:
-                write_atomic(self.autoboot, render(normal, normal))  # never try a bad slot
+                write_in_place(self.autoboot, render(normal, normal))  # never try a bad slot
 
 
 def main(argv: list[str] | None = None) -> int:

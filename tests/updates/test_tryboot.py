@@ -72,3 +72,22 @@ def test_autoboot_txt_is_what_the_firmware_documents() -> None:
     text = tryboot.render("A", "B")
     assert text.splitlines() == ["[all]", "tryboot_a_b=1", "boot_partition=2", "[tryboot]", "boot_partition=3"]
     assert tryboot.parse("# comment\n[all]\ntryboot_a_b=1\nboot_partition=3\n") == ("B", "B")
+
+
+def test_autoboot_is_rewritten_in_place_so_fat_allocates_nothing(autoboot: Path) -> None:
+    """A power cut right after a commit once left FAT's table without the new file's cluster (QEMU
+    update test): autoboot.txt keeps its file (inode, size) and only its bytes change."""
+    before = autoboot.stat()
+    assert len({len(tryboot.render(normal, trial)) for normal in "AB" for trial in "AB"}) == 1  # one length
+    assert backend(autoboot, "A", "set-primary", "B").returncode == 0  # install into B: the trial target
+    assert backend(autoboot, "B", "set-primary", "B").returncode == 0  # B committed
+    after = autoboot.stat()
+    assert (after.st_ino, after.st_size) == (before.st_ino, before.st_size)
+    assert firmware_boots(autoboot, with_tryboot=False) == "B"
+    assert not list(autoboot.parent.glob("autoboot.txt.new"))
+
+
+def test_an_autoboot_of_another_length_is_replaced_whole(autoboot: Path) -> None:
+    autoboot.write_text("[all]\ntryboot_a_b=1\nboot_partition=2\n# written by hand\n")
+    assert backend(autoboot, "A", "set-primary", "B").returncode == 0
+    assert autoboot.read_text() == tryboot.render("A", "B")
