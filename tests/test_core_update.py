@@ -218,6 +218,18 @@ def test_the_old_version_tells_the_centre_that_the_new_one_was_given_back() -> N
     assert back and "firmware booted the previous version again" in back[0]["reason"]
 
 
+def test_a_record_left_by_a_power_cut_after_the_commit_is_no_rollback() -> None:
+    """Seen in the QEMU test: the power went right after the commit, before the record's removal
+    reached the card; the committed version then read it at its next (normal) boot."""
+    core, _ = make_core(version="1.1.0")
+    pending = {"version": "1.1.0", "required_checks": ["broker", "disk"]}
+    effects = core.handle(io.SoftwareReport("1.1.0", "1.0.0", trying=False, pending=pending))
+    assert _effects(effects, io.ForgetUpdate) == [io.ForgetUpdate("1.1.0")]
+    effects = core.handle(io.BrokerConnected())
+    assert [e for e in published(effects, "/event") if e["type"] == up.ROLLED_BACK_EVENT] == []
+    assert core.update is None
+
+
 @pytest.mark.parametrize(("older", "newer"), [("1.2.0-rc1", "1.2.0"), ("1.9", "1.10"), ("2026.1.5", "2026.12.1")])
 def test_versions_compare_as_people_read_them(older: str, newer: str) -> None:
     assert up.version_key(older) < up.version_key(newer)

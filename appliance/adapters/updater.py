@@ -272,6 +272,7 @@ class Updater:
             if result.returncode != 0:
                 raise UpdateStepError(f"rauc status {action} failed: {result.stderr.strip() or result.stdout.strip()}")
         self.record_path.unlink(missing_ok=True)
+        _sync_directory(self.dir)  # else a power cut brings the record back (the old version would report a rollback)
         return "the booted slot is now the one the firmware starts"
 
     def _compatible(self) -> str:
@@ -309,6 +310,17 @@ class Updater:
         except ValueError:
             self._last_error = "rauc printed no JSON"
             return None
+
+
+def _sync_directory(path: Path) -> None:
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 class UpdateStepError(Exception):
