@@ -33,9 +33,10 @@ DATA_LABEL = "rapat-data"
 JOURNAL_DIR = "/var/log/journal"
 DATA_JOURNAL_DIR = "/var/lib/appliance/journal"  # on the data partition
 UNPROVISIONED_HOSTNAME = "rapat-unprovisioned"
-# Console scripts with a launcher in the venv's bin/: the technician's command and RAUC's boot-chooser
-# (system.conf bootloader-custom-backend=/opt/rapat-appliance/bin/rapat-tryboot).
-LAUNCHERS = ("appliance", "rapat-tryboot")
+# Console scripts with a launcher in the venv's bin/: the technician's command, RAUC's boot-chooser
+# (system.conf bootloader-custom-backend=/opt/rapat-appliance/bin/rapat-tryboot) and the update's
+# trial guard (appliance-trial-guard.service).
+LAUNCHERS = ("appliance", "rapat-tryboot", "rapat-trial-guard")
 ENABLE = ["appliance.service", "appliance-provision.service", "appliance-audio.service", "appliance-reboot.path",
           "appliance-trial-guard.service"]
 # The audio engine's launcher and configuration (systemd/audio/; see appliance-audio.service).

@@ -267,6 +267,13 @@ def test_image_holds_units_users_permissions_and_config(stand_in_images, stand_i
             "#!/opt/rapat-appliance/bin/python\nimport sys\nfrom appliance.adapters.tryboot import main\n"
             "sys.exit(main())\n")  # RAUC's boot-chooser (system.conf bootloader-custom-backend)
         assert (venv / "bin/rapat-tryboot").stat().st_mode & 0o777 == 0o755
+        # Every program our units start from the venv is there (a missing launcher is a unit that
+        # fails with 203/EXEC: seen in QEMU when the trial guard had none).
+        for unit in (root / "usr/lib/systemd/system").glob("appliance*.service"):
+            for line in unit.read_text().splitlines():
+                if line.startswith("ExecStart=/opt/rapat-appliance/bin/"):
+                    program = root / line.split("=", 1)[1].split()[0].lstrip("/")
+                    assert program.exists() and program.stat().st_mode & 0o111, f"{unit.name}: {program}"
         site = venv / "lib/python3.11/site-packages"
         assert (site / "appliance/provision.py").read_text() == (source / "appliance/provision.py").read_text()
         native = list((site / "cryptography").rglob("*.so"))
