@@ -81,3 +81,10 @@ def test_the_canceller_is_told_the_delay_only_when_it_was_measured() -> None:
     assert all(f"{key} = {value}" in told for key, value in CALIBRATED_ARGS)
     assert "play_delay" not in untold and "target.object" not in untold
     assert all(f"{key} = {value}" in untold for key, value in UNCALIBRATED_ARGS)
+
+
+def test_the_canceller_is_told_whole_10ms_blocks() -> None:
+    """webrtc refuses a block of another length: the warm-up would send an unprocessed block uplink."""
+    for measured, told in ((0.0646, 2880), (0.0655, 3360), (0.0700, 3360), (0.0031, 0), (0.3999, 19200)):
+        assert f"buffer.play_delay = {told}/48000" in module_args(capture_target=None, playback_target=None,
+                                                                   play_delay_s=measured), measured
