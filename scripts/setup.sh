@@ -8,13 +8,14 @@ cd "$(dirname "$0")/.."
 # WebRTC echo canceller plus sox and espeak-ng for the echo test rig, and RAUC (bundles, the
 # update service on a private system bus) for the update tests; tmux for the watch test in a real terminal;
 # chromium-driver for the dashboard's browser tests (Selenium drives Debian's Chromium).
+# systemd-journal-remote writes real journal files for the logs tests (no journald here); casync for RAUC delta bundles.
 APT_PACKAGES=(
   mosquitto mosquitto-clients ffmpeg libvlc5 vlc-plugin-base vlc-plugin-access-extra
   nginx libnginx-mod-rtmp libsystemd-dev pkg-config libcap-dev gcc python3-venv python3-dev
   jq openssl xvfb vlc-plugin-video-output chromium chromium-driver
   fdisk dosfstools mtools e2fsprogs xz-utils util-linux systemd bmap-tools
   pipewire wireplumber pipewire-pulse libspa-0.2-modules pulseaudio-utils dbus sox espeak-ng
-  rauc rauc-service squashfs-tools tmux
+  rauc rauc-service squashfs-tools tmux systemd-journal-remote casync
 )
 # `--image-tools` (make test-slow): a real arm64 root under emulation, and booting it in qemu.
 if [ "${1:-}" = "--image-tools" ]; then

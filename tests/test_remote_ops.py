@@ -122,3 +122,26 @@ def test_logs_the_journal_cannot_give_are_an_error_reply(tmp_path: Path) -> None
     while not posted and time.monotonic() < deadline:
         time.sleep(0.05)
     assert posted and "No journal files" in posted[0].error
+
+
+def test_logs_since_an_hour_are_the_newest_lines_in_time_order(tmp_path: Path) -> None:
+    """On a real journal file (systemd-journal-remote writes it, the real journalctl reads it): with
+    `--since`, journalctl's `--lines` alone gives the oldest lines of the hour."""
+    import subprocess
+    import time
+
+    from appliance.adapters.remote_ops import journal_command, journal_lines
+    from appliance.console.remote_cli import since_time
+    from appliance_dev.journal_file import export_entry, write_journal
+
+    now = time.time()
+    entries = [export_entry(now - 7200 + i, "appliance.service", f"old {i}", boot="0" * 32, monotonic_s=i + 1)
+               for i in range(5)]
+    entries += [export_entry(now - 1800 + i, "appliance.service", f"line {i}", boot="0" * 32, monotonic_s=i + 10)
+                for i in range(50)]
+    entries.append(export_entry(now - 1000, "ssh.service", "not ours", boot="0" * 32, monotonic_s=100))
+    write_journal(tmp_path / "journal", "".join(entries))
+    argv = journal_command(since_time("1h"), 10) + [f"--directory={tmp_path / 'journal'}"]
+    result = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=20)
+    lines = journal_lines(result.stdout)
+    assert [line.rsplit(": ", 1)[1] for line in lines] == [f"line {i}" for i in range(40, 50)], lines

@@ -35,12 +35,20 @@ def request_reboot(path: Path, kind: str) -> None:
 
 
 def journal_command(since: str | None, lines: int) -> list[str]:
-    argv = ["journalctl", "--no-pager", "--output=short-iso-precise", "--utc", f"--lines={lines}"]
+    """The newest `lines` entries (since `since`), newest first: with `--since`, journalctl's `--lines`
+    alone gives the OLDEST entries after it (systemd 252), so a busy site answered with the start of
+    the hour. `journal_lines` puts them back in time order."""
+    argv = ["journalctl", "--no-pager", "--output=short-iso-precise", "--utc", "--reverse", f"--lines={lines}"]
     for unit in JOURNAL_UNITS:
         argv += ["--unit", unit]
     if since:
         argv.append(f"--since={since.replace('T', ' ').removesuffix('Z')}")
     return argv
+
+
+def journal_lines(stdout: str) -> list[str]:
+    """`journal_command`'s output as log lines in time order, without journalctl's `-- ... --` notes."""
+    return [line for line in reversed(stdout.splitlines()) if line and not line.startswith("-- ")]
 
 
 class RemoteOps:
@@ -71,4 +79,4 @@ class RemoteOps:
                                 timeout=JOURNALCTL_TIMEOUT_S)
         if result.returncode != 0:
             raise ValueError((result.stderr or result.stdout).strip().splitlines()[-1:] or f"exit {result.returncode}")
-        return [line for line in result.stdout.splitlines() if line and not line.startswith("-- ")]
+        return journal_lines(result.stdout)

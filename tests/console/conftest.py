@@ -140,6 +140,17 @@ class Console:
         return self.wait_status_rows(lambda rows: all(rows[site]["state"] == state for site, state in expected.items()),
                                      timeout, lambda rows: f"{expected}; states: { {s: rows[s]['state'] for s in expected} }")
 
+    def with_fleet_broker(self) -> Console:
+        """Initialise the console on free ports and run the broker configuration it generates."""
+        self.port = free_port()
+        self.console_port = next(port for port in iter(free_port, None) if port != self.port)
+        self.ok("init", "--broker-url", f"mqtts://localhost:{self.port}", "--console-port", str(self.console_port),
+                "--media-host", "127.0.0.1")
+        # Run as ourselves: mosquitto otherwise drops to user `mosquitto`, who cannot read the key.
+        self.ok("broker-config", "--out", str(self.home / "broker"), "--bind", "127.0.0.1", "--run-as", getpass.getuser())
+        self.start_broker()
+        return self
+
     def stop_all(self) -> None:
         for process in reversed(self.processes):
             stop_process(process)
@@ -159,15 +170,7 @@ def console(tmp_path: Path):
 @pytest.fixture
 def fleet_broker(console: Console) -> Console:
     """An initialised console whose generated broker configuration is running."""
-    console.port = free_port()
-    console.console_port = next(port for port in iter(free_port, None) if port != console.port)
-    console.ok("init", "--broker-url", f"mqtts://localhost:{console.port}", "--console-port", str(console.console_port),
-               "--media-host", "127.0.0.1")
-    # Run as ourselves: mosquitto otherwise drops to user `mosquitto`, who cannot read the key.
-    console.ok("broker-config", "--out", str(console.home / "broker"), "--bind", "127.0.0.1",
-               "--run-as", getpass.getuser())
-    console.start_broker()
-    return console
+    return console.with_fleet_broker()
 
 
 @pytest.fixture(autouse=True)

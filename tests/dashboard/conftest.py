@@ -4,7 +4,6 @@ and real headless Chromium driven by Selenium. Shared by a module's tests (one s
 
 from __future__ import annotations
 
-import getpass
 import http.client
 import json
 import os
@@ -129,13 +128,7 @@ def dash(tmp_path_factory: pytest.TempPathFactory):
     if not shutil.which("mosquitto"):
         pytest.skip("mosquitto is not installed (make setup)")
     base = tmp_path_factory.mktemp("dashboard")
-    console = Console(base / "home")
-    console.port = free_port()
-    console.console_port = next(port for port in iter(free_port, None) if port != console.port)
-    console.ok("init", "--broker-url", f"mqtts://localhost:{console.port}", "--console-port", str(console.console_port),
-               "--media-host", "127.0.0.1")
-    console.ok("broker-config", "--out", str(console.home / "broker"), "--bind", "127.0.0.1", "--run-as", getpass.getuser())
-    console.start_broker()
+    console = Console(base / "home").with_fleet_broker()
     book = OperatorBook(console.home)
     for name, password in PASSWORDS.items():
         book.add(name, ROLES[name], password)
