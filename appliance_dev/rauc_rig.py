@@ -84,15 +84,37 @@ def build_bundle(out: Path, version: str, cert: Path, key: Path, compatible: str
     content = Path(tempfile.mkdtemp(prefix="bundle-content-"))
     try:
         ext4_image(content / "rootfs.ext4", {"/etc/rapat-version": f"{version}\n", **(files or {})}, size_mb)
-        (content / "manifest.raucm").write_text(
-            f"[update]\ncompatible={compatible}\nversion={version}\n\n[bundle]\nformat={fmt}\n\n"
-            "[image.rootfs]\nfilename=rootfs.ext4\n")
-        out.unlink(missing_ok=True)
-        subprocess.run(["rauc", "bundle", f"--cert={cert}", f"--key={key}", str(content), str(out)], check=True,
-                       capture_output=True)
+        _sign(content, "rootfs.ext4", out, version, cert, key, compatible, fmt)
     finally:
         shutil.rmtree(content, ignore_errors=True)
     return out
+
+
+def build_delta_bundle(out: Path, image: Path, version: str, cert: Path, key: Path, compatible: str = COMPATIBLE,
+                       fmt: str = "plain") -> tuple[Path, Path]:
+    """A signed casync bundle of the root `image`: the bundle holds only the image's chunk index
+    (`rootfs.ext4.caibx`); the chunks go to the store next to it (`<out>.castr`, RAUC's default place
+    for a bundle installed from a URL). A device fetches from the store only the chunks its running
+    slot lacks. Returns (bundle, store)."""
+    store = out.with_suffix(".castr")
+    content = Path(tempfile.mkdtemp(prefix="bundle-content-"))
+    try:
+        subprocess.run(["casync", "make", f"--store={store}", str(content / "rootfs.ext4.caibx"), str(image)],
+                       check=True, capture_output=True)
+        _sign(content, "rootfs.ext4.caibx", out, version, cert, key, compatible, fmt)
+    finally:
+        shutil.rmtree(content, ignore_errors=True)
+    return out, store
+
+
+def _sign(content: Path, root_image: str, out: Path, version: str, cert: Path, key: Path, compatible: str,
+          fmt: str) -> None:
+    (content / "manifest.raucm").write_text(
+        f"[update]\ncompatible={compatible}\nversion={version}\n\n[bundle]\nformat={fmt}\n\n"
+        f"[image.rootfs]\nfilename={root_image}\n")
+    out.unlink(missing_ok=True)
+    subprocess.run(["rauc", "bundle", f"--cert={cert}", f"--key={key}", str(content), str(out)], check=True,
+                   capture_output=True)
 
 
 def unsigned_bundle(out: Path, version: str = "9.9.9") -> Path:

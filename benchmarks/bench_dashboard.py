@@ -31,7 +31,7 @@ from appliance_dev.recorder import MqttRecorder
 from appliance_dev.simulate import SimFleet
 from appliance_dev.waiting import stop_process, wait_until
 from tests.console.conftest import Console
-from tests.dashboard.conftest import CHROMEDRIVER, CHROMIUM, Dash, sim_sites, start_server
+from tests.dashboard.conftest import CHROMEDRIVER, CHROMIUM, Dash, start_server
 
 TARGETS_MS = {"fleet_242": 1000.0, "state_to_page": 500.0, "grant_to_speaking": 500.0}
 RENDERS, PRESSES, GRANTS, STARTS, DASHBOARDS = 5, 12, 10, 4, 20
@@ -194,7 +194,7 @@ def main(argv: list[str]) -> int:
             every_site = tuple(site.id for site in ctx.store.sites())
         finally:
             ctx.close()
-        sims = sim_sites(console, every_site)
+        sims = console.sim_sites(every_site)
         fleet = SimFleet(sims).start()
         process, port = start_server(console, base / "serve.log")
         dash = Dash(console, port, process, {site.spec.id: site for site in sims}, base / "serve.log")

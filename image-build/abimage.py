@@ -166,10 +166,13 @@ def configure_partitions(image: Path, layout: Layout, scratch: Path, read_only: 
 
 
 def system_conf(layout: Layout, compatible: str, bundle_format: str) -> str:
-    """/etc/rauc/system.conf: root and boot slots by PARTUUID, the Pi firmware's tryboot as boot-chooser."""
+    """/etc/rauc/system.conf: root and boot slots by PARTUUID, the Pi firmware's tryboot as boot-chooser.
+    A delta bundle is installed from its URL, which RAUC downloads itself: its limit (8 MiB by default)
+    is raised for the chunk index of a large root; the daemon has checked the bundle's size already."""
     formats = "verity" if bundle_format == "verity" else "plain verity"
     lines = ["# rapat-appliance: written by image-build (docs/image.md, 'Updates')", "[system]",
              f"compatible={compatible}", "bootloader=custom", f"bundle-formats={formats}",
+             f"max-bundle-download-size={64 * 1024 * 1024}",
              f"statusfile={RAUC_STATUS_DIR}/status.raucs", "", "[handlers]",
              f"bootloader-custom-backend={TRYBOOT_BACKEND}", f"post-install={POST_INSTALL}", "",
              "[keyring]", f"path={RAUC_KEYRING}", "check-purpose=codesign", ""]
@@ -284,8 +287,11 @@ def make_bundle(image: Path, layout: Layout, out: Path, name: str, version: str,
                 bundle_format: str, cert: Path, key: Path, keyring: Path | None, build_time: str,
                 work: Path) -> dict:
     """`rauc bundle` of boot A (boot.vfat) and root A (rootfs.ext4) as the image holds them, signed;
-    checked with `rauc info` against `keyring` when given. Returns the bundle's manifest."""
+    checked with `rauc info` against `keyring` when given. Beside it, the delta bundle of the same
+    images (`<name>-delta.raucb`: casync chunk indexes) and its chunk store (`<name>-delta.castr/`).
+    Returns the bundle's manifest."""
     content = Path(tempfile.mkdtemp(prefix="bundle.", dir=work))
+    delta_content = Path(tempfile.mkdtemp(prefix="delta.", dir=work))
     try:
         images = {}
         for slot_class, part, filename in (("rootfs", layout.root_a, "rootfs.ext4"), ("boot", layout.boot_a, "boot.vfat")):
@@ -293,17 +299,47 @@ def make_bundle(image: Path, layout: Layout, out: Path, name: str, version: str,
             with open(content / filename, "r+b") as handle:
                 handle.truncate(part.bytes)
             images[slot_class] = {"file": filename, "size": part.bytes, "sha256": _sha256(content / filename)}
+        header = (f"[update]\ncompatible={compatible}\nversion={version}\ndescription={name}\nbuild={build_time}\n\n"
+                  f"[bundle]\nformat={bundle_format}\n\n")
         # A fresh directory each build: `rauc bundle` rewrites the manifest in its input.
-        (content / "manifest.raucm").write_text(
-            f"[update]\ncompatible={compatible}\nversion={version}\ndescription={name}\nbuild={build_time}\n\n"
-            f"[bundle]\nformat={bundle_format}\n\n"
-            "[image.rootfs]\nfilename=rootfs.ext4\n\n[image.boot]\nfilename=boot.vfat\n")
-        bundle = out / f"{name}.raucb"
-        partial = out / f".{name}.raucb.part"
-        partial.unlink(missing_ok=True)
-        run("rauc", "bundle", f"--cert={cert}", f"--key={key}", content, partial)
+        (content / "manifest.raucm").write_text(header + "[image.rootfs]\nfilename=rootfs.ext4\n\n"
+                                                "[image.boot]\nfilename=boot.vfat\n")
+        signer, partial = _sign(content, out, name, cert, key, keyring, compatible, work)
+        # The delta: RAUC 1.8 has no handler for `*.vfat.caibx` on a vfat slot; `*.img.caibx` is its raw
+        # copy for any slot type, what `*.vfat` gets too.
+        store = out / f"{name}-delta.castr"
+        shutil.rmtree(store, ignore_errors=True)
+        try:
+            for filename, index in (("rootfs.ext4", "rootfs.ext4.caibx"), ("boot.vfat", "boot.img.caibx")):
+                run("casync", "make", f"--store={store}", delta_content / index, content / filename)
+            (delta_content / "manifest.raucm").write_text(header + "[image.rootfs]\nfilename=rootfs.ext4.caibx\n\n"
+                                                          "[image.boot]\nfilename=boot.img.caibx\n")
+            _, delta_partial = _sign(delta_content, out, f"{name}-delta", cert, key, keyring, compatible, work)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            shutil.rmtree(store, ignore_errors=True)
+            raise
     finally:
         shutil.rmtree(content, ignore_errors=True)
+        shutil.rmtree(delta_content, ignore_errors=True)
+    bundle, delta = out / f"{name}.raucb", out / f"{name}-delta.raucb"
+    os.replace(delta_partial, delta)
+    os.replace(partial, bundle)
+    store_bytes = sum(path.stat().st_size for path in store.rglob("*") if path.is_file())
+    return {"name": name, "version": version, "compatible": compatible, "format": bundle_format,
+            "build_time": build_time, "file": bundle.name, "size": bundle.stat().st_size, "sha256": _sha256(bundle),
+            "signer": signer, "verified_with_keyring": bool(keyring), "images": images,
+            "delta": {"file": delta.name, "size": delta.stat().st_size, "sha256": _sha256(delta),
+                      "store": store.name, "store_bytes": store_bytes},
+            "image_manifest": f"{name}.manifest.json"}
+
+
+def _sign(content: Path, out: Path, name: str, cert: Path, key: Path, keyring: Path | None, compatible: str,
+          work: Path) -> tuple[str, Path]:
+    """`rauc bundle` of `content` into `out/.<name>.raucb.part`, checked against `keyring`; (signer, file)."""
+    partial = out / f".{name}.raucb.part"
+    partial.unlink(missing_ok=True)
+    run("rauc", "bundle", f"--cert={cert}", f"--key={key}", content, partial)
     signer = ""
     if keyring:
         result = subprocess.run(["rauc", f"--conf={verify_conf(keyring, compatible, work)}", "info",
@@ -315,8 +351,4 @@ def make_bundle(image: Path, layout: Layout, out: Path, name: str, version: str,
                              "(is --update-cert issued by that CA, with extendedKeyUsage codeSigning?)")
         match = re.search(r"Verified (?:detached|inline) signature by '([^']*)'", result.stderr + result.stdout)
         signer = match.group(1) if match else ""
-    os.replace(partial, bundle)
-    return {"name": name, "version": version, "compatible": compatible, "format": bundle_format,
-            "build_time": build_time, "file": bundle.name, "size": bundle.stat().st_size, "sha256": _sha256(bundle),
-            "signer": signer, "verified_with_keyring": bool(keyring), "images": images,
-            "image_manifest": f"{name}.manifest.json"}
+    return signer, partial

@@ -29,6 +29,7 @@ import pytest
 from appliance.adapters import tryboot
 from appliance.console import update_keys
 from appliance.core.protocol import DEFAULT_TOPIC_PREFIX, site_topic
+from appliance_dev.bundle_server import BundleServer
 from appliance_dev.localnet import free_port
 from tests.image_support import inspect, qemu, raucdev, synthetic
 
@@ -493,7 +494,7 @@ def test_ab_root_has_rauc_config_generator_and_provisioning_from_p1(stand_in_ima
         conf = configparser.ConfigParser(interpolation=None)
         conf.read_string((root / "etc/rauc/system.conf").read_text())
         assert dict(conf["system"]) == {"compatible": "rapat-appliance-rpi", "bootloader": "custom",
-                                        "bundle-formats": "verity",
+                                        "bundle-formats": "verity", "max-bundle-download-size": str(64 << 20),
                                         "statusfile": "/var/lib/appliance/rauc/status.raucs"}
         assert dict(conf["handlers"]) == {"bootloader-custom-backend": "/opt/rapat-appliance/bin/rapat-tryboot",
                                           "post-install": "/usr/lib/rapat-appliance/rauc-post-install"}
@@ -557,8 +558,8 @@ def _rauc_info(bundle: Path, keyring: Path, tmp_path: Path) -> subprocess.Comple
 def test_bundle_and_its_manifest_verify_with_real_rauc(stand_in_images, update_pki, tmp_path: Path) -> None:
     out = stand_in_images["rw"]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{NAME}.img.xz", f"{NAME}.img.xz.sha256", f"{NAME}.manifest.json", f"{NAME}.raucb", f"{NAME}.bundle.json"]
-        + ([f"{NAME}.img.bmap"] if shutil.which("bmaptool") else []))
+        [f"{NAME}.img.xz", f"{NAME}.img.xz.sha256", f"{NAME}.manifest.json", f"{NAME}.raucb", f"{NAME}.bundle.json",
+         f"{NAME}-delta.raucb", f"{NAME}-delta.castr"] + ([f"{NAME}.img.bmap"] if shutil.which("bmaptool") else []))
     bundle = out / f"{NAME}.raucb"
     described = json.loads((out / f"{NAME}.bundle.json").read_text())
     manifest = json.loads((out / f"{NAME}.manifest.json").read_text())
@@ -590,6 +591,15 @@ def test_bundle_and_its_manifest_verify_with_real_rauc(stand_in_images, update_p
 
     other = _rauc_info(bundle, update_pki["other-ca"], tmp_path)
     assert other.returncode == 1 and "unable to get local issuer certificate" in other.stderr
+
+    # The delta bundle: the same images as chunk indexes, signed the same way; the chunks in the store.
+    delta = out / described["delta"]["file"]
+    assert described["delta"]["sha256"] == synthetic.sha256(delta) and described["delta"]["size"] == delta.stat().st_size
+    assert described["delta"]["store"] == f"{NAME}-delta.castr" and described["delta"]["store_bytes"] > 0
+    info = _rauc_info(delta, update_pki["ca"], tmp_path)
+    assert info.returncode == 0, info.stderr
+    delta_images = {name: value for entry in json.loads(info.stdout)["images"] for name, value in entry.items()}
+    assert delta_images["rootfs"]["filename"] == "rootfs.ext4.caibx" and delta_images["boot"]["filename"] == "boot.img.caibx"
 
 
 def test_bundle_options_are_checked(stand_in_base, update_pki, tmp_path: Path) -> None:
@@ -638,6 +648,31 @@ def test_plain_bundle_installs_into_slot_b_with_the_images_own_rauc_config(stand
     assert device.fat_file(3, "config.txt") == subprocess.run(
         ["mtype", "-i", str(device.files[2]), "::/config.txt"], capture_output=True, text=True).stdout
     assert device.files[2].read_bytes() == boot_a  # the running slot is untouched
+
+
+@pytest.mark.skipif(bool(raucdev.missing_tools()) or not shutil.which("casync"), reason="needs rauc, casync, dbus")
+def test_the_delta_bundle_installs_from_its_url_seeded_by_the_running_slots(stand_in_images, tmp_path: Path) -> None:
+    """The build's delta bundle and store served by nginx, installed with the image's own RAUC config: RAUC
+    fetches only the chunks slots A lack (here: none of the root's, it is the same build), B gets the
+    build's root and boot, and the post-install handler still points B's cmdline.txt at root B."""
+
+    out = stand_in_images["ro"]
+    name = f"rapat-appliance-{RO_VERSION}"
+    store_bytes = sum(path.stat().st_size for path in (out / f"{name}-delta.castr").rglob("*.cacnk"))
+    work = tmp_path / "device"
+    work.mkdir()
+    with inspect.opened(out / f"{name}.img.xz", tmp_path) as image:
+        device = raucdev.ImageRauc(image, work, booted="A")
+        root_a, boot_a = image.read(5), image.read(2)
+    with device, BundleServer(out) as server:
+        result = device.rauc("install", server.url(f"{name}-delta.raucb"))
+        assert result.returncode == 0, result.stdout + result.stderr + device.log()
+        sent = [line.split('"') for line in server.requests()]
+    assert device.files[6].read_bytes() == root_a and "rauc-post-install: boot B" in device.log()
+    assert tryboot.booted_slot(device.fat_file(3, "cmdline.txt")) == "B"
+    assert device.files[2].read_bytes() == boot_a
+    fetched = sum(int(fields[2].split()[1]) for fields in sent)
+    assert fetched < store_bytes / 10, f"{fetched} bytes fetched of a {store_bytes}-byte store: no seed used"
     # RAUC's set-primary B through the boot-chooser: normal boot stays A, the one tryboot goes to B.
     assert tryboot.parse(device.autoboot.read_text()) == ("A", "B")
 

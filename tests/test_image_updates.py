@@ -19,10 +19,14 @@ In one run, in this order (each step needs the one before):
 5. The journal kept on the data partition: the centre's `logs` shows what the broken trial boot
    logged before the rollback; one machine id across every boot; the bytes an idle site writes to
    its card in five minutes (qemu's disk counters), printed for docs/performance.md.
+Then, from the factory image again:
+6. A delta (casync) release: RAUC fetches from the store beside the bundle only the chunks the
+   running slots lack; the trial boot keeps it. The bytes fetched are printed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -43,11 +47,11 @@ from tests.image_support import inspect, qemu, update_lab
 from tests.support.site import ConsoleKey
 
 SITE = "qemu-site"
-GOOD, BROKEN = "0.2.0", "0.3.0"
+GOOD, BROKEN, DELTA = "0.2.0", "0.3.0", "0.4.0"
 HEALTH_TIMEOUT_S = 60
 IDLE_S = 300  # the window in which an idle site's writes to its card are counted
 BOOT_TIMEOUT_S = 900  # emulated arm64 on 2 cores; measured boot to READY: about 80 s
-TOOLS = ["qemu-system-aarch64", "debootstrap", "qemu-aarch64-static", "rauc", "mksquashfs", "debugfs", "mcopy"]
+TOOLS = ["qemu-system-aarch64", "debootstrap", "qemu-aarch64-static", "rauc", "mksquashfs", "debugfs", "mcopy", "casync"]
 _missing = [tool for tool in TOOLS if not shutil.which(tool)]
 
 pytestmark = [
@@ -125,8 +129,9 @@ class Site:
         return self.state(reached, timeout, after)
 
 
-def _journal_on_data_partition(disk: Path, work: Path) -> dict:
-    """The journal as the data partition (p7) holds it: machine directories, boots, bytes."""
+def _journal_on_data_partition(disk: Path, work: Path, window: tuple[float, float] | None = None) -> dict:
+    """The journal as the data partition (p7) holds it: machine directories, boots, bytes; with `window`
+    (epoch seconds), the entries logged in it and their size in journalctl's export format."""
     part = next(part for part in inspect.partitions(disk) if part["number"] == 7)
     mount_point = work / "data"
     mount_point.mkdir(exist_ok=True)
@@ -137,7 +142,13 @@ def _journal_on_data_partition(disk: Path, work: Path) -> dict:
         boots = subprocess.run(["journalctl", f"--directory={machines[0]}", "--list-boots", "--no-pager"],
                                capture_output=True, text=True, check=True).stdout.strip().splitlines() if machines else []
         size = sum(path.stat().st_size for path in (mount_point / "journal").rglob("*.journal*"))
-        return {"machines": [path.name for path in machines], "boots": len(boots), "bytes": size}
+        found = {"machines": [path.name for path in machines], "boots": len(boots), "bytes": size}
+        if window and machines:
+            export = subprocess.run(["journalctl", f"--directory={machines[0]}", "--no-pager", "-o", "export",
+                                     f"--since=@{int(window[0])}", f"--until=@{int(window[1])}"],
+                                    capture_output=True, check=True).stdout
+            found.update(window_entries=export.count(b"\n\n"), window_export_bytes=len(export))
+        return found
     finally:
         subprocess.run(["umount", str(mount_point)], check=True)
 
@@ -165,17 +176,20 @@ def lab(tmp_path_factory):  # noqa: ANN201
     releases.mkdir()
     good = update_lab.release(built, releases, GOOD)
     broken = update_lab.release(built, releases, BROKEN, broken=True)
-    return built, console_key, good, broken
+    delta = update_lab.release(built, releases, DELTA, delta=True)
+    return built, console_key, good, broken, delta
 
 
-def test_power_cuts_then_a_kept_update_then_a_broken_one_given_back(lab, tmp_path: Path) -> None:
-    built, console_key, good, broken = lab
-    command_topic = site_topic(DEFAULT_TOPIC_PREFIX, SITE, "cmd")
+@contextlib.contextmanager
+def _booted_lab(built, releases: Path, tmp_path: Path):  # noqa: ANN001, ANN202
+    """The build's image with a site file on its boot partition, a broker on the lab's port, nginx at
+    full speed and at 1 MB/s serving the releases: (site, observer, {server: URL}, fast, slow, disk)."""
     broker = Mosquitto(tmp_path / "broker", port=built.broker_port).start()
     observer = MqttRecorder(broker.port, f"{DEFAULT_TOPIC_PREFIX}/#")
-    fast = BundleServer(good.parent).start()
-    slow = BundleServer(good.parent, rate="1m").start()  # 1 MB/s: a download long enough to cut
+    fast = BundleServer(releases).start()
+    slow = BundleServer(releases, rate="1m").start()  # 1 MB/s: a download long enough to cut
     url = {server: f"http://10.0.2.2:{server.port}/" for server in (fast, slow)}
+    site = None
     try:
         with inspect.opened(built.image_xz, tmp_path) as image:
             kernel, initrd = tmp_path / "vmlinuz", tmp_path / "initrd.img"
@@ -186,6 +200,20 @@ def test_power_cuts_then_a_kept_update_then_a_broken_one_given_back(lab, tmp_pat
         site_file.write_text(f'[site]\nid = "{SITE}"\nkind = "desa"\n')
         subprocess.run(["mcopy", "-i", f"{disk}@@{image.partitions[0]['start'] * 512}", str(site_file), "::/"], check=True)
         site = Site(tmp_path, disk, kernel, initrd, observer)
+        yield site, observer, url, fast, slow, disk
+    finally:
+        if site is not None and site.machine is not None:
+            site.power_cut()
+        observer.close()
+        fast.close()
+        slow.close()
+        broker.stop()
+
+
+def test_power_cuts_then_a_kept_update_then_a_broken_one_given_back(lab, tmp_path: Path) -> None:
+    built, console_key, good, broken, _ = lab
+    command_topic = site_topic(DEFAULT_TOPIC_PREFIX, SITE, "cmd")
+    with _booted_lab(built, good.parent, tmp_path) as (site, observer, url, fast, slow, disk):
         timings: dict[str, float] = {}
 
         # 1. A power cut in the middle of the download.
@@ -259,21 +287,51 @@ def test_power_cuts_then_a_kept_update_then_a_broken_one_given_back(lab, tmp_pat
         assert any("this release hangs on purpose" in line for line in lines), lines[-20:]
         assert any("trial guard restarted the previous version" in line for line in lines), lines[-20:]
         # What an idle site writes to its card: qemu's own counter of the disk's written bytes.
-        written, started = qemu.block_writes(site.qmp), time.monotonic()
+        written, started, window_start = qemu.block_writes(site.qmp), time.monotonic(), time.time()
         time.sleep(IDLE_S)
         written, idle = qemu.block_writes(site.qmp) - written, time.monotonic() - started
         timings["card bytes per idle day"] = written * 86400 / idle
-        site.power_cut()
-        journal = _journal_on_data_partition(disk, tmp_path)
+        # A clean restart (the centre's `reboot`): journald writes out what it holds, which a power cut
+        # would lose (SyncIntervalSec=15min).
+        mark = observer.mark()
+        command = console_key.command("reboot", {"force": False}, to=[SITE])
+        observer.publish(command_topic, command)
+        assert observer.ack_for(command["id"], SITE, timeout=60, after=mark)["ok"]
+        assert site.rebooted_for_trial(timeout=300) is False
+        journal = _journal_on_data_partition(disk, tmp_path, (window_start, window_start + idle))
         assert len(journal["machines"]) == 1  # one machine id across every boot and both slots
         assert journal["boots"] >= len(site.boots) - 1  # every boot but the cut ones may lose their tail
         assert journal["bytes"] <= 48 << 20  # SystemMaxUse
         timings["journal bytes on the card"] = journal["bytes"]
+        # What the journal was given while idle (a power cut loses up to SyncIntervalSec of it).
+        timings["journal entries per idle day"] = journal.get("window_entries", 0) * 86400 / idle
+        timings["journal export bytes per idle day"] = journal.get("window_export_bytes", 0) * 86400 / idle
         print(f"qemu update figures: {timings}")
-    finally:
-        if "site" in locals() and site.machine is not None:
-            site.power_cut()
-        observer.close()
-        fast.close()
-        slow.close()
-        broker.stop()
+
+
+def test_a_delta_release_fetches_only_what_the_running_slots_lack(lab, tmp_path: Path) -> None:
+    """6. From the factory image, a delta (casync) release: the site checks the small bundle, RAUC fetches
+    from the store beside it only the chunks slots A lack, B boots on trial and is kept."""
+    built, console_key, good, _, delta = lab
+    command_topic = site_topic(DEFAULT_TOPIC_PREFIX, SITE, "cmd")
+    store_bytes = sum(path.stat().st_size for path in delta.with_suffix(".castr").rglob("*.cacnk"))
+    with _booted_lab(built, delta.parent, tmp_path) as (site, observer, url, fast, _, _):
+        mark = observer.mark()
+        assert site.boot() == "A"
+        site.online_running(update_lab.FACTORY_VERSION, mark)
+        mark = observer.mark()
+        started = time.monotonic()
+        observer.publish(command_topic, update_command(console_key, delta, url[fast] + delta.name))
+        assert site.event("update.installed", mark, timeout=1800)["version"] == DELTA
+        installed = time.monotonic() - started
+        sent = [line.split('"') for line in fast.requests()]
+        assert site.rebooted_for_trial(timeout=300) is True
+        assert site.boot(trial=True) == "B"
+        assert site.event("update.committed", mark, timeout=BOOT_TIMEOUT_S)["version"] == DELTA
+        site.online_running(DELTA, mark)
+    fetched = sum(int(fields[2].split()[1]) for fields in sent)
+    chunks = sum(1 for fields in sent if ".castr/" in fields[1])
+    print(f"qemu delta figures: {fetched} bytes fetched in {len(sent)} requests ({chunks} chunks) for a release whose "
+          f"whole bundle is {good.stat().st_size} bytes and whose store is {store_bytes} bytes; command to installed "
+          f"{installed:.0f} s")
+    assert chunks and fetched < good.stat().st_size / 20, (fetched, good.stat().st_size)

@@ -9,6 +9,10 @@ The core decides when (core/update_flow.py); this does the work on a worker thre
   its version and compatible). A bundle that fails any check is deleted.
 - Install: `rauc install` through the RAUC service (progress from its output); the bundle is
   deleted afterwards (the data partition is small).
+- A delta bundle (casync: its images are chunk indexes, `*.caibx`) is checked the same way, then
+  installed from its URL: RAUC fetches from the chunk store next to it (`<bundle>.castr`) only the
+  chunks the running slots lack, seeding `casync extract` with them. (RAUC takes the store from the
+  bundle's origin; a local copy would point it at a local store that does not exist.)
 - The record (`<state_dir>/update/record.json`, written atomically) holds the version rebooted for,
   the checks it must pass and, once known, why it was given back. It is what the old version reads
   after the firmware went back to it, and what the new one reads to know it runs on trial.
@@ -164,17 +168,26 @@ class Updater:
             if not stale.name.startswith(f"rapat-{effect.version}.raucb"):
                 stale.unlink(missing_ok=True)
         final, partial = self.bundle_path(effect.version), self.dir / f"rapat-{effect.version}.raucb.part"
+        origin = self.origin_path(effect.version)
         if not final.exists():
             self._check_space(partial, effect.size)
             self._download(effect.url, partial, effect.size)
             partial.replace(final)
         self._post(io.UpdateProgress(up.VERIFYING, 0))
         try:
-            self._verify(final, effect)
+            delta = self._verify(final, effect)
         except UpdateStepError:
             final.unlink(missing_ok=True)
             raise
+        if delta:
+            write_atomic(origin, f"{effect.url}\n".encode(), mode=0o600)
+            return f"{effect.size} bytes, sha256 and signature verified; a delta bundle: its chunks come at install"
+        origin.unlink(missing_ok=True)
         return f"{effect.size} bytes, sha256 and signature verified"
+
+    def origin_path(self, version: str) -> Path:
+        """Where a delta bundle's URL is kept until its install (RAUC installs it from there)."""
+        return self.dir / f"rapat-{version}.raucb.origin"
 
     def _check_space(self, partial: Path, size: int) -> None:
         """Refuse a download that would fill the data partition: the uptime ledger, the replay
@@ -225,7 +238,8 @@ class Updater:
         if have != size:
             raise UpdateStepError(f"the download ended at {have} of {size} bytes; it resumes when sent again")
 
-    def _verify(self, bundle: Path, effect: io.FetchUpdate) -> None:
+    def _verify(self, bundle: Path, effect: io.FetchUpdate) -> bool:
+        """Every check before anything is written; whether the bundle is a delta (casync) bundle."""
         digest = hashlib.sha256()
         with open(bundle, "rb") as handle:
             while block := handle.read(1024 * 1024):
@@ -242,13 +256,16 @@ class Updater:
         compatible, ours = info.get("compatible"), self._compatible()
         if ours and compatible != ours:
             raise UpdateStepError(f"the bundle is for {compatible!r}, this device is {ours!r}")
+        return up.is_delta_bundle(info)
 
     def _install(self, version: str) -> str:
         bundle = self.bundle_path(version)
         if not bundle.exists():
             raise UpdateStepError(f"the downloaded bundle {bundle.name} is gone; send the update again")
         self._post(io.UpdateProgress(up.INSTALLING, 0))
-        process = subprocess.Popen([self.rauc, "install", str(bundle)], stdout=subprocess.PIPE,
+        origin = self.origin_path(version)
+        source = origin.read_text().strip() if origin.exists() else str(bundle)
+        process = subprocess.Popen([self.rauc, "install", source], stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True)
         lines = []
         assert process.stdout is not None
@@ -259,6 +276,7 @@ class Updater:
                 self._post(io.UpdateProgress(up.INSTALLING, int(match.group(1))))
         code = process.wait(INSTALL_TIMEOUT_S)
         bundle.unlink(missing_ok=True)
+        origin.unlink(missing_ok=True)
         if code != 0:
             # RAUC says why on a `LastError: ...` line; its last line only names the bundle.
             why = next((line.split("LastError:", 1)[1] for line in lines if "LastError:" in line),

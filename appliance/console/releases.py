@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.console.errors import BadInput, Refused
-from appliance.core.update import MAX_BUNDLE_BYTES, version_key
+from appliance.core.update import DELTA_STORE_SUFFIX, MAX_BUNDLE_BYTES, is_delta_bundle, version_key
 from appliance.core.urls import UPDATE_SCHEMES, clean_url
 
 RAUC_TIMEOUT_S = 300.0
@@ -154,7 +154,20 @@ def inspect(bundle: Path, keyring: Path) -> Bundle:
     sha256, size = check_payload(bundle, fields)
     if size > MAX_BUNDLE_BYTES:
         raise Refused(f"{bundle}: {size} bytes, more than the devices take ({MAX_BUNDLE_BYTES})")
-    return Bundle(version, compatible, fields.get("Bundle Format") or "plain", signer, sha256, size)
+    bundle_format = fields.get("Bundle Format") or "plain"
+    if is_delta_bundle(info):
+        store = Path(delta_store(str(bundle)))
+        if not store.is_dir() or not any(store.rglob("*.cacnk")):
+            raise Refused(f"{bundle}: a delta bundle, but its chunk store {store.name}/ is not beside it (or holds no "
+                          f"chunks): the sites fetch their chunks from the store beside the bundle's URL")
+        bundle_format += " delta"
+    return Bundle(version, compatible, bundle_format, signer, sha256, size)
+
+
+def delta_store(bundle: str) -> str:
+    """Where a delta bundle's chunk store is, for a path or a URL: beside it, without `.raucb`, plus
+    `.castr` (RAUC's own rule)."""
+    return bundle.removesuffix(".raucb") + DELTA_STORE_SUFFIX
 
 
 def check_url(url: str) -> str:

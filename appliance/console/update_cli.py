@@ -40,6 +40,10 @@ def cmd_update_publish(ctx: Context, args: argparse.Namespace) -> int:
         print(f"{action}: {release.version} ({release.compatible}, {release.format} bundle, {release.size} bytes, "
               f"sha256 {release.sha256})")
         print(f"signed by {release.signer or '?'}; verified against {keyring}")
+        if release.format.endswith(" delta"):
+            store = Path(releases.delta_store(args.bundle)).name
+            print(f"a delta bundle: each site fetches only the chunks its running version lacks, from "
+                  f"{releases.delta_store(release.url)}/; put the bundle and the whole {store}/ directory there")
         print(f"sites download it from {release.url}: put the bundle there, then "
               f"`appliance-console update start {release.version} --ring all`")
     return 0

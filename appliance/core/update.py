@@ -38,6 +38,20 @@ MAX_BUNDLE_BYTES = 4 * 1024 ** 3   # an image's root file system is ~1-2 GB; mor
 ALWAYS_REQUIRED_CHECKS = ("broker", "disk")
 
 
+# A delta bundle (casync) carries chunk indexes instead of images; its chunks are in the store beside it.
+DELTA_INDEX_SUFFIXES = (".caibx", ".caidx")
+DELTA_STORE_SUFFIX = ".castr"
+
+
+def is_delta_bundle(info: dict[str, Any]) -> bool:
+    """Whether `rauc info --output-format=json` describes a delta (casync) bundle."""
+    for image in info.get("images") or []:
+        for described in (image.values() if isinstance(image, dict) else []):
+            if isinstance(described, dict) and str(described.get("filename", "")).endswith(DELTA_INDEX_SUFFIXES):
+                return True
+    return False
+
+
 def version_key(text: str) -> tuple[tuple[int, ...], str] | None:
     """Comparable form of a version such as `1.4.2` or `2026.12.1-rc1`; None if it is not one.
     A suffix sorts before the plain release (`1.2.0-rc1` < `1.2.0`)."""

@@ -17,10 +17,13 @@ from pathlib import Path
 import pytest
 
 from appliance.console.cli import main
+from appliance.console.context import Context
+from appliance.console.home import Home
 from appliance.console.store import CONSOLE_USERNAME, Store
 from appliance_dev.broker import Mosquitto
 from appliance_dev.localnet import free_port
 from appliance_dev.recorder import MqttRecorder
+from appliance_dev.simulate import SimSite, SiteSpec
 from appliance_dev.site_process import DaemonProcess
 from appliance_dev.waiting import stop_process, wait_until
 
@@ -150,6 +153,18 @@ class Console:
         self.ok("broker-config", "--out", str(self.home / "broker"), "--bind", "127.0.0.1", "--run-as", getpass.getuser())
         self.start_broker()
         return self
+
+    def sim_sites(self, ids: tuple[str, ...]) -> list[SimSite]:
+        """Simulated sites (appliance_dev/simulate.py) for `ids`, logged in with the credentials this
+        console made, to be started with SimFleet."""
+        ctx = Context(Home(self.home))
+        try:
+            credentials = ctx.store.credentials()
+            public_key = ctx.store.get_meta("console_public_key")
+            return [SimSite(SiteSpec(site.id, site.kind, credentials[site.id][0]), "localhost", self.port,
+                            str(ctx.home.ca_cert), public_key, ("127.0.0.1",)) for site in ctx.store.sites(list(ids))]
+        finally:
+            ctx.close()
 
     def stop_all(self) -> None:
         for process in reversed(self.processes):

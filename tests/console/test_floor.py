@@ -20,7 +20,7 @@ from appliance.console.context import Context
 from appliance.console.floor_desk import FloorDesk
 from appliance.console.home import Home
 from appliance.core.clock import parse_rfc3339
-from appliance_dev.simulate import SimFleet, SimSite, SiteSpec
+from appliance_dev.simulate import SimFleet, SimSite
 from appliance_dev.waiting import wait_until
 from tests.console.conftest import Console
 
@@ -30,20 +30,9 @@ START = ("meeting", "start", "--title", "Musrenbang Kecamatan", "--program-url",
 DEBOUNCE_S = 0.6  # the device takes a second press of the same button within 0.5 s as the same press
 
 
-def sim_sites(fleet: Console, ids: tuple[str, ...]) -> list[SimSite]:
-    ctx = Context(Home(fleet.home))
-    try:
-        credentials = ctx.store.credentials()
-        public_key = ctx.store.get_meta("console_public_key")
-        return [SimSite(SiteSpec(site.id, site.kind, credentials[site.id][0]), "localhost", fleet.port,
-                        str(ctx.home.ca_cert), public_key, ("127.0.0.1",)) for site in ctx.store.sites(list(ids))]
-    finally:
-        ctx.close()
-
-
 @pytest.fixture
 def sims(fleet_broker: Console):
-    sites = sim_sites(fleet_broker, SITES)
+    sites = fleet_broker.sim_sites(SITES)
     with SimFleet(sites):
         yield {site.spec.id: site for site in sites}
 
@@ -196,7 +185,7 @@ def test_revoke_one_site_and_all(fleet: Console, sims: dict) -> None:
 def test_bad_targets_exit_2_and_send_nothing(fleet: Console, sims: dict) -> None:
     start_meeting(fleet, ("kalibaru", "licin"))
     fleet.ok(*START, "--meeting-id", "rapat-b", "--sites", "giri")  # offered, not joined
-    [gone] = sim_sites(fleet, ("tegalsari",))
+    [gone] = fleet.sim_sites(("tegalsari",))
     with SimFleet([gone]):
         fleet.wait_online(["tegalsari"])
     fleet.wait_status_rows(lambda rows: rows["tegalsari"]["online"] is False, 5, lambda rows: "tegalsari offline")

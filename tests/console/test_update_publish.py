@@ -122,3 +122,20 @@ def test_publish_needs_the_update_keys(console: Console, tmp_path: Path) -> None
     bundle = build_bundle(tmp_path / "b.raucb", keys(other)["cert"], keys(other)["key"], "1.3.0")
     result = console.run("update", "publish", str(bundle), "--url", URL.format("1.3.0"))
     assert result.code == 1 and "run `appliance-console update keys` first" in result.err
+
+
+def test_a_delta_bundle_is_published_only_with_its_chunk_store_beside_it(console: Console, tmp_path: Path) -> None:
+    from appliance_dev.rauc_rig import build_delta_bundle, ext4_image
+
+    console.ok("update", "keys")
+    files = keys(console)
+    image = ext4_image(tmp_path / "root.ext4", {"/etc/rapat-version": "1.5.0\n"})
+    bundle, store = build_delta_bundle(tmp_path / "rapat-1.5.0.raucb", image, "1.5.0", files["cert"], files["key"])
+    moved = tmp_path / "elsewhere"
+    store.rename(moved)
+    refused = console.run("update", "publish", str(bundle), "--url", URL.format("rapat-1.5.0"))
+    assert refused.code == 1 and "rapat-1.5.0.castr/ is not beside it" in refused.err, refused.err
+    moved.rename(store)
+    out = console.ok("update", "publish", str(bundle), "--url", URL.format("rapat-1.5.0")).out
+    assert "a delta bundle" in out and "https://media.banyuwangikab.go.id/releases/rapat-1.5.0.castr/" in out, out
+    assert releases(console)["1.5.0"]["format"] == "plain delta"

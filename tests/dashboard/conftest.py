@@ -16,11 +16,9 @@ from typing import Any
 
 import pytest
 
-from appliance.console.context import Context
-from appliance.console.home import Home
 from appliance.console.operators import OperatorBook
 from appliance_dev.localnet import free_port
-from appliance_dev.simulate import SimFleet, SimSite, SiteSpec
+from appliance_dev.simulate import SimFleet, SimSite
 from appliance_dev.waiting import stop_process, wait_until
 from tests.console.conftest import Console
 
@@ -89,17 +87,6 @@ class Dash:
         return self.request("GET", "/api/meetings", cookie=cookie).json["meetings"]
 
 
-def sim_sites(console: Console, ids: tuple[str, ...]) -> list[SimSite]:
-    ctx = Context(Home(console.home))
-    try:
-        credentials = ctx.store.credentials()
-        public_key = ctx.store.get_meta("console_public_key")
-        return [SimSite(SiteSpec(site.id, site.kind, credentials[site.id][0]), "localhost", console.port,
-                        str(ctx.home.ca_cert), public_key, ("127.0.0.1",)) for site in ctx.store.sites(list(ids))]
-    finally:
-        ctx.close()
-
-
 def start_server(console: Console, log_path: Path, *extra: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     log = log_path.open("ab")
@@ -132,7 +119,7 @@ def dash(tmp_path_factory: pytest.TempPathFactory):
     book = OperatorBook(console.home)
     for name, password in PASSWORDS.items():
         book.add(name, ROLES[name], password)
-    sims = sim_sites(console, SITES)
+    sims = console.sim_sites(SITES)
     fleet = SimFleet(sims).start()
     process = None
     try:

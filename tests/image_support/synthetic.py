@@ -48,12 +48,13 @@ def run(*argv: str | os.PathLike, **kwargs) -> subprocess.CompletedProcess:
 
 def debootstrap_root() -> Path:
     """A cached Debian bookworm arm64 root tree; built once (about 6 minutes) and reused. It has
-    Debian's arm64 kernel and DHCP networking so the built image also boots in qemu-system-aarch64."""
+    Debian's arm64 kernel and networking so the built image also boots in qemu-system-aarch64."""
     include = DEBOOTSTRAP_INCLUDE + BOOTABLE_INCLUDE
     key = hashlib.sha256(json.dumps([MIRROR, include]).encode()).hexdigest()[:12]
     root = cache_dir() / f"bookworm-arm64-{key}"
     if (root / ".complete").exists():
         make_pi_like(root)
+        wired_network(root)
         return root
     partial = root.with_name(root.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -109,10 +110,17 @@ def limit_initramfs(root: Path) -> None:
 
 
 def make_bootable(root: Path) -> None:
+    wired_network(root)
+    run("systemctl", f"--root={root}", "--quiet", "enable", "systemd-networkd.service")
+
+
+def wired_network(root: Path) -> None:
+    """qemu's user network by a static address: networkd 252's DHCP client failed under load ("Failed to
+    configure DHCPv4 client: Device or resource busy", eth0 matched twice while udev renamed it) and left a
+    booted guest without a network for good (seen in the QEMU update test). A Pi runs NetworkManager."""
     network = root / "etc/systemd/network/20-wired.network"
     network.parent.mkdir(parents=True, exist_ok=True)
-    network.write_text("[Match]\nName=en* eth*\n[Network]\nDHCP=yes\n")
-    run("systemctl", f"--root={root}", "--quiet", "enable", "systemd-networkd.service")
+    network.write_text("[Match]\nName=en* eth*\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\nDNS=10.0.2.3\n")
 
 
 def stand_in_root(dest: Path) -> Path:

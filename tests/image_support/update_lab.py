@@ -100,8 +100,10 @@ def _debugfs(image: Path, *requests: str) -> None:
         raise AssertionError(f"debugfs on {image}: {result.stderr}")
 
 
-def release(lab: Lab, work: Path, version: str, *, broken: bool = False) -> Path:
-    """A signed bundle of `version` made from the build's own bundle; `broken`: its daemon hangs."""
+def release(lab: Lab, work: Path, version: str, *, broken: bool = False, delta: bool = False) -> Path:
+    """A signed bundle of `version` made from the build's own bundle; `broken`: its daemon hangs;
+    `delta`: a casync bundle of the same images, with its chunk store beside it (`rapat-<version>.castr`),
+    as image-build makes `<name>-delta.raucb`."""
     content = work / f"content-{version}"
     shutil.rmtree(content, ignore_errors=True)
     # The fleet's signing certificate is for code signing only: RAUC must be told to check that purpose.
@@ -125,11 +127,20 @@ def release(lab: Lab, work: Path, version: str, *, broken: bool = False) -> Path
         requests += [f"ln {APPLIANCE_BIN} {APPLIANCE_BIN}.real", f"unlink {APPLIANCE_BIN}", f"write {hanging} {APPLIANCE_BIN}",
                      f"set_inode_field {APPLIANCE_BIN} mode 0100755"]
     _debugfs(rootfs, *requests)
+    images = {"rootfs": "rootfs.ext4", "boot": "boot.vfat"}
+    if delta:
+        store = work / f"rapat-{version}.castr"
+        shutil.rmtree(store, ignore_errors=True)
+        for slot_class, index in (("rootfs", "rootfs.ext4.caibx"), ("boot", "boot.img.caibx")):
+            subprocess.run(["casync", "make", f"--store={store}", str(content / index), str(content / images[slot_class])],
+                           check=True, capture_output=True)
+            (content / images[slot_class]).unlink()
+            images[slot_class] = index
     # A fresh manifest: `rauc bundle` fills in the hashes and sizes of the changed images.
     (content / "manifest.raucm").write_text(
         f"[update]\ncompatible={compatible}\nversion={version}\ndescription=qemu test release {version}\n\n"
         f"[bundle]\nformat={bundle_format}\n\n"
-        "[image.rootfs]\nfilename=rootfs.ext4\n\n[image.boot]\nfilename=boot.vfat\n")
+        f"[image.rootfs]\nfilename={images['rootfs']}\n\n[image.boot]\nfilename={images['boot']}\n")
     bundle = work / f"rapat-{version}.raucb"
     bundle.unlink(missing_ok=True)
     subprocess.run(["rauc", "bundle", f"--cert={lab.cert}", f"--key={lab.key}", str(content), str(bundle)],

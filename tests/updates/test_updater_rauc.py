@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ import pytest
 from appliance.adapters.updater import Updater
 from appliance.core import io
 from appliance.core import update as up
-from appliance_dev.rauc_rig import build_bundle, unsigned_bundle
+from appliance_dev.bundle_server import BundleServer
+from appliance_dev.rauc_rig import build_bundle, build_delta_bundle, ext4_image, unsigned_bundle
 
 
 def _fetch_effect(bundle: Path, url: str, version: str, **change) -> io.FetchUpdate:  # noqa: ANN003
@@ -36,6 +38,7 @@ def test_download_verify_install_trial_and_commit(device, device_config, server,
     assert device.slot_version("B") == "1.1.0" and device.slot_version("A") == "1.0.0"
     assert (device.firmware_boots(tryboot_flag=False), device.firmware_boots(tryboot_flag=True)) == ("A", "B")
     assert not updater.bundle_path("1.1.0").exists()  # the data partition is small
+    assert not updater.origin_path("1.1.0").exists()  # a whole bundle is installed from the verified copy
 
     updater.reboot_into(io.RebootForUpdate("1.1.0", ("broker", "disk", "camera")))
     assert updater.reboot_request.read_text().strip() == "tryboot"
@@ -168,3 +171,33 @@ def test_a_bundle_that_would_fill_the_data_partition_is_refused_before_any_byte(
     assert "MiB stay free" in done.detail
     assert [line for line in server.requests() if "rapat-1.1.0.raucb" in line] == []
     assert list(updater.dir.iterdir()) == []
+
+
+def test_a_delta_bundle_fetches_only_the_chunks_the_running_slot_lacks(device, device_config, fleet_keys, events,
+                                                                       tmp_path) -> None:  # noqa: ANN001
+    """casync: the bundle holds the root's chunk index; RAUC fetches from the store beside its URL what
+    slot A (the seed) does not have. Installed from the downloaded copy, RAUC would look for a local store."""
+    shared = {"/usr/share/filler.txt": random.Random(12).randbytes(3_000_000).hex()}  # 6 MB in both releases
+    ext4_image(device.dir / "rootfs.A.img", {"/etc/rapat-version": "1.0.0\n", **shared})
+    release = ext4_image(tmp_path / "release.ext4", {"/etc/rapat-version": "1.2.0\n", **shared})
+    served = tmp_path / "served"
+    served.mkdir()
+    bundle, store = build_delta_bundle(served / "rapat-1.2.0.raucb", release, "1.2.0", fleet_keys.cert, fleet_keys.key)
+    with BundleServer(served) as server:
+        updater = Updater(device_config, events, version="1.0.0", trial=lambda: False)
+        updater.fetch(_fetch_effect(bundle, server.url(bundle.name), "1.2.0"))
+        done = events.wait(io.UpdateStepDone)
+        assert (done.step, done.ok) == ("download", True) and "delta" in done.detail, done
+        assert updater.origin_path("1.2.0").read_text().strip() == server.url(bundle.name)
+        updater.install(io.InstallUpdate("1.2.0"))
+        done = events.wait(io.UpdateStepDone, timeout=120)
+        assert (done.step, done.ok) == ("install", True), done
+        sent = [line.split('"') for line in server.requests()]
+    assert device.slot_version("B") == "1.2.0" and device.slot_version("A") == "1.0.0"
+    chunks = [fields for fields in sent if ".castr/" in fields[1]]
+    fetched = sum(int(fields[2].split()[1]) for fields in sent)
+    store_bytes = sum(path.stat().st_size for path in store.rglob("*.cacnk"))
+    print(f"delta install: {fetched} bytes sent in {len(sent)} requests; the store holds {store_bytes} bytes")
+    assert chunks, "no chunk came from the store"
+    assert fetched < store_bytes / 4, f"{fetched} bytes sent of a {store_bytes}-byte store: the seed was not used"
+    assert not updater.origin_path("1.2.0").exists() and not updater.bundle_path("1.2.0").exists()
