@@ -27,7 +27,7 @@ BUILD = REPO / "image-build/build-image"
 SDE = 1764000000
 FACTORY_VERSION = "0.1.0"  # what the flashed slot reports (the software's own version: no RAUC record)
 # What the image holds besides the appliance: RAUC and what it needs; no Pi-only package, no audio engine.
-APT = "python3-systemd rauc rauc-service mtools dbus"
+APT = "python3-systemd rauc rauc-service casync mtools dbus"  # casync: RAUC runs it for delta bundles
 # The lab image's fleet-wide defaults: the test machine's broker and update server as qemu's user
 # network shows them (10.0.2.2), the console's key, no hardware, a short trial.
 LAB_DEFAULTS = """[broker]
