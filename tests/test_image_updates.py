@@ -153,6 +153,20 @@ def _journal_on_data_partition(disk: Path, work: Path, window: tuple[float, floa
         subprocess.run(["umount", str(mount_point)], check=True)
 
 
+def _written_per_day(console_log: str, since: float, until: float) -> dict[str, float]:
+    """Bytes a day each unit wrote to the disk between `since` and `until`, from the lab-only probe's
+    `lab-io <epoch> <unit> <cgroup io.stat>` lines on the serial console (update_lab.IO_PROBE)."""
+    samples: dict[str, list[tuple[int, int]]] = {}
+    for at, unit, stat in re.findall(r"lab-io (\d+) (\S+) ([^\r\n]*)", console_log):
+        samples.setdefault(unit, []).append((int(at), sum(int(n) for n in re.findall(r"wbytes=(\d+)", stat))))
+    rates = {}
+    for unit, points in samples.items():
+        inside = [(at, written) for at, written in points if since - 25 <= at <= until]
+        if len(inside) >= 2 and inside[-1][0] > inside[0][0]:
+            rates[unit] = (inside[-1][1] - inside[0][1]) * 86400 / (inside[-1][0] - inside[0][0])
+    return rates
+
+
 def update_command(key: ConsoleKey, bundle: Path, url: str) -> dict:
     data = bundle.read_bytes()
     return key.command("update", {"version": bundle.name.removeprefix("rapat-").removesuffix(".raucb"), "url": url,
@@ -291,6 +305,9 @@ def test_power_cuts_then_a_kept_update_then_a_broken_one_given_back(lab, tmp_pat
         time.sleep(IDLE_S)
         written, idle = qemu.block_writes(site.qmp) - written, time.monotonic() - started
         timings["card bytes per idle day"] = written * 86400 / idle
+        for unit, per_day in _written_per_day(site.log.read_text(errors="replace"), window_start,
+                                              window_start + idle).items():
+            timings[f"{unit} card bytes per idle day"] = per_day
         # A clean restart (the centre's `reboot`): journald writes out what it holds, which a power cut
         # would lose (SyncIntervalSec=15min).
         mark = observer.mark()

@@ -56,6 +56,27 @@ fi
 exec /opt/rapat-appliance/bin/appliance.real "$@"
 """
 APPLIANCE_BIN = "/opt/rapat-appliance/bin/appliance"
+# Lab only, in every release: what journald and the daemon write, from their cgroups' io.stat (writeback of
+# their dirty pages included), printed every 20 s on the serial console, which the harness keeps, and
+# never into the journal being measured.
+IO_PROBE = """#!/bin/sh
+while :; do
+    for unit in systemd-journald appliance; do
+        echo "lab-io $(date +%s) $unit $(tr '\\n' ' ' < /sys/fs/cgroup/system.slice/$unit.service/io.stat 2>&1)"
+    done
+    sleep 20
+done
+"""
+IO_PROBE_UNIT = """[Unit]
+Description=QEMU lab only: the journal's and the daemon's writes, on the serial console
+[Service]
+ExecStart=/usr/local/sbin/rapat-lab-io
+StandardOutput=tty
+TTYPath=/dev/console
+[Install]
+WantedBy=multi-user.target
+"""
+IO_ACCOUNTING = "[Manager]\nDefaultIOAccounting=yes\nDefaultMemoryAccounting=yes\n"
 COMPATIBLE = "rapat-appliance-rpi"  # image-build's default (--compatible)
 
 
@@ -121,6 +142,17 @@ def release(lab: Lab, work: Path, version: str, *, broken: bool = False, delta: 
     marker = work / f"release-{version}"
     marker.write_text(f"{version}\n")
     requests = [f"write {marker} /etc/rapat-test-release"]
+    probe = {"rapat-lab-io": (IO_PROBE, 0o755), "rapat-lab-io.service": (IO_PROBE_UNIT, 0o644),
+             "rapat-lab-io.conf": (IO_ACCOUNTING, 0o644)}
+    for name, (text, mode) in probe.items():
+        (work / name).write_text(text)
+        (work / name).chmod(mode)
+    requests += ["mkdir /usr/local/sbin", f"write {work / 'rapat-lab-io'} /usr/local/sbin/rapat-lab-io",
+                 f"write {work / 'rapat-lab-io.service'} /etc/systemd/system/rapat-lab-io.service",
+                 "mkdir /etc/systemd/system.conf.d",
+                 f"write {work / 'rapat-lab-io.conf'} /etc/systemd/system.conf.d/rapat-lab-io.conf",
+                 "symlink /etc/systemd/system/multi-user.target.wants/rapat-lab-io.service "
+                 "/etc/systemd/system/rapat-lab-io.service"]
     if broken:
         hanging = work / "hanging-appliance"
         hanging.write_text(HANGING_RUN)
