@@ -282,7 +282,19 @@ class Updater:
             why = next((line.split("LastError:", 1)[1] for line in lines if "LastError:" in line),
                        next((line for line in reversed(lines) if line.strip()), f"exit {code}"))
             raise UpdateStepError(f"rauc install failed: {why.strip()}")
+        if source != str(bundle):
+            self._check_installed(version)
         return "installed into the other slot"
+
+    def _check_installed(self, version: str) -> None:
+        """A bundle RAUC fetched itself must be the version checked: over plain http an older signed
+        bundle could have been put in its place (a downgrade). If not, the slot is never tried."""
+        status = self._rauc_json("status", "--detailed")
+        installed = self._slot_versions(status, self.version)[1] if status is not None else None
+        if installed != version:
+            self._rauc("status", "mark-bad", "other")
+            raise UpdateStepError(f"RAUC installed version {installed!r} from the URL, not the {version!r} checked: "
+                                  "the slot is marked bad and will not be tried")
 
     def _commit(self) -> str:
         for action in ("mark-good", "mark-active"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,30 @@ def test_a_delta_bundle_fetches_only_the_chunks_the_running_slot_lacks(device, d
     assert chunks, "no chunk came from the store"
     assert fetched < store_bytes / 4, f"{fetched} bytes sent of a {store_bytes}-byte store: the seed was not used"
     assert not updater.origin_path("1.2.0").exists() and not updater.bundle_path("1.2.0").exists()
+
+
+def test_a_delta_bundle_swapped_on_the_server_after_the_check_is_refused(device, device_config, fleet_keys, events,
+                                                                        tmp_path) -> None:  # noqa: ANN001
+    """RAUC downloads a delta bundle itself: an older signed release put in its place after the site's
+    check (plain http) is installed by RAUC but caught before any trial boot."""
+    served = tmp_path / "served"
+    served.mkdir()
+    old = ext4_image(tmp_path / "old.ext4", {"/etc/rapat-version": "1.0.5\n"})
+    new = ext4_image(tmp_path / "new.ext4", {"/etc/rapat-version": "1.2.0\n"})
+    build_delta_bundle(tmp_path / "rapat-1.0.5.raucb", old, "1.0.5", fleet_keys.cert, fleet_keys.key)
+    bundle, _ = build_delta_bundle(served / "rapat-1.2.0.raucb", new, "1.2.0", fleet_keys.cert, fleet_keys.key)
+    with BundleServer(served) as server:
+        updater = Updater(device_config, events, version="1.0.0", trial=lambda: False)
+        updater.fetch(_fetch_effect(bundle, server.url(bundle.name), "1.2.0"))
+        assert events.wait(io.UpdateStepDone).ok
+        (tmp_path / "rapat-1.0.5.raucb").replace(bundle)  # the older release, under the checked name
+        (tmp_path / "rapat-1.0.5.castr").rename(served / "rapat-1.0.5.castr")
+        for chunk_dir in (served / "rapat-1.0.5.castr").iterdir():  # its chunks where RAUC will look
+            shutil.copytree(chunk_dir, served / "rapat-1.2.0.castr" / chunk_dir.name, dirs_exist_ok=True)
+        updater.install(io.InstallUpdate("1.2.0"))
+        done = events.wait(io.UpdateStepDone, timeout=120)
+    assert (done.step, done.ok) == ("install", False) and "not the '1.2.0' checked" in done.detail, done
+    assert device.slot_version("B") == "1.0.5"  # RAUC wrote it ...
+    status = json.loads(device.rauc("status", "--detailed", "--output-format=json").stdout)
+    slots = {name: slot for entry in status["slots"] for name, slot in entry.items()}
+    assert slots["rootfs.1"]["boot_status"] == "bad"  # ... and it is never tried
