@@ -161,7 +161,7 @@ def _written_per_day(console_log: str, since: float, until: float) -> dict[str, 
         samples.setdefault(unit, []).append((int(at), sum(int(n) for n in re.findall(r"wbytes=(\d+)", stat))))
     rates = {}
     for unit, points in samples.items():
-        inside = [(at, written) for at, written in points if since - 25 <= at <= until]
+        inside = [(at, written) for at, written in points if since <= at <= until]
         if len(inside) >= 2 and inside[-1][0] > inside[0][0]:
             rates[unit] = (inside[-1][1] - inside[0][1]) * 86400 / (inside[-1][0] - inside[0][0])
     return rates

@@ -64,7 +64,9 @@ def test_echo_reaches_the_client_without_a_canceller(off: Result) -> None:
     assert off.mic_dbfs > -40, off.line()
     assert abs(off.erle_db) < 0.5, off.line()          # the client gets the mic as it is, echo and all
     assert off.added_latency_s == 0, off.line()
-    assert off.near_only_corr > 0.99, off.line()
+    # the talker as the client gets it: the same samples (0.998 quiet; 0.984 once in a busy run, the
+    # feeder's timing wandering inside the near-only section)
+    assert off.near_only_corr > 0.97, off.line()
 
 
 def test_null_canceller_leaves_the_echo(null: Result) -> None:
