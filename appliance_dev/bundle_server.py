@@ -68,6 +68,15 @@ class BundleServer:
         except OSError:
             return []
 
+    def sent(self) -> list[tuple[str, int]]:
+        """Each request line and the body bytes nginx sent for it (combined log format: the quoted
+        request, then status and bytes)."""
+        answers = []
+        for line in self.requests():
+            fields = line.split('"')
+            answers.append((fields[1], int(fields[2].split()[1])))
+        return answers
+
     def close(self) -> None:
         proc.kill(self.child)
         self.child = None

@@ -90,16 +90,6 @@ def _mkfs(tree: Path, image: Path, size_mb: int) -> None:
                     f"{size_mb}M"], check=True, capture_output=True)
 
 
-def _served_bytes(server: BundleServer) -> tuple[int, int]:
-    """Requests and body bytes in nginx's access log (combined format: status, then bytes)."""
-    total = 0
-    lines = server.requests()
-    for line in lines:
-        fields = line.split('"')[2].split()
-        total += int(fields[1])
-    return len(lines), total
-
-
 def _install(device: RaucDevice, source: str) -> float:
     started = time.monotonic()
     done = subprocess.run(["rauc", "install", source], env=device.env, capture_output=True, text=True,
@@ -130,7 +120,8 @@ def measure(root: Path, keys: tuple[Path, Path, Path], work: Path) -> dict:
             make_s = time.monotonic() - started
             with BundleServer(served) as server:
                 install_s = _install(device, server.url(bundle.name))
-                requests, fetched = _served_bytes(server)
+                sent = server.sent()
+                requests, fetched = len(sent), sum(size for _, size in sent)
             if _sha256(device.dir / "rootfs.B.img") != _sha256(image):
                 raise SystemExit(f"{label}: slot B is not release {version}'s image after the delta install")
             store_bytes = sum(path.stat().st_size for path in store.rglob("*") if path.is_file())

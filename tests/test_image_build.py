@@ -667,11 +667,11 @@ def test_the_delta_bundle_installs_from_its_url_seeded_by_the_running_slots(stan
     with device, BundleServer(out) as server:
         result = device.rauc("install", server.url(f"{name}-delta.raucb"))
         assert result.returncode == 0, result.stdout + result.stderr + device.log()
-        sent = [line.split('"') for line in server.requests()]
+        sent = server.sent()
     assert device.files[6].read_bytes() == root_a and "rauc-post-install: boot B" in device.log()
     assert tryboot.booted_slot(device.fat_file(3, "cmdline.txt")) == "B"
     assert device.files[2].read_bytes() == boot_a
-    fetched = sum(int(fields[2].split()[1]) for fields in sent)
+    fetched = sum(size for _, size in sent)
     assert fetched < store_bytes / 10, f"{fetched} bytes fetched of a {store_bytes}-byte store: no seed used"
     # RAUC's set-primary B through the boot-chooser: normal boot stays A, the one tryboot goes to B.
     assert tryboot.parse(device.autoboot.read_text()) == ("A", "B")

@@ -341,13 +341,13 @@ def test_a_delta_release_fetches_only_what_the_running_slots_lack(lab, tmp_path:
         observer.publish(command_topic, update_command(console_key, delta, url[fast] + delta.name))
         assert site.event("update.installed", mark, timeout=1800)["version"] == DELTA
         installed = time.monotonic() - started
-        sent = [line.split('"') for line in fast.requests()]
+        sent = fast.sent()
         assert site.rebooted_for_trial(timeout=300) is True
         assert site.boot(trial=True) == "B"
         assert site.event("update.committed", mark, timeout=BOOT_TIMEOUT_S)["version"] == DELTA
         site.online_running(DELTA, mark)
-    fetched = sum(int(fields[2].split()[1]) for fields in sent)
-    chunks = sum(1 for fields in sent if ".castr/" in fields[1])
+    fetched = sum(size for _, size in sent)
+    chunks = sum(1 for request, _ in sent if ".castr/" in request)
     print(f"qemu delta figures: {fetched} bytes fetched in {len(sent)} requests ({chunks} chunks) for a release whose "
           f"whole bundle is {good.stat().st_size} bytes and whose store is {store_bytes} bytes; command to installed "
           f"{installed:.0f} s")
