@@ -6,12 +6,14 @@ Three short 3 kHz clicks are played into the speaker while ONE recorder stream (
 the speaker's monitor and the raw microphone as two channels of the same frames, so the delay is
 read off samples, not clocks. Each click is found on the speaker channel, then its echo on the
 microphone channel by cross-correlation over 0..MAX_DELAY_S. Blocking (about 3 s): only on the
-self-test's worker thread.
+self-test's worker thread. A take whose recorder lost a click on the speaker's own channel (the
+recorder fell behind in real time; nothing about the room) is taken once more.
 """
 
 from __future__ import annotations
 
 import array
+import contextlib
 import math
 import operator
 import subprocess
@@ -32,10 +34,15 @@ CLICK_AMPLITUDE = 0.5         # -6 dBFS peak: clearly audible, short (2 ms)
 # an echo does (0.9 and more on the rig, with a talker and noise in the room); speech or noise does not.
 MIN_SIMILARITY = 0.6
 MAX_SPREAD_S = 0.003          # clicks agreeing within 3 ms measure the same echo
+TAKES = 2                     # a second take only when the first lost a click on the speaker channel
 
 
 class EchoDelayError(Exception):
     """Why no delay could be measured, in words a technician can act on."""
+
+
+class LostClickError(EchoDelayError):
+    """The recorder missed a click the speaker played: the take is at fault, not the room."""
 
 
 def click() -> array.array:
@@ -44,8 +51,18 @@ def click() -> array.array:
                              for i in range(n)])
 
 
-def measure_echo_delay(speaker: str, microphone: str, *, run: Callable[..., Any] = subprocess.run) -> float:
-    """Seconds from `speaker` (a sink's node name) to `microphone` (a source's); EchoDelayError if none."""
+def measure_echo_delay(speaker: str, microphone: str, *, run: Callable[..., Any] = subprocess.run,
+                       take: Callable[[], array.array] | None = None) -> float:
+    """Seconds from `speaker` (a sink's node name) to `microphone` (a source's); EchoDelayError if none.
+    `take` records one take of the clicks (tests give their own)."""
+    take = take or (lambda: _take(run, speaker, microphone))
+    for _ in range(TAKES - 1):
+        with contextlib.suppress(LostClickError):  # the recorder fell behind, not the room: once more
+            return delay_from_frames(take())
+    return delay_from_frames(take())
+
+
+def _take(run: Callable[..., Any], speaker: str, microphone: str) -> array.array:
     speaker_port, microphone_port = _ports(run, speaker, microphone)
     recorder = _Recorder()
     try:
@@ -57,7 +74,7 @@ def measure_echo_delay(speaker: str, microphone: str, *, run: Callable[..., Any]
         time.sleep(MAX_DELAY_S + 0.2)
     finally:
         frames = recorder.stop()
-    return delay_from_frames(frames)
+    return frames
 
 
 def delay_from_frames(frames: array.array) -> float:
@@ -80,7 +97,7 @@ def delay_from_frames(frames: array.array) -> float:
             delays.append(lag / RATE)  # else drowned (a word, a door): the other clicks may do
         at = played + int(CLICK_GAP_S * RATE * 0.8)
     if played_clicks < CLICKS:
-        raise EchoDelayError(f"only {played_clicks} of {CLICKS} clicks were recorded from the speaker")
+        raise LostClickError(f"only {played_clicks} of {CLICKS} clicks were recorded from the speaker")
     if len(delays) < 2:  # none, or one stretch of speech or noise that happened to look like a click
         raise EchoDelayError("the TV's sound did not reach the microphone: turn the TV's volume up "
                              "(and make sure the microphone is not muted), then run the self-test again")
