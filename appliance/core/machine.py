@@ -19,6 +19,7 @@ from appliance.core import selftest as st
 from appliance.core.clock import Clock, rfc3339
 from appliance.core.floor_flow import FloorFlow
 from appliance.core.outputs import BROKEN_HEALTH, OutputsFlow
+from appliance.core.panel_flow import PanelFlow
 from appliance.core.protocol import (
     DEFAULT_TOPIC_PREFIX,
     INVALID_STATE,
@@ -92,7 +93,7 @@ class Outcome:
     effects: list[io.Effect] = field(default_factory=list)
 
 
-class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow, RemoteFlow):
+class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow, RemoteFlow, PanelFlow):
     def __init__(self, settings: CoreSettings, clock: Clock,
                  replay_memory: dict[str, float | tuple[float, float | None]] | None = None,
                  uptime: UptimeLedger | None = None) -> None:
@@ -193,10 +194,7 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow
 
     def next_deadline(self) -> float | None:
         deadlines = [self._state_deadline, self._floor_deadline(), *self._update_deadlines()]
-        if self._button_down_at is not None and not self._hold_fired:
-            deadlines.append(self._button_down_at + self.settings.hold_s)
-        if self._button_down_at is not None and not self._long_hold_fired:
-            deadlines.append(self._button_down_at + self.settings.selftest_hold_s)
+        deadlines += self._button_deadlines()
         if self._notice:
             deadlines.append(self._notice[1])
         if self.selftest:
@@ -208,13 +206,7 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow
 
     def tick(self) -> list[io.Effect]:
         now = self.clock.monotonic()
-        if self._button_down_at is not None and not self._hold_fired and now >= self._button_down_at + self.settings.hold_s:
-            self._hold_fired = True
-            self._on_hold()
-        if (self._button_down_at is not None and not self._long_hold_fired
-                and now >= self._button_down_at + self.settings.selftest_hold_s):
-            self._long_hold_fired = True
-            self._on_long_hold()
+        self._button_tick(now)
         if self._notice and now >= self._notice[1]:
             self._notice = None
         self._floor_tick(now)
@@ -331,33 +323,6 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow
         self._log("warning", f"command {refusal.command_id or '?'} refused: {refusal}")
         self._ack(refusal.command_id, refusal.command_type, refusal.code, refusal.message)
 
-    def _on_button_down(self, event: io.ButtonDown) -> None:
-        if self.selftest and self.selftest.waiting_press:
-            self.selftest.press_began = True
-            return  # the press belongs to the self-test's panel check, not to the meeting
-        if self._button_down_at is None:
-            self._button_down_at = self.clock.monotonic()
-            self._hold_fired = False
-            self._long_hold_fired = False
-            self._pressed_in = self.state  # a hold that began in a meeting never becomes a self-test
-
-    def _on_button_up(self, event: io.ButtonUp) -> None:
-        run = self.selftest
-        if run and run.waiting_press:
-            if not run.press_began:
-                return  # the release of a press that began before the test: not the test's press
-            elapsed = self.clock.monotonic() - run.started
-            run.record("panel", st.result(True, "selftest.panel.pressed", seconds=f"{elapsed:.1f}"))
-            self._selftest_progress()
-            return
-        if self._button_down_at is None:
-            return
-        was_hold = self._hold_fired
-        self._button_down_at = None
-        self._hold_fired = False
-        if not was_hold:
-            self._on_short_press()
-
     def _on_media_status(self, event: io.MediaStatus) -> None:
         previous = self.health.get(event.kind)
         self.health[event.kind] = event.status
@@ -376,33 +341,6 @@ class ApplianceCore(OutputsFlow, UptimeFlow, SelftestFlow, FloorFlow, UpdateFlow
         self.provision_problems = event.problems
         self._log("error", "site file on the boot partition rejected: " + "; ".join(event.problems))
         self._event("provision.rejected", problems=list(event.problems))
-
-    # --- the panel button -----------------------------------------------------------------------
-    def _on_short_press(self) -> None:
-        step = self._check("press", {})
-        starts_join = step.action == "begin_join"
-        result = "joining" if starts_join else "no_meeting" if self.state == IDLE else "ignored"
-        context: dict[str, Any] = {"reason": "button"}
-        if step.action == "floor_press":
-            # In a meeting the floor says what the press did: requested, listening (withdrawn) or debounced.
-            self._take(step, context)
-            self._event("button.press", result=context["result"])
-            return
-        self._event("button.press", result=result)
-        self._take(step, context)
-
-    def _on_long_hold(self) -> None:
-        step = self._check("long_hold", {})
-        if step.action == "selftest_interactive" and self.selftest is None and self._pressed_in == IDLE:
-            self._event("button.hold", result="selftest", held_s=self.settings.selftest_hold_s)
-            self._button_down_at = None  # the release that follows belongs to nobody
-            self._hold_fired = self._long_hold_fired = False
-            self._take(step, {"reason": "button", "interactive": True})
-
-    def _on_hold(self) -> None:
-        step = self._check("hold", {})
-        self._event("button.hold", result="leaving" if step.target == LEAVING else "ignored")
-        self._take(step, {"reason": "button"})
 
     # --- triggers and the transition table ------------------------------------------------------
     def _trigger(self, action: str, body: dict[str, Any]) -> str:
@@ -589,8 +527,8 @@ EVENT_HANDLERS: dict[type, Callable[[ApplianceCore, Any], None]] = {
     io.PublishDenied: ApplianceCore._on_publish_denied,
     io.PublishAcked: SelftestFlow._on_publish_acked,
     io.MessageReceived: ApplianceCore._on_message,
-    io.ButtonDown: ApplianceCore._on_button_down,
-    io.ButtonUp: ApplianceCore._on_button_up,
+    io.ButtonDown: PanelFlow._on_button_down,
+    io.ButtonUp: PanelFlow._on_button_up,
     io.MediaStatus: ApplianceCore._on_media_status,
     io.HealthReport: ApplianceCore._on_health_report,
     io.ProvisionRejected: ApplianceCore._on_provision_rejected,
