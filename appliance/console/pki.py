@@ -56,8 +56,10 @@ def san_for(host: str) -> list[x509.GeneralName]:
     return names
 
 
-def make_server_cert(host: str, ca_cert_pem: bytes, ca_key_pem: bytes) -> tuple[bytes, bytes]:
-    """Return (certificate PEM, key PEM) for the broker at `host`, signed by the CA."""
+def make_server_cert(host: str, ca_cert_pem: bytes, ca_key_pem: bytes,
+                     alt_names: list[x509.GeneralName] | None = None) -> tuple[bytes, bytes]:
+    """Return (certificate PEM, key PEM) for the server at `host`, signed by the CA; its subjectAltName
+    is `alt_names` when given (the dashboard on every address), else `host`'s (san_for)."""
     ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
     ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -69,7 +71,7 @@ def make_server_cert(host: str, ca_cert_pem: bytes, ca_key_pem: bytes) -> tuple[
         .serial_number(x509.random_serial_number())
         .not_valid_before(start).not_valid_after(start + dt.timedelta(days=365 * SERVER_YEARS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(san_for(host)), critical=False)
+        .add_extension(x509.SubjectAlternativeName(alt_names or san_for(host)), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False,
                                      content_commitment=False, key_encipherment=False, data_encipherment=False,

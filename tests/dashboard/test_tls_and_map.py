@@ -1,10 +1,14 @@
-"""`serve --tls` over real TLS with the console's own CA, and the regency map drawn from the sites CSV's
-lat,lon. Neither needs the broker: the dashboard serves its pages while the broker is away."""
+"""`serve --tls` over real TLS with the console's own CA (and the names its certificate carries), `serve`
+on a port already in use, and the regency map drawn from the sites CSV's lat,lon. None needs the broker:
+the dashboard serves its pages while the broker is away."""
 
 from __future__ import annotations
 
 import http.client
+import json
 import re
+import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -15,6 +19,7 @@ import pytest
 
 from appliance.console.home import Home
 from appliance.console.operators import OperatorBook
+from appliance.console.web.tls import names_of
 from appliance_dev.localnet import free_port
 from appliance_dev.waiting import stop_process, wait_until
 from tests.console.conftest import Console
@@ -103,3 +108,68 @@ def test_serve_tls_uses_the_consoles_ca_and_secure_cookies(home: Console, tmp_pa
             https(port, ssl.create_default_context(), "GET", "/login")
     finally:
         stop_process(process)
+    # A specific bind: the certificate names that address, and only it.
+    assert names_of((home.home / "dashboard" / "dashboard.pem").read_bytes()) == ["127.0.0.1"]
+
+
+def machine_addresses() -> list[str]:
+    """This machine's global addresses as iproute2 lists them (what another machine on the network dials)."""
+    if not shutil.which("ip"):
+        return []
+    listing = json.loads(subprocess.run(["ip", "-j", "addr", "show", "scope", "global"], capture_output=True,
+                                        text=True, check=True).stdout or "[]")
+    return [info["local"] for link in listing for info in link.get("addr_info", []) if info.get("local")]
+
+
+def handshake(port: int, name: str, cafile: Path) -> dict:
+    """A TLS handshake on 127.0.0.1:port checking that the certificate is valid for `name`, as a browser
+    that typed https://name:port/ checks it."""
+    context = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname=name) as tls:
+        return tls.getpeercert()
+
+
+def test_tls_on_every_address_names_the_machine_not_the_wildcard(home: Console, tmp_path: Path) -> None:
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "appliance.console", "--home", str(home.home), "serve",
+                                    "--bind", f"0.0.0.0:{port}", "--tls", "--tls-name", "dasbor.kantor.example",
+                                    "--tls-name", "10.20.30.40"], cwd=ROOT, stdout=log, stderr=log)
+    cafile = Home(home.home).ca_cert
+    try:
+        def up() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"serve --tls exited {process.returncode}: {log_path.read_text()}")
+            try:
+                return bool(handshake(port, "127.0.0.1", cafile))
+            except (ConnectionError, TimeoutError):
+                return False
+
+        wait_until(up, 20, what="the dashboard answering over TLS on 0.0.0.0", interval=0.05)
+        names = names_of((home.home / "dashboard" / "dashboard.pem").read_bytes())
+        assert "0.0.0.0" not in names
+        expected = {socket.gethostname().lower(), socket.getfqdn().lower(), "localhost", "127.0.0.1",
+                    "dasbor.kantor.example", "10.20.30.40", *machine_addresses()}
+        assert expected <= set(names), (expected - set(names), names)
+        # What a browser checks: the host name, the FQDN and each address typed into its address bar.
+        for name in (socket.gethostname(), socket.getfqdn(), *machine_addresses(), "dasbor.kantor.example"):
+            handshake(port, name, cafile)  # raises SSLCertVerificationError for a name not in the certificate
+        with pytest.raises(ssl.SSLCertVerificationError):
+            handshake(port, "elsewhere.example", cafile)
+        assert f"https://{socket.gethostname()}:{port}/" in log_path.read_text()
+    finally:
+        stop_process(process)
+
+
+def test_a_port_in_use_exits_1_naming_the_address(home: Console) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "appliance.console", "--home", str(home.home), "serve",
+                                 "--bind", f"127.0.0.1:{port}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert f"cannot listen on 127.0.0.1:{port}: in use" in result.stderr
+    assert "Traceback" not in result.stderr

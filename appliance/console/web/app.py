@@ -267,8 +267,10 @@ def render_change(dash: Dashboard, change: Change | None, lang: str, role: str, 
     with hub.lock:
         if change is None:
             sites = {site for site, seq in hub.site_seq.items() if seq > since}
+            touched = {site for site, seq in hub.touch_seq.items() if seq > since}
+            rollout = hub.rollout_seq > since
         else:
-            sites = set(change.sites)
+            sites, touched, rollout = set(change.sites), change.touched, change.rollout
         rows = {site: views.row(site, now) for site in sites if site in hub.board.kinds or site in hub.board.states}
         seq = hub.seq
     if rows or change is None:
@@ -279,6 +281,10 @@ def render_change(dash: Dashboard, change: Change | None, lang: str, role: str, 
         out.append(sse("meetings", {"panels": views.meeting_panels(lang, role, now)}))
     if change is not None and change.events:
         out.append(sse("events", {"items": [{"site": site, "text": text, "at": at} for at, site, text in change.events]}))
+    if touched:  # the site page fetches its live part again when its site is named
+        out.append(sse("touched", {"sites": sorted(touched)}))
+    if rollout:  # and the rollout page its report
+        out.append(sse("rollout", {"seq": seq}))
     return out
 
 

@@ -4,8 +4,12 @@ One thread owns the connection (the console's own login, MQTT v5, TLS, as `watch
 it): it subscribes to every site's state, ack, event, self-test, uptime and telemetry, feeds the
 same `WatchBoard` that `watch` draws (problems, floor, time zones) and a `FloorDesk` that sends the
 floor and meeting commands, and tells every subscribed page what changed, at most every
-`FLUSH_S`. When the broker goes away it says so at once (the pages show a banner and grey out what
-they show), then reconnects with a jittered back-off and reloads every retained message.
+`FLUSH_S`: which rows changed, which sites were heard from at all (the site page re-fetches its
+part), and whether what the rollout report counts changed (a site coming online, a self-test).
+It also remembers the heartbeat buckets it heard lately, so the rollout page need not wait for
+`collect` to have stored them. When the broker goes away it says so at once (the pages show a
+banner and grey out what they show), then reconnects with a jittered back-off and reloads every
+retained message.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from typing import Any
 
 from appliance.console.fleet import Fleet, decode, parse_topic
 from appliance.console.floor_desk import FloorDesk, Outgoing
+from appliance.console.records import BUCKET_S
 from appliance.console.watch import WatchBoard
+from appliance.core.clock import parse_rfc3339
 from appliance.core.protocol import site_topic
 
 log = logging.getLogger("appliance.console.web")
@@ -32,6 +38,7 @@ TELEMETRY_KEPT = 240     # per site, in memory, for the site page's graph (the d
 EVENTS_KEPT = 200
 BACKOFF_S = (0.5, 10.0)  # reconnect: first wait, longest wait (doubled each time, with jitter)
 EXTRA_LEAVES = ("event", "selftest", "uptime", "telemetry")  # the desk subscribes to state and ack itself
+HEARD_KEPT_S = 3600.0    # heartbeat buckets heard, kept this long per site (collect's are read every 5 min)
 
 
 class TeeQueue(queue.Queue):
@@ -79,6 +86,12 @@ class Change:
     acks: bool
     events: list[tuple[float, str, str]]
     broker: bool
+    touched: set[str] = field(default_factory=set)  # sites any message came from (state, self-test, telemetry...)
+    rollout: bool = False  # what the rollout report counts changed: a site came online, a new self-test
+
+    def empty(self) -> bool:
+        return not (self.sites or self.meetings or self.acks or self.events or self.broker or self.touched
+                    or self.rollout)
 
 
 class LiveHub:
@@ -93,6 +106,9 @@ class LiveHub:
         self.broker_problem = "connecting to the broker"
         self.seq = 0
         self.site_seq: dict[str, int] = {}
+        self.touch_seq: dict[str, int] = {}  # site -> seq of the last flush that heard from it
+        self.rollout_seq = 0  # seq of the last flush that changed what the rollout report counts
+        self.heard: dict[str, set[int]] = {}  # site -> heartbeat buckets heard lately (records.BUCKET_S)
         self.telemetry: dict[str, deque[dict[str, Any]]] = {}
         self.uptime: dict[str, dict[str, Any]] = {}
         self.events: deque[tuple[float, str, str]] = deque(maxlen=EVENTS_KEPT)
@@ -177,7 +193,8 @@ class LiveHub:
         self.desk = desk
         with self.lock:
             self._pending.sites.update(self.board.kinds)  # everything may have changed while away
-            self._pending.meetings = True
+            self._pending.touched.update(self.board.kinds)
+            self._pending.meetings = self._pending.rollout = True
         self._set_broker(True, None)
         return fleet
 
@@ -217,6 +234,8 @@ class LiveHub:
         site, leaf = parsed
         with self.lock:
             pending = self._pending
+            if leaf != "ack":
+                pending.touched.add(site)
             if leaf == "ack":
                 self._take_ack(site, decode(payload))
                 return
@@ -233,17 +252,40 @@ class LiveHub:
                 document = decode(payload)
                 if document is not None:
                     self.telemetry.setdefault(site, deque(maxlen=TELEMETRY_KEPT)).append(document)
+                    self._heard(site, document.get("at"))
                 return
             if leaf == "uptime":
                 document = decode(payload)
                 if document is not None:
                     self.uptime[site] = document
                     pending.sites.add(site)
+            if leaf == "state":
+                was_online = (self.board.states.get(site) or {}).get("online") is True
+                document = decode(payload)
+                if document is not None and document.get("online") is True:
+                    self._heard(site, document.get("at"))
+                    pending.rollout = pending.rollout or not was_online
+            elif leaf == "selftest":
+                before = (self.board.selftests.get(site) or {}).get("at")
+                document = decode(payload)
+                pending.rollout = pending.rollout or document is None or document.get("at") != before
             changed = self.board.feed(topic, payload)
             if changed is not None:
                 pending.sites.add(changed)
                 if leaf == "state":
                     pending.meetings = True
+
+    def _heard(self, site: str, at: Any) -> None:
+        """A heartbeat bucket, as `collect` stores one for a site's online state or telemetry (lock held)."""
+        try:
+            moment = parse_rfc3339(at)
+        except (TypeError, ValueError):
+            return
+        buckets = self.heard.setdefault(site, set())
+        buckets.add(int(moment // BUCKET_S))
+        if len(buckets) > 2 * HEARD_KEPT_S / BUCKET_S:
+            newest = max(buckets)
+            buckets.difference_update([b for b in buckets if b < newest - HEARD_KEPT_S / BUCKET_S])
 
     def _take_ack(self, site: str, ack: dict[str, Any] | None) -> None:
         if ack is None:
@@ -266,12 +308,16 @@ class LiveHub:
     def _flush(self) -> None:
         with self.lock:
             pending = self._pending
-            if not (pending.sites or pending.meetings or pending.acks or pending.events or pending.broker):
+            if pending.empty():
                 return
             self.seq += 1
             pending.seq = self.seq
             for site in pending.sites:
                 self.site_seq[site] = self.seq
+            for site in pending.touched:
+                self.touch_seq[site] = self.seq
+            if pending.rollout:
+                self.rollout_seq = self.seq
             self._pending = Change(0, set(), False, False, [], False)
             listeners = list(self._listeners)
         for listener in listeners:

@@ -1,11 +1,14 @@
-"""The dashboard's pages: Armada (fleet), one site, Rapat (meeting), Target Oktober (rollout)."""
+"""The dashboard's pages: Armada (fleet), one site, Rapat (meeting), Target Oktober (rollout).
+
+The site page and the rollout page are live by parts: with `?fragment=1` they answer only their
+changing part (`_site.html`, `_rollout.html`), which the script fetches again when the server-sent
+events say that part changed (a message from that site; a change the rollout report counts).
+"""
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
-from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from appliance.console import records, rollout, rollout_html, site_cli, sitelook
+from appliance.console import rollout_html, site_cli, sitelook
 from appliance.console.context import Context
 from appliance.console.errors import BadInput
 from appliance.console.home import Home
@@ -22,6 +25,7 @@ from appliance.console.web import svg
 from appliance.console.web.app import Dashboard
 from appliance.console.web.auth import Session
 from appliance.console.web.i18n import translator
+from appliance.console.web.rollout_view import RolloutView
 from appliance.core.floor import FLOOR_MODES
 from appliance.core.protocol import GROUPS, SITE_KINDS
 
@@ -59,36 +63,21 @@ def site_document(dash: Dashboard, site: str) -> dict[str, Any]:
     return document
 
 
-def rollout_report(dash: Dashboard) -> dict[str, Any]:
-    """The rollout report with the CLI's default criteria, as of now (`appliance-console rollout --json`)."""
-    parser = argparse.ArgumentParser()
-    rollout.add_arguments(parser)
-    args = parser.parse_args([])
-    criteria = rollout.parse_criteria(args)
-    at = time.time()
-    target = date(datetime.fromtimestamp(at, criteria.tz).year, 10, 31)
-    ctx = _context(dash)
-    try:
-        db = records.connect(ctx.home.database)
-        try:
-            return rollout.build(rollout.load(db, ctx.store.db), at, target, rollout.parse_targets(args.targets), criteria)
-        finally:
-            db.close()
-    finally:
-        ctx.close()
-
-
 def _series(document: dict[str, Any], key: str) -> list[tuple[float, float]]:
     return [(item["at"], float(item[key])) for item in document["telemetry_series"] if isinstance(item[key], (int, float))]
 
 
 def page_routes(dash: Dashboard, page: Callable[..., Any]) -> list[Route]:
     views = dash.views
+    rollout_view = RolloutView(dash.hub, dash.home_root)
 
-    def render(template: str, session: Session, active: str, **context: Any) -> HTMLResponse:
+    def render(template: str, session: Session, active: str, seq: int | None = None, **context: Any) -> HTMLResponse:
         html = views.render(template, session.lang, session=session, active=active, broker_ok=dash.hub.broker_ok,
-                            broker_problem=dash.hub.broker_problem, seq=dash.hub.seq, **context)
+                            broker_problem=dash.hub.broker_problem, seq=dash.hub.seq if seq is None else seq, **context)
         return HTMLResponse(html)
+
+    def fragment(request: Request) -> bool:
+        return request.query_params.get("fragment") == "1"
 
     async def fleet(request: Request, session: Session) -> Response:
         now = time.time()
@@ -103,9 +92,12 @@ def page_routes(dash: Dashboard, page: Callable[..., Any]) -> list[Route]:
 
     async def one_site(request: Request, session: Session) -> Response:
         site = request.path_params["site"]
+        seq = dash.hub.seq  # before reading: a change after this is sent to the page, never lost in between
         try:
             document = await run_in_threadpool(site_document, dash, site)
         except BadInput as exc:
+            if fragment(request):
+                return HTMLResponse("", status_code=404)
             return HTMLResponse(views.render("error.html", session.lang, session=session, active="fleet",
                                              message=exc.message, broker_ok=dash.hub.broker_ok, seq=0), status_code=404)
         t = translator(session.lang)
@@ -113,8 +105,11 @@ def page_routes(dash: Dashboard, page: Callable[..., Any]) -> list[Route]:
                   svg.line_graph(t("memory"), _series(document, "mem_available_mb"), css="line mem"),
                   svg.line_graph(t("reconnects"), _series(document, "mqtt_reconnects"), css="line rec")]
         uptime = (document.get("uptime") or {}).get("days") or []
-        return render("site.html", session, "fleet", doc=document, graphs=[g for g in graphs if g],
-                      uptime_days=[day for day in uptime if isinstance(day, dict)][-14:], site_id=site)
+        context = {"doc": document, "graphs": [g for g in graphs if g], "site_id": site,
+                   "uptime_days": [day for day in uptime if isinstance(day, dict)][-14:]}
+        if fragment(request):
+            return HTMLResponse(views.render("_site.html", session.lang, **context))
+        return render("site.html", session, "fleet", seq, **context)
 
     async def meeting(request: Request, session: Session) -> Response:
         now = time.time()
@@ -128,11 +123,14 @@ def page_routes(dash: Dashboard, page: Callable[..., Any]) -> list[Route]:
                       groups=GROUPS, modes=FLOOR_MODES, preset=preset, streams=streams, sites=sorted(views.sites))
 
     async def rollout_page(request: Request, session: Session) -> Response:
-        report = await run_in_threadpool(rollout_report, dash)
+        seq = dash.hub.seq
+        report = await run_in_threadpool(rollout_view.report)
         not_ready = [row for row in report["sites"] if not row["ready"]]
         not_ready.sort(key=lambda r: (r["kind"] != "kecamatan", len(r["reasons"]), r["name"]))
-        return render("rollout.html", session, "rollout", report=report, chart=rollout_html.chart(report),
-                      not_ready=not_ready[:300], fragment=request.query_params.get("fragment") == "1")
+        context = {"report": report, "chart": rollout_html.chart(report), "not_ready": not_ready[:300]}
+        if fragment(request):
+            return HTMLResponse(views.render("_rollout.html", session.lang, **context))
+        return render("rollout.html", session, "rollout", seq, **context)
 
     return [Route("/", page(dash, fleet)), Route("/sites/{site}", page(dash, one_site)),
             Route("/meeting", page(dash, meeting)), Route("/rollout", page(dash, rollout_page))]

@@ -1,15 +1,21 @@
-"""`appliance-console serve [--bind ADDR:PORT] [--tls]`: the dashboard on uvicorn.
+"""`appliance-console serve [--bind ADDR:PORT] [--tls [--tls-name NAME]...]`: the dashboard on uvicorn.
 
-`--tls` issues (once) a server certificate from the console's own CA (pki.py) for the bound host,
-kept in the home's `dashboard/` directory: browsers that trust the console's CA (the same CA the
-sites trust for the broker) see a valid certificate; nothing is fetched from outside.
+`--tls` issues (once) a server certificate from the console's own CA (pki.py) for the names a
+browser uses to reach the bound address (tls.py), kept in the home's `dashboard/` directory:
+browsers that trust the console's CA (the same CA the sites trust for the broker) see a valid
+certificate; nothing is fetched from outside.
+
+The listening sockets are bound here, before uvicorn starts, so an address in use (or not this
+machine's) is the CLI's exit 1 with the address named; uvicorn would exit 3 by itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import logging
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +26,7 @@ from appliance.console.home import atomic_write_many
 from appliance.console.store import CONSOLE_USERNAME
 
 DEFAULT_BIND = "127.0.0.1:8080"
+BACKLOG = 2048  # uvicorn's default
 STATIC = Path(__file__).parent / "static"
 
 
@@ -40,25 +47,59 @@ def parse_bind(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def server_certificate(ctx: Context, host: str) -> tuple[Path, Path]:
-    """The dashboard's certificate and key for `host`, issued by the console's CA when missing or for another host."""
-    from cryptography import x509  # noqa: PLC0415
-
-    from appliance.console import pki  # noqa: PLC0415
+def server_certificate(ctx: Context, names: list[str]) -> tuple[Path, Path]:
+    """The dashboard's certificate and key for `names`, issued by the console's CA when missing or
+    for other names."""
+    from appliance.console.web import tls  # noqa: PLC0415
 
     directory = ctx.home.root / "dashboard"
     cert_path, key_path = directory / "dashboard.pem", directory / "dashboard-key.pem"
-    if cert_path.exists() and key_path.exists():
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        if cert.subject.rfc4514_string() == f"CN={host}":
-            return cert_path, key_path
+    if cert_path.exists() and key_path.exists() and set(tls.names_of(cert_path.read_bytes())) == set(names):
+        return cert_path, key_path
     try:
         ca_cert, ca_key = ctx.home.ca_cert.read_bytes(), ctx.home.ca_key.read_bytes()
     except OSError as exc:
         raise Refused(f"--tls needs the console's CA ({ctx.home.ca_cert}): {exc.strerror or exc}") from None
-    cert_pem, key_pem = pki.make_server_cert(host, ca_cert, ca_key)
+    cert_pem, key_pem = tls.issue(names, ca_cert, ca_key)
     atomic_write_many({cert_path: (cert_pem, 0o644), key_path: (key_pem, 0o600)})
     return cert_path, key_path
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address `host` stands for (as asyncio would bind them); Refused
+    (exit 1) naming the address when one cannot be had."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise Refused(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    sockets: list[socket.socket] = []
+    refused: OSError | None = None
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+                sock.listen(BACKLOG)
+            except OSError as exc:
+                if exc.errno != errno.EADDRNOTAVAIL:  # not available: that family is off here (asyncio skips it too)
+                    raise
+                sockets.pop().close()
+                refused = exc
+        if not sockets:
+            raise refused or OSError(errno.EADDRNOTAVAIL, "no address to listen on")
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        why = "in use by another program" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        if exc.errno == errno.EADDRNOTAVAIL:
+            why = "not an address of this machine"
+        raise Refused(f"cannot listen on {where}: {why}") from None
+    return sockets
 
 
 def build_dashboard(ctx: Context, *, tls: bool, clock: Any = None) -> Any:
@@ -94,10 +135,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"where to listen (default {DEFAULT_BIND}: this machine only)")
     parser.add_argument("--tls", action="store_true",
                         help="HTTPS with a certificate issued by the console's own CA (Secure cookies, HSTS)")
+    parser.add_argument("--tls-name", action="append", default=[], metavar="NAME",
+                        help="with --tls: one more name (DNS name or IP address) for the certificate, such as an "
+                             "alias in the centre's DNS; repeatable")
 
 
 def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
     host, port = parse_bind(args.bind)
+    if args.tls_name and not args.tls:
+        raise BadInput("--tls-name only goes with --tls")
     try:
         import uvicorn  # noqa: PLC0415
 
@@ -106,22 +152,37 @@ def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
         raise Refused(f"the dashboard needs the console's web packages ({exc.name} is missing): "
                       "pip install 'rapat-appliance[console]' (or Debian's python3-starlette python3-uvicorn "
                       "python3-jinja2)") from None
+    from appliance.console.web import tls  # noqa: PLC0415
+
+    extra = [tls.check_name(name) for name in args.tls_name]
     dashboard = build_dashboard(ctx, tls=args.tls)
-    ssl = {}
+    ssl, names = {}, []
     if args.tls:
-        cert, key = server_certificate(ctx, host)
+        names = tls.certificate_names(host, extra)
+        cert, key = server_certificate(ctx, names)
         ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
-    ctx.close()  # every request opens its own connection to the database, in its own thread
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    scheme = "https" if args.tls else "http"
-    print(f"appliance-console: dashboard on {scheme}://{host}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
-    config = uvicorn.Config(create_app(dashboard, str(STATIC)), host=host, port=port, log_level="warning",
-                            access_log=False, lifespan="on", **ssl)
-    server = uvicorn.Server(config)
+    sockets = listen(host, port)
     try:
-        server.run()
-    except OSError as exc:
-        raise Refused(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        ctx.close()  # every request opens its own connection to the database, in its own thread
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        scheme = "https" if args.tls else "http"
+        shown = socket.gethostname() if tls.is_wildcard(host) else f"[{host}]" if ":" in host else host
+        everywhere = f", every address of this machine ({host or '0.0.0.0'})" if tls.is_wildcard(host) else ""
+        print(f"appliance-console: dashboard on {scheme}://{shown}:{port}/{everywhere} (Ctrl-C to stop)",
+              file=sys.stderr, flush=True)
+        if names:
+            print(f"appliance-console: its certificate names {', '.join(names)}", file=sys.stderr, flush=True)
+        config = uvicorn.Config(create_app(dashboard, str(STATIC)), host=host, port=port, log_level="warning",
+                                access_log=False, lifespan="on", **ssl)
+        server = uvicorn.Server(config)
+        try:
+            server.run(sockets=sockets)
+        except SystemExit as exc:  # uvicorn's own start-up failure (exit 3): the CLI's codes are 0, 1 and 2
+            raise Refused(f"the dashboard on {host}:{port} could not start (uvicorn exit {exc.code}); "
+                          "see the lines above") from None
+    finally:
+        for sock in sockets:
+            sock.close()
     if not server.started:
-        raise Refused(f"cannot listen on {host}:{port} (in use, or not an address of this machine)")
+        raise Refused(f"the dashboard on {host}:{port} stopped before it started; see the lines above")
     return 0

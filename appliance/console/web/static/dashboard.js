@@ -125,6 +125,38 @@
     }
   }
 
+  // The site page's and the rollout page's live parts: the server renders them again (?fragment=1)
+  // and the page swaps them in. At most one request a second per page, however many changes arrive
+  // (242 sites reporting are not 242 requests), and always one after the last change.
+  function refresher(box, url, gapMs) {
+    let last = 0, timer = null, busy = false, again = false;
+    async function run() {
+      timer = null;
+      if (busy) { again = true; return; }
+      busy = true;
+      last = Date.now();
+      try {
+        const response = await fetch(url, {credentials: "same-origin"});
+        // Redirected: the session ended (the login page is no fragment); the next page load says so.
+        if (response.ok && !response.redirected) box.replaceChildren(fragment(await response.text()));
+      } catch (e) { /* unreachable now: the next change tries again */ }
+      busy = false;
+      if (again) { again = false; kick(); }
+    }
+    function kick() {
+      if (!timer) timer = setTimeout(run, Math.max(0, last + gapMs - Date.now()));
+    }
+    return kick;
+  }
+
+  const siteLive = $("#site-live");
+  const refreshSite = siteLive &&
+    refresher(siteLive, "/sites/" + encodeURIComponent(siteLive.dataset.site) + "?fragment=1", 1000);
+  const rollout = $("#rollout-body");
+  const refreshRollout = rollout && refresher(rollout, "/rollout?fragment=1", 1000);
+  // What time alone changes (a site becoming "offline" after 24 h, the days left): every 5 minutes.
+  if (refreshRollout) setInterval(refreshRollout, 300 * 1000);
+
   if (page && page !== "login" && window.EventSource) {
     const source = new EventSource("/api/events?since=" + encodeURIComponent(body.dataset.seq || "0"));
     source.addEventListener("broker", (e) => { const d = JSON.parse(e.data); brokerBanner(d.ok, d.text); });
@@ -137,6 +169,10 @@
     });
     source.addEventListener("meetings", (e) => showPanels(JSON.parse(e.data).panels));
     source.addEventListener("events", (e) => addEvents(JSON.parse(e.data).items));
+    source.addEventListener("touched", (e) => {
+      if (refreshSite && JSON.parse(e.data).sites.includes(siteLive.dataset.site)) refreshSite();
+    });
+    source.addEventListener("rollout", () => { if (refreshRollout) refreshRollout(); });
     source.addEventListener("open", () => { body.dataset.connected = "1"; });
     source.addEventListener("error", () => { body.dataset.connected = "0"; });
   }
@@ -202,17 +238,5 @@
         notice(result.body.command.type + " " + result.body.command.id + ": " + s.ok + "/" + s.targeted + " ok", false);
       }
     });
-  }
-
-  // --- the rollout page: recomputed by the server every 30 s --------------------------------------
-  const rollout = $("#rollout-body");
-  if (rollout) {
-    setInterval(async () => {
-      const response = await fetch("/rollout", {credentials: "same-origin"});
-      if (!response.ok) return;
-      const doc = new DOMParser().parseFromString(await response.text(), "text/html");
-      const fresh = doc.getElementById("rollout-body");
-      if (fresh) rollout.replaceChildren(...fresh.childNodes);
-    }, 1000 * parseInt(rollout.dataset.refresh || "30", 10));
   }
 })();
