@@ -246,7 +246,7 @@ def install_system(root: Path, repo: Path, defaults: Path | None, read_only: boo
     for drop_in in ("system.conf.d", "journald.conf.d"):
         for conf in (units / drop_in).glob("*.conf"):
             _install(conf, root / "etc/systemd" / drop_in / conf.name, 0o644)
-    for kind in ("sysusers.d", "tmpfiles.d"):
+    for kind in ("sysusers.d", "tmpfiles.d", "sysctl.d"):
         for conf in (units / kind).glob("*.conf"):
             _install(conf, root / "usr/lib" / kind / conf.name, 0o644)
     _install(units / "audio/rapat-audio-engine", root / AUDIO_ENGINE.lstrip("/"), 0o755)

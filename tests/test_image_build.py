@@ -241,6 +241,7 @@ def test_image_holds_units_users_permissions_and_config(stand_in_images, stand_i
         assert "v4l2_monitor.enabled = false" in (audio / "wireplumber/main.lua.d/60-rapat-appliance.lua").read_text()
         assert "RuntimeWatchdogSec=14" in (root / "etc/systemd/system.conf.d/10-rapat-watchdog.conf").read_text()
         assert "Storage=persistent" in (root / "etc/systemd/journald.conf.d/10-rapat-journal.conf").read_text()
+        assert "vm.dirty_expire_centisecs = 90000" in (root / "usr/lib/sysctl.d/60-rapat-card-wear.conf").read_text()
 
         passwd = {line.split(":")[0]: line.split(":") for line in (root / "etc/passwd").read_text().splitlines()}
         group = {line.split(":")[0]: line.split(":") for line in (root / "etc/group").read_text().splitlines()}

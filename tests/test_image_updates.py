@@ -22,12 +22,17 @@ In one run, in this order (each step needs the one before):
 Then, from the factory image again:
 6. A delta (casync) release: RAUC fetches from the store beside the bundle only the chunks the
    running slots lack; the trial boot keeps it. The bytes fetched are printed.
+And once more from the factory image:
+7. The journal of a meeting reaches the card in one writeback, not one per active half-minute: the
+   image's `vm.dirty_expire_centisecs` (15 min, journald's SyncIntervalSec) is in force, and journald's
+   cgroup writes come in bursts that far apart. Bytes per burst are printed (about 35 min).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import re
 import shutil
@@ -44,12 +49,13 @@ from appliance_dev.bundle_server import BundleServer
 from appliance_dev.localnet import free_port
 from appliance_dev.recorder import MqttRecorder
 from tests.image_support import inspect, qemu, update_lab
-from tests.support.site import ConsoleKey
+from tests.support.site import ConsoleKey, meeting_body
 
 SITE = "qemu-site"
 GOOD, BROKEN, DELTA = "0.2.0", "0.3.0", "0.4.0"
 HEALTH_TIMEOUT_S = 60
 IDLE_S = 300  # the window in which an idle site's writes to its card are counted
+WRITEBACK_S = 15 * 60  # the image's vm.dirty_expire_centisecs (systemd/sysctl.d/60-rapat-card-wear.conf)
 BOOT_TIMEOUT_S = 900  # emulated arm64 on 2 cores; measured boot to READY: about 80 s
 TOOLS = ["qemu-system-aarch64", "debootstrap", "qemu-aarch64-static", "rauc", "mksquashfs", "debugfs", "mcopy", "casync"]
 _missing = [tool for tool in TOOLS if not shutil.which(tool)]
@@ -167,6 +173,21 @@ def _written_per_day(console_log: str, since: float, until: float) -> dict[str, 
     return rates
 
 
+def _write_bursts(console_log: str, unit: str, gap_s: float = 60) -> list[tuple[int, int]]:
+    """(time, bytes) of each burst of `unit`'s writes to the disk: rises of its io.stat wbytes in the
+    probe's 20-s samples, rises less than `gap_s` apart counted as one."""
+    points = [(int(at), sum(int(n) for n in re.findall(r"wbytes=(\d+)", stat)))
+              for at, name, stat in re.findall(r"lab-io (\d+) (\S+) ([^\r\n]*)", console_log) if name == unit]
+    bursts: list[list[int]] = []
+    for (_, before), (at, after) in itertools.pairwise(points):
+        if after > before:
+            if bursts and at - bursts[-1][0] < gap_s:
+                bursts[-1][1] += after - before
+            else:
+                bursts.append([at, after - before])
+    return [(at, written) for at, written in bursts]
+
+
 def update_command(key: ConsoleKey, bundle: Path, url: str) -> dict:
     data = bundle.read_bytes()
     return key.command("update", {"version": bundle.name.removeprefix("rapat-").removesuffix(".raucb"), "url": url,
@@ -195,9 +216,10 @@ def lab(tmp_path_factory):  # noqa: ANN201
 
 
 @contextlib.contextmanager
-def _booted_lab(built, releases: Path, tmp_path: Path):  # noqa: ANN001, ANN202
+def _booted_lab(built, releases: Path, tmp_path: Path, probe: bool = False):  # noqa: ANN001, ANN202
     """The build's image with a site file on its boot partition, a broker on the lab's port, nginx at
-    full speed and at 1 MB/s serving the releases: (site, observer, {server: URL}, fast, slow, disk)."""
+    full speed and at 1 MB/s serving the releases: (site, observer, {server: URL}, fast, slow, disk).
+    `probe`: the factory slot gets the lab's write probe too (releases always have it)."""
     broker = Mosquitto(tmp_path / "broker", port=built.broker_port).start()
     observer = MqttRecorder(broker.port, f"{DEFAULT_TOPIC_PREFIX}/#")
     fast = BundleServer(releases).start()
@@ -205,7 +227,9 @@ def _booted_lab(built, releases: Path, tmp_path: Path):  # noqa: ANN001, ANN202
     url = {server: f"http://10.0.2.2:{server.port}/" for server in (fast, slow)}
     site = None
     try:
-        with inspect.opened(built.image_xz, tmp_path) as image:
+        with inspect.opened(built.image_xz, tmp_path, writable=probe) as image:
+            if probe:
+                update_lab.install_probe(image.root)
             kernel, initrd = tmp_path / "vmlinuz", tmp_path / "initrd.img"
             shutil.copy(next(image.root.glob("boot/vmlinuz-*")), kernel)
             shutil.copy(next(image.root.glob("boot/initrd.img-*")), initrd)
@@ -352,3 +376,61 @@ def test_a_delta_release_fetches_only_what_the_running_slots_lack(lab, tmp_path:
           f"whole bundle is {good.stat().st_size} bytes and whose store is {store_bytes} bytes; command to installed "
           f"{installed:.0f} s")
     assert chunks and fetched < good.stat().st_size / 20, (fetched, good.stat().st_size)
+
+
+def test_a_meeting_reaches_the_card_in_one_journal_writeback(lab, tmp_path: Path) -> None:
+    """7. From the factory image (with the lab's probe): after the boot's own log has been written back,
+    a meeting with six floor turns over about six minutes logs its lines; journald's writes for them
+    reach the card in one burst about WRITEBACK_S later. With the kernel's default (30 s) each active
+    half-minute would be a burst of its own: seven or more here."""
+    built, console_key, good, _, _ = lab
+    command_topic = site_topic(DEFAULT_TOPIC_PREFIX, SITE, "cmd")
+
+    def send(kind: str, body: dict) -> None:
+        command = console_key.command(kind, body, to=[SITE])
+        mark = observer.mark()
+        observer.publish(command_topic, command)
+        assert observer.ack_for(command["id"], SITE, timeout=60, after=mark)["ok"], kind
+
+    with _booted_lab(built, good.parent, tmp_path, probe=True) as (site, observer, _, _, _, _):
+        mark = observer.mark()
+        assert site.boot() == "A"
+        site.online_running(update_lab.FACTORY_VERSION, mark)
+        assert "lab-vm dirty_expire_centisecs 90000" in site.log.read_text(errors="replace")
+        online_at = int(time.time())
+        # The boot's log: written back about WRITEBACK_S after journald first dirtied the file (its flush
+        # from RAM early in the boot may come first). The meeting starts once that is over and journald
+        # has been quiet for a minute, so its pages are dirtied afresh.
+        time.sleep(WRITEBACK_S + 60)
+        quiet_deadline = time.monotonic() + 600
+        while (bursts := _write_bursts(site.log.read_text(errors="replace"), "systemd-journald")) \
+                and bursts[-1][0] > time.time() - 80:
+            assert time.monotonic() < quiet_deadline, f"journald never went quiet: {bursts}"
+            time.sleep(20)
+        assert any(at >= online_at for at, _ in bursts), f"the boot's log was not written back by now: {bursts}"
+        meeting_started = int(time.time())
+        meeting = {**meeting_body("journal-day", host="10.0.2.2", auto_join=True), "floor": "moderated"}
+        mark = observer.mark()
+        send("meeting.start", meeting)
+        site.state(lambda state: state.get("state") == "in_meeting", timeout=120, after=mark)
+        for _ in range(6):
+            send("floor.grant", {"meeting_id": meeting["meeting_id"]})
+            time.sleep(30)
+            send("floor.revoke", {"meeting_id": meeting["meeting_id"]})
+            time.sleep(30)
+        mark = observer.mark()
+        send("meeting.end", {"meeting_id": meeting["meeting_id"]})
+        site.state(lambda state: state.get("state") == "idle", timeout=120, after=mark)
+        meeting_ended = int(time.time())
+        time.sleep(max(0, meeting_started + WRITEBACK_S + 180 - time.time()))
+        log = site.log.read_text(errors="replace")
+        bursts = _write_bursts(log, "systemd-journald")
+        after_boot = [(at, written) for at, written in bursts if at >= meeting_started]
+        journal = site.logs(console_key, 400)
+        figures = {"bursts": bursts, "meeting": (meeting_started, meeting_ended),
+                   "meeting lines in the journal": sum(1 for line in journal if "journal-day" in line or "floor" in line)}
+        print(f"qemu journal figures: {figures}")
+        assert after_boot, "the meeting's log never reached the card"
+        # One writeback (two if the kernel's flusher split the file's pages across its 5-s wake-ups).
+        assert len(after_boot) <= 2, after_boot
+        assert after_boot[0][0] - meeting_started >= WRITEBACK_S - 120, after_boot

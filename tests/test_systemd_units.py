@@ -236,6 +236,31 @@ def test_drop_in_keys_are_known_to_systemd(conf: str, binary: str, section: str)
         assert parser[section]["SystemMaxUse"] and parser[section]["SystemKeepFree"] and parser[section]["RuntimeMaxUse"]
 
 
+def test_the_daemon_logs_as_appliance_and_a_flood_is_capped() -> None:
+    unit = UNITS / "appliance.service"
+    assert unit_values(unit, "Service", "SyslogIdentifier") == ["appliance"]
+    assert unit_values(unit, "Service", "LogRateLimitIntervalSec") == ["30s"]
+    assert int(unit_values(unit, "Service", "LogRateLimitBurst")[0]) <= 1000  # journald's default is 10,000
+
+
+def test_the_card_sees_the_journal_no_more_often_than_journald_syncs_it() -> None:
+    """The sysctl drop-in names a real kernel setting (/proc/sys), and the kernel's writeback of unsynced
+    pages waits as long as journald's own sync interval: without it, journald's pages reach the card
+    every 30 s whatever SyncIntervalSec says (benchmarks/bench_journal.py)."""
+    settings = {}
+    for line in (UNITS / "sysctl.d/60-rapat-card-wear.conf").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, value = (part.strip() for part in line.split("=", 1))
+            settings[key] = int(value)
+    assert list(settings) == ["vm.dirty_expire_centisecs"]
+    assert Path("/proc/sys", *"vm.dirty_expire_centisecs".split(".")).exists()
+    parser = configparser.ConfigParser()
+    parser.optionxform = str
+    parser.read(UNITS / "journald.conf.d/10-rapat-journal.conf")
+    assert parser["Journal"]["SyncIntervalSec"] == "15min"
+    assert settings["vm.dirty_expire_centisecs"] == 15 * 60 * 100
+
+
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers not installed")
 def test_sysusers_and_tmpfiles_create_user_and_directories(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()

@@ -64,12 +64,47 @@ def under_systemd(environ: dict[str, str] | None = None) -> bool:
     return bool(environ.get("JOURNAL_STREAM") or environ.get("INVOCATION_ID"))
 
 
+# The syslog priority journald gives a line that starts with "<N>" (SyslogLevelPrefix=, on by default).
+SYSLOG_PRIORITY = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+
+
+class JournalLineFormatter(logging.Formatter):
+    """For stderr when it is the unit's journal stream: the record's syslog priority as a "<N>" prefix on
+    every line, so journald files each line (a traceback's too) at the record's priority."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = next((number for level, number in SYSLOG_PRIORITY if record.levelno >= level), 7)
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())
+
+
+def stderr_is_journal(environ: dict[str, str] | None = None) -> bool:
+    """True when systemd connected stderr to the journal: $JOURNAL_STREAM names stderr's device:inode."""
+    environ = os.environ if environ is None else environ
+    try:
+        stat = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return environ.get("JOURNAL_STREAM", "") == f"{stat.st_dev}:{stat.st_ino}"
+
+
 def setup_logging(level: int = logging.INFO) -> str:
-    """Log to the journal under systemd, to stderr otherwise; return which one was chosen."""
+    """Log to the journal under systemd, to stderr otherwise; return which one was chosen.
+
+    Under systemd the lines go to the journal through the unit's stderr stream, each with its priority
+    prefix, rather than python-systemd's JournalHandler: a stream entry carries one field that changes
+    with every line (MESSAGE), a native one three more (the source timestamp journald adds, the
+    handler's CODE_LINE and CODE_ARGS), and each such value lands on a scattered page of the journal
+    file on the SD card. Measured: the day's journal writes to the card about halve
+    (benchmarks/bench_journal.py, docs/performance.md "The journal on the card")."""
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(level)
-    if under_systemd():
+    if stderr_is_journal():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JournalLineFormatter("%(message)s"))
+        root.addHandler(handler)
+        return "journal"
+    if under_systemd():  # stderr goes elsewhere (a terminal, a file): the native protocol then
         try:
             from systemd.journal import JournalHandler  # noqa: PLC0415
 

@@ -60,6 +60,7 @@ APPLIANCE_BIN = "/opt/rapat-appliance/bin/appliance"
 # their dirty pages included), printed every 20 s on the serial console, which the harness keeps, and
 # never into the journal being measured.
 IO_PROBE = """#!/bin/sh
+echo "lab-vm dirty_expire_centisecs $(cat /proc/sys/vm/dirty_expire_centisecs)"
 while :; do
     for unit in systemd-journald appliance; do
         echo "lab-io $(date +%s) $unit $(tr '\\n' ' ' < /sys/fs/cgroup/system.slice/$unit.service/io.stat 2>&1)"
@@ -77,6 +78,11 @@ TTYPath=/dev/console
 WantedBy=multi-user.target
 """
 IO_ACCOUNTING = "[Manager]\nDefaultIOAccounting=yes\nDefaultMemoryAccounting=yes\n"
+# Where the probe goes in a root file system (path: text, mode), and the link that enables it.
+PROBE_FILES = {"/usr/local/sbin/rapat-lab-io": (IO_PROBE, 0o755),
+               "/etc/systemd/system/rapat-lab-io.service": (IO_PROBE_UNIT, 0o644),
+               "/etc/systemd/system.conf.d/rapat-lab-io.conf": (IO_ACCOUNTING, 0o644)}
+PROBE_LINK = ("/etc/systemd/system/multi-user.target.wants/rapat-lab-io.service", "/etc/systemd/system/rapat-lab-io.service")
 COMPATIBLE = "rapat-appliance-rpi"  # image-build's default (--compatible)
 
 
@@ -114,6 +120,18 @@ def build(work: Path, *, broker_port: int, console_public_b64: str, pki: dict[st
                broker_port)
 
 
+def install_probe(root: Path) -> None:
+    """The lab-only probe (PROBE_FILES) into a mounted root file system, e.g. the factory image's slot A."""
+    for path, (text, mode) in PROBE_FILES.items():
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        target.chmod(mode)
+    link, target = PROBE_LINK
+    (root / link.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (root / link.lstrip("/")).symlink_to(target)
+
+
 def _debugfs(image: Path, *requests: str) -> None:
     script = "\n".join(requests) + "\n"
     result = subprocess.run(["debugfs", "-w", "-f", "-", str(image)], input=script, capture_output=True, text=True)
@@ -142,17 +160,13 @@ def release(lab: Lab, work: Path, version: str, *, broken: bool = False, delta: 
     marker = work / f"release-{version}"
     marker.write_text(f"{version}\n")
     requests = [f"write {marker} /etc/rapat-test-release"]
-    probe = {"rapat-lab-io": (IO_PROBE, 0o755), "rapat-lab-io.service": (IO_PROBE_UNIT, 0o644),
-             "rapat-lab-io.conf": (IO_ACCOUNTING, 0o644)}
-    for name, (text, mode) in probe.items():
-        (work / name).write_text(text)
-        (work / name).chmod(mode)
-    requests += ["mkdir /usr/local/sbin", f"write {work / 'rapat-lab-io'} /usr/local/sbin/rapat-lab-io",
-                 f"write {work / 'rapat-lab-io.service'} /etc/systemd/system/rapat-lab-io.service",
-                 "mkdir /etc/systemd/system.conf.d",
-                 f"write {work / 'rapat-lab-io.conf'} /etc/systemd/system.conf.d/rapat-lab-io.conf",
-                 "symlink /etc/systemd/system/multi-user.target.wants/rapat-lab-io.service "
-                 "/etc/systemd/system/rapat-lab-io.service"]
+    for path, (text, mode) in PROBE_FILES.items():
+        local = work / Path(path).name
+        local.write_text(text)
+        local.chmod(mode)
+    requests += ["mkdir /usr/local/sbin", "mkdir /etc/systemd/system.conf.d"]
+    requests += [f"write {work / Path(path).name} {path}" for path in PROBE_FILES]
+    requests += ["symlink {} {}".format(*PROBE_LINK)]
     if broken:
         hanging = work / "hanging-appliance"
         hanging.write_text(HANGING_RUN)
