@@ -6,8 +6,9 @@ Three short 3 kHz clicks are played into the speaker while ONE recorder stream (
 the speaker's monitor and the raw microphone as two channels of the same frames, so the delay is
 read off samples, not clocks. Each click is found on the speaker channel, then its echo on the
 microphone channel by cross-correlation over 0..MAX_DELAY_S. Blocking (about 3 s): only on the
-self-test's worker thread. A take whose recorder lost a click on the speaker's own channel (the
-recorder fell behind in real time; nothing about the room) is taken once more.
+self-test's worker thread. A take that played its clicks but did not measure them (the recorder
+fell behind and lost one, or a word or a door in the room drowned the echoes) is taken once more
+before the technician is told; a muted output or a missing device is told at once.
 """
 
 from __future__ import annotations
@@ -34,14 +35,19 @@ CLICK_AMPLITUDE = 0.5         # -6 dBFS peak: clearly audible, short (2 ms)
 # an echo does (0.9 and more on the rig, with a talker and noise in the room); speech or noise does not.
 MIN_SIMILARITY = 0.6
 MAX_SPREAD_S = 0.003          # clicks agreeing within 3 ms measure the same echo
-TAKES = 2                     # a second take only when the first lost a click on the speaker channel
+TAKES = 2                     # a second take only when the first played its clicks but measured none
 
 
 class EchoDelayError(Exception):
     """Why no delay could be measured, in words a technician can act on."""
 
 
-class LostClickError(EchoDelayError):
+class UnmeasuredTakeError(EchoDelayError):
+    """The clicks were played but this take measured no delay: another take may (the room or the
+    recorder in real time, not the set-up)."""
+
+
+class LostClickError(UnmeasuredTakeError):
     """The recorder missed a click the speaker played: the take is at fault, not the room."""
 
 
@@ -57,7 +63,7 @@ def measure_echo_delay(speaker: str, microphone: str, *, run: Callable[..., Any]
     `take` records one take of the clicks (tests give their own)."""
     take = take or (lambda: _take(run, speaker, microphone))
     for _ in range(TAKES - 1):
-        with contextlib.suppress(LostClickError):  # the recorder fell behind, not the room: once more
+        with contextlib.suppress(UnmeasuredTakeError):
             return delay_from_frames(take())
     return delay_from_frames(take())
 
@@ -99,13 +105,13 @@ def delay_from_frames(frames: array.array) -> float:
     if played_clicks < CLICKS:
         raise LostClickError(f"only {played_clicks} of {CLICKS} clicks were recorded from the speaker")
     if len(delays) < 2:  # none, or one stretch of speech or noise that happened to look like a click
-        raise EchoDelayError("the TV's sound did not reach the microphone: turn the TV's volume up "
+        raise UnmeasuredTakeError("the TV's sound did not reach the microphone: turn the TV's volume up "
                              "(and make sure the microphone is not muted), then run the self-test again")
     # Two clicks that agree are a measurement; one disturbed by a noise in the room is dropped.
     delays.sort()
     agreeing = max(([d for d in delays if abs(d - centre) <= MAX_SPREAD_S] for centre in delays), key=len)
     if len(agreeing) < 2:
-        raise EchoDelayError(f"the echo was not heard clearly ({', '.join(f'{d * 1000:.0f}' for d in delays)} ms): "
+        raise UnmeasuredTakeError(f"the echo was not heard clearly ({', '.join(f'{d * 1000:.0f}' for d in delays)} ms): "
                              "keep the room quiet during the test and run it again")
     return agreeing[len(agreeing) // 2]
 
