@@ -23,9 +23,10 @@ Then, from the factory image again:
 6. A delta (casync) release: RAUC fetches from the store beside the bundle only the chunks the
    running slots lack; the trial boot keeps it. The bytes fetched are printed.
 And once more from the factory image:
-7. The journal of a meeting reaches the card in one writeback, not one per active half-minute: the
-   image's `vm.dirty_expire_centisecs` (15 min, journald's SyncIntervalSec) is in force, and journald's
-   cgroup writes come in bursts that far apart. Bytes per burst are printed (about 35 min).
+7. The journal of a meeting reaches the card in at most two writebacks, not one per active
+   half-minute: the image's `vm.dirty_expire_centisecs` (15 min, journald's SyncIntervalSec) is in
+   force, and journald's cgroup writes come in bursts that far apart. Bytes per burst are printed
+   (about 40 min).
 """
 
 from __future__ import annotations
@@ -378,11 +379,13 @@ def test_a_delta_release_fetches_only_what_the_running_slots_lack(lab, tmp_path:
     assert chunks and fetched < good.stat().st_size / 20, (fetched, good.stat().st_size)
 
 
-def test_a_meeting_reaches_the_card_in_one_journal_writeback(lab, tmp_path: Path) -> None:
+def test_a_meeting_reaches_the_card_in_few_journal_writebacks(lab, tmp_path: Path) -> None:
     """7. From the factory image (with the lab's probe): after the boot's own log has been written back,
     a meeting with six floor turns over about six minutes logs its lines; journald's writes for them
-    reach the card in one burst about WRITEBACK_S later. With the kernel's default (30 s) each active
-    half-minute would be a burst of its own: seven or more here."""
+    reach the card in at most two bursts, WRITEBACK_S apart: the kernel's expiry and journald's own
+    15-min sync are not aligned, so one may split a meeting (seen: 90 KB 11 s after the meeting began,
+    124 KB 15 min later). With the kernel's default (30 s) each active half-minute would be a burst of
+    its own: twelve or more here."""
     built, console_key, good, _, _ = lab
     command_topic = site_topic(DEFAULT_TOPIC_PREFIX, SITE, "cmd")
 
@@ -427,10 +430,10 @@ def test_a_meeting_reaches_the_card_in_one_journal_writeback(lab, tmp_path: Path
         bursts = _write_bursts(log, "systemd-journald")
         after_boot = [(at, written) for at, written in bursts if at >= meeting_started]
         journal = site.logs(console_key, 400)
-        figures = {"bursts": bursts, "meeting": (meeting_started, meeting_ended),
+        figures = {"bursts": bursts, "meeting": (meeting_started, meeting_ended), "boot at": online_at,
                    "meeting lines in the journal": sum(1 for line in journal if "journal-day" in line or "floor" in line)}
         print(f"qemu journal figures: {figures}")
         assert after_boot, "the meeting's log never reached the card"
-        # One writeback (two if the kernel's flusher split the file's pages across its 5-s wake-ups).
         assert len(after_boot) <= 2, after_boot
-        assert after_boot[0][0] - meeting_started >= WRITEBACK_S - 120, after_boot
+        assert all(later - earlier >= WRITEBACK_S - 120 for (earlier, _), (later, _) in itertools.pairwise(after_boot)), \
+            after_boot
