@@ -111,6 +111,10 @@ _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[A-Za-z0-9\-._~:/?#\[\]@!$
 OPTION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
+_C0_OR_SPACE = "".join(map(chr, range(0x21)))  # urlsplit strips these from the front
+_DROPPED_BY_URLSPLIT = str.maketrans("", "", "\t\r\n")  # and drops these anywhere
+
+
 def redact_url(url: str) -> str:
     """A media URL as logs and `media.error` events may show it: stream keys and passwords hidden.
 
@@ -143,7 +147,11 @@ def redact_url(url: str) -> str:
         if equals and value and not public:
             value = REDACTED
         options.append(f"{key}{equals}{value}")
-    text = f"{parts.scheme}://{netloc}{path}" if parts.scheme else f"{netloc}{path}"
+    # "//" only where the URL had an authority: `a:@://host` is the scheme `a` and the path `@://host`,
+    # and writing it as `a://@://host` would make the next reading (a log line redacted twice) see a user part.
+    as_parsed = url.lstrip(_C0_OR_SPACE).translate(_DROPPED_BY_URLSPLIT)  # what urlsplit read the scheme from
+    authority = f"//{netloc}" if parts.netloc or as_parsed[len(parts.scheme) + 1:].startswith("//") else ""
+    text = f"{parts.scheme}:{authority}{path}" if parts.scheme else f"{netloc}{path}"
     text += f"?{'&'.join(options)}" if options else ""
     return text + (f"#{REDACTED}" if parts.fragment else "")
 
