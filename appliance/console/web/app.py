@@ -259,6 +259,15 @@ def sse(name: str, data: Any, event_id: int | None = None) -> str:
 
 def render_change(dash: Dashboard, change: Change | None, lang: str, role: str, since: int = 0) -> list[str]:
     """The SSE messages for one change (None: everything a page that just connected needs)."""
+    if change is None:
+        return _render(dash, None, lang, role, since)
+    rendered = change.rendered.get((lang, role))
+    if rendered is None:
+        rendered = change.rendered[(lang, role)] = _render(dash, change, lang, role, since)
+    return rendered
+
+
+def _render(dash: Dashboard, change: Change | None, lang: str, role: str, since: int) -> list[str]:
     hub, views, now = dash.hub, dash.views, time.time()
     out = []
     if change is None or change.broker:

@@ -88,6 +88,10 @@ class Change:
     broker: bool
     touched: set[str] = field(default_factory=set)  # sites any message came from (state, self-test, telemetry...)
     rollout: bool = False  # what the rollout report counts changed: a site came online, a new self-test
+    # The pages' messages for this change, made once per (language, role) and shared by every open page
+    # (in the server's event loop only). Made per page, 20 pages cost the hub's lock 20 renders of every
+    # changed row per flush, and the meeting's acks waited behind them.
+    rendered: dict[tuple[str, str], list[str]] = field(default_factory=dict, compare=False, repr=False)
 
     def empty(self) -> bool:
         return not (self.sites or self.meetings or self.acks or self.events or self.broker or self.touched
