@@ -5,7 +5,9 @@ rollout report as `collect` would store it."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -15,8 +17,8 @@ from appliance.console.web.hub import LiveHub
 from appliance.console.web.rollout_view import overlay
 from appliance.core.clock import rfc3339
 from appliance_dev.simulate import SimFleet
-from appliance_dev.waiting import wait_until
-from tests.dashboard.conftest import Dash, log_in, wait_for
+from appliance_dev.waiting import stop_process, wait_until
+from tests.dashboard.conftest import SITES, Dash, log_in, start_server, wait_for
 
 FRAGMENT_FETCHES = ("performance.getEntriesByType('resource')"
                     ".filter(e => e.name.includes('fragment=1')).length")
@@ -168,3 +170,53 @@ def test_a_change_is_rendered_once_for_every_page_that_shares_its_language_and_r
     fresh = Change(2, {"licin"}, False, False, [], False)  # the next flush is drawn again
     render_change(dash, fresh, "id", "operator")
     assert drawn[6:] == ["licin"]
+
+
+def first_rows(dash: Dash, cookie: str, since: str | None, last_event_id: str | None = None) -> tuple[str, set[str]]:
+    """The first `rows` message a new event stream sends: its id and the sites it redraws."""
+    connection = http.client.HTTPConnection("127.0.0.1", dash.port, timeout=10)
+    headers = {"Cookie": f"rapat_session={cookie}", **({"Last-Event-ID": last_event_id} if last_event_id else {})}
+    connection.request("GET", "/api/events" + (f"?since={since}" if since is not None else ""), headers=headers)
+    response = connection.getresponse()
+    assert response.status == 200
+    try:
+        event_id, name = "", ""
+        while True:
+            line = response.fp.readline().decode().rstrip("\n")
+            if line.startswith("id: "):
+                event_id = line[4:]
+            elif line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: ") and name == "rows":
+                return event_id, set(json.loads(line[6:])["rows"])
+            elif not line:
+                event_id, name = "", ""
+    finally:
+        connection.close()
+
+
+def test_a_page_from_before_a_restart_is_sent_every_row_again(dash: Dash) -> None:
+    """A page keeps its place in the change stream as this server run's id and flush number. A page
+    loaded from an earlier run (the server restarted; its flush numbers start again) must get every
+    row again, not only those changed after a number that meant something else, or it shows stale
+    rows as live. A reconnecting stream's Last-Event-ID wins over the page's older mark."""
+    cookie, _ = dash.login("ani")
+    page = dash.request("GET", "/", cookie=cookie).body.decode()
+    mark = re.search(r'data-seq="([^"]*)"', page).group(1)
+    this_run, _, _ = mark.partition(".")
+    assert first_rows(dash, cookie, mark)[1] == set()  # nothing changed since the page was drawn
+    assert set(SITES) <= first_rows(dash, cookie, None)[1]  # a page with no mark gets everything
+    assert set(SITES) <= first_rows(dash, cookie, f"{this_run}.999999")[1]  # a flush this run never made
+    event_id, _ = first_rows(dash, cookie, "0")
+    assert first_rows(dash, cookie, "0", last_event_id=event_id)[1] == set()  # the stream's own id wins
+
+    process, port = start_server(dash.console, dash.log_path)  # the same console home, another run
+    try:
+        later = Dash(dash.console, port, process, dash.sims, dash.log_path)
+        cookie = later.login("ani")[0]
+        wait_until(lambda: sum(r["online"] for r in later.request("GET", "/api/sites", cookie=cookie).json["sites"])
+                   == len(SITES), 15, what="the second run hearing every site")
+        assert set(SITES) <= first_rows(later, cookie, mark)[1]
+        assert set(SITES) <= first_rows(later, cookie, "0", last_event_id=mark)[1]
+    finally:
+        stop_process(process)

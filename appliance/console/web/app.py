@@ -281,11 +281,11 @@ def _render(dash: Dashboard, change: Change | None, lang: str, role: str, since:
         else:
             sites, touched, rollout = set(change.sites), change.touched, change.rollout
         rows = {site: views.row(site, now) for site in sites if site in hub.board.kinds or site in hub.board.states}
-        seq = hub.seq
+        seq = hub.seq if change is None else change.seq  # what the page holds once it has these rows
     if rows or change is None:
         all_rows = views.rows(now)
         out.append(sse("rows", {"rows": {site: views.row_html(row, lang, now) for site, row in rows.items()},
-                                "counts": translator(lang)("sites_online", **views.counts(all_rows))}, seq))
+                                "counts": translator(lang)("sites_online", **views.counts(all_rows))}, hub.mark(seq)))
     if change is None or change.meetings or change.acks:
         out.append(sse("meetings", {"panels": views.meeting_panels(lang, role, now)}))
     if change is not None and change.events:
@@ -300,8 +300,8 @@ def _render(dash: Dashboard, change: Change | None, lang: str, role: str, since:
 async def events(dash: Dashboard, request: Request, session: Session) -> Response:
     loop = asyncio.get_running_loop()
     changes: asyncio.Queue[Change] = asyncio.Queue()
-    since = request.query_params.get("since") or request.headers.get("last-event-id") or "0"
-    since_seq = int(since) if since.isdigit() else 0
+    # A reconnecting stream's Last-Event-ID is newer than the page's own mark in the URL.
+    since_seq = dash.hub.position(request.headers.get("last-event-id") or request.query_params.get("since"))
     stop = dash.hub.listen(lambda change: loop.call_soon_threadsafe(changes.put_nowait, change))
     token = session.token
 

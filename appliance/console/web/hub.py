@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import random
+import secrets
 import threading
 import time
 from collections import deque
@@ -109,6 +110,7 @@ class LiveHub:
         self.broker_ok = False
         self.broker_problem = "connecting to the broker"
         self.seq = 0
+        self.run_id = secrets.token_hex(4)  # a page's place in the stream holds for this server's run only
         self.site_seq: dict[str, int] = {}
         self.touch_seq: dict[str, int] = {}  # site -> seq of the last flush that heard from it
         self.rollout_seq = 0  # seq of the last flush that changed what the rollout report counts
@@ -124,6 +126,20 @@ class LiveHub:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pending = Change(0, set(), False, False, [], False)
+
+    # --- a page's place in the stream ------------------------------------------------------------
+    def mark(self, seq: int) -> str:
+        """What a page keeps of the changes it has: this run's id and the last flush it holds."""
+        return f"{self.run_id}.{seq}"
+
+    def position(self, mark: str | None) -> int:
+        """The flush a page's mark says it holds; 0 (send everything) for none, a malformed one, or one
+        from another run: after a restart the flush numbers start again, and an old page's number
+        would otherwise hide every row that changed since, showing stale rows as live."""
+        run, _, seq = (mark or "").partition(".")
+        if run != self.run_id or not seq.isdigit() or int(seq) > self.seq:
+            return 0
+        return int(seq)
 
     # --- life ------------------------------------------------------------------------------------
     def start(self) -> LiveHub:

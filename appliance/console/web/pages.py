@@ -73,7 +73,8 @@ def page_routes(dash: Dashboard, page: Callable[..., Any]) -> list[Route]:
 
     def render(template: str, session: Session, active: str, seq: int | None = None, **context: Any) -> HTMLResponse:
         html = views.render(template, session.lang, session=session, active=active, broker_ok=dash.hub.broker_ok,
-                            broker_problem=dash.hub.broker_problem, seq=dash.hub.seq if seq is None else seq, **context)
+                            broker_problem=dash.hub.broker_problem, seq=dash.hub.mark(dash.hub.seq if seq is None else seq),
+                            **context)
         return HTMLResponse(html)
 
     def fragment(request: Request) -> bool:
