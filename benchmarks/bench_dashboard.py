@@ -8,19 +8,23 @@ Mosquitto and 242 light simulated sites (real TLS MQTT v5 connections running th
 - grant clicked -> site acked -> page shows "speaking" (target ≤ 500 ms median); peer: the same
   state seen by a bare MQTT subscriber (so the ratio is what the dashboard adds to the transport).
 - `meeting.start` to all sites from the dashboard's API, per-site ack latency median, without and
-  with 20 open dashboards (SSE clients reading their streams, in a process of their own).
+  with 20 open dashboards (SSE clients reading their streams, in a process of their own), the two
+  alternated; and the dashboard server's CPU time per start, the steadier measure of what pages cost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import http.client
 import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +40,7 @@ from tests.console.conftest import Console
 from tests.dashboard.conftest import CHROMEDRIVER, CHROMIUM, Dash, start_server
 
 TARGETS_MS = {"fleet_242": 1000.0, "state_to_page": 500.0, "grant_to_speaking": 500.0}
-RENDERS, PRESSES, GRANTS, STARTS, DASHBOARDS = 5, 12, 10, 4, 20
+RENDERS, PRESSES, GRANTS, STARTS, DASHBOARDS = 5, 12, 10, 6, 20
 PROGRAM = {"program_url": "rtmp://127.0.0.1/live/program", "ingest_url": "rtmp://127.0.0.1/live/{site}"}
 OBSERVE = """
 window.__seen = [];
@@ -171,16 +175,36 @@ def _dashboards(port: int, cookies: list[str], opened: Any) -> None:
         reader.join()
 
 
-def meeting_acks(dash: Dash, cookie: str, csrf: str, sites: int) -> list[float]:
-    medians = []
-    for index in range(STARTS):
-        body = {"title": f"Bench {index}", "group": "all", "meeting_id": f"bench-{time.monotonic_ns()}", **PROGRAM}
-        answer = dash.request("POST", "/api/meetings", body, headers={"X-CSRF-Token": csrf}, cookie=cookie).json
-        latencies = [row["latency_ms"] for row in answer["results"] if row["latency_ms"] is not None]
-        medians.append(statistics.median(latencies))
-        dash.request("POST", f"/api/meetings/{body['meeting_id']}/end", {}, headers={"X-CSRF-Token": csrf}, cookie=cookie)
-        time.sleep(0.3)
-    return medians
+def meeting_ack(dash: Dash, cookie: str, csrf: str, index: int) -> float:
+    """One `meeting.start` to every site from the API and its end: the median of the sites' ack latencies."""
+    body = {"title": f"Bench {index}", "group": "all", "meeting_id": f"bench-{time.monotonic_ns()}", **PROGRAM}
+    answer = dash.request("POST", "/api/meetings", body, headers={"X-CSRF-Token": csrf}, cookie=cookie).json
+    latencies = [row["latency_ms"] for row in answer["results"] if row["latency_ms"] is not None]
+    dash.request("POST", f"/api/meetings/{body['meeting_id']}/end", {}, headers={"X-CSRF-Token": csrf}, cookie=cookie)
+    time.sleep(0.3)
+    return statistics.median(latencies)
+
+
+def cpu_ms(pid: int) -> float:
+    """The process's user + system CPU time so far (/proc), in ms."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def open_dashboards(port: int, cookies: list[str]) -> Iterator[None]:
+    spawn = multiprocessing.get_context("spawn")
+    opened = spawn.Queue()
+    readers = spawn.Process(target=_dashboards, args=(port, cookies, opened), daemon=True)
+    readers.start()
+    try:
+        statuses = [opened.get(timeout=30) for _ in cookies]
+        assert statuses == [200] * len(cookies), statuses
+        time.sleep(1.0)
+        yield
+    finally:
+        readers.terminate()
+        readers.join(5)
 
 
 def main(argv: list[str]) -> int:
@@ -226,18 +250,17 @@ def main(argv: list[str]) -> int:
             grant_page, grant_peer = grants(driver, dash, ["licin", "muncar"])
             dash.request("POST", f"/api/meetings/{started.json['command']['body']['meeting_id']}/end", {},
                          headers={"X-CSRF-Token": csrf}, cookie=cookie)
-            quiet = meeting_acks(dash, cookie, csrf, 242)
-            spawn = multiprocessing.get_context("spawn")
-            opened = spawn.Queue()
-            readers = spawn.Process(target=_dashboards, args=(port, [dash.login("budi")[0] for _ in range(DASHBOARDS)], opened),
-                                    daemon=True)
-            readers.start()
-            statuses = [opened.get(timeout=30) for _ in range(DASHBOARDS)]
-            assert statuses == [200] * DASHBOARDS, statuses
-            time.sleep(1.0)
-            busy = meeting_acks(dash, cookie, csrf, 242)
-            readers.terminate()
-            readers.join(5)
+            cookies = [dash.login("budi")[0] for _ in range(DASHBOARDS)]
+            quiet, busy = [], []
+            cpu: dict[int, list[float]] = {0: [], DASHBOARDS: []}  # the server's CPU ms per start, by pages open
+            # Alternated, so a drift of the machine falls on both sides alike; the quiet side goes through the
+            # same steps (a process started, a second's wait) with no page open.
+            for index in range(STARTS):
+                for pages, medians in (([], quiet), (cookies, busy)):
+                    with open_dashboards(port, pages):
+                        before = cpu_ms(process.pid)
+                        medians.append(meeting_ack(dash, cookie, csrf, index))
+                        cpu[len(pages)].append(cpu_ms(process.pid) - before)
             # 2,000 sites: register 1,758 more (never seen: their rows are drawn all the same) and restart the server.
             more = base / "more.csv"
             more.write_text("id,name,kind\n" + "".join(f"desa-x{n:04d},Desa X {n},desa\n" for n in range(1758)))
@@ -263,9 +286,13 @@ def main(argv: list[str]) -> int:
     print(f"grant clicked -> page shows speaking ({GRANTS}): median {results['grant_to_speaking']:.0f} ms "
           f"(max {max(grant_page):.0f}); bare MQTT subscriber sees speaking {statistics.median(grant_peer):.0f} ms; "
           f"ratio {results['grant_to_speaking'] / statistics.median(grant_peer):.2f}")
-    print(f"meeting.start to 242 sites from the API, per-site ack median ({STARTS} starts): "
+    print(f"meeting.start to 242 sites from the API, per-site ack median ({STARTS} starts each, alternated): "
           f"{statistics.median(quiet):.0f} ms without dashboards, {statistics.median(busy):.0f} ms with {DASHBOARDS} open; "
-          f"ratio {statistics.median(busy) / statistics.median(quiet):.2f}")
+          f"ratio {statistics.median(busy) / statistics.median(quiet):.2f}; each start without/with: "
+          f"{' '.join(f'{q:.0f}/{b:.0f}' for q, b in zip(quiet, busy, strict=True))}")
+    print(f"the dashboard server's CPU per meeting start and end (median): {statistics.median(cpu[0]):.0f} ms "
+          f"without dashboards, {statistics.median(cpu[DASHBOARDS]):.0f} ms with {DASHBOARDS} open; ratio "
+          f"{statistics.median(cpu[DASHBOARDS]) / statistics.median(cpu[0]):.2f}")
     failures = [f"{name} {results[name]:.0f} ms > {limit:g} ms" for name, limit in TARGETS_MS.items() if results[name] > limit]
     print("targets:", "all met" if not failures else "MISSED: " + "; ".join(failures))
     return 1 if failures else 0

@@ -308,8 +308,7 @@ async def events(dash: Dashboard, request: Request, session: Session) -> Respons
     async def stream():  # noqa: ANN202
         try:
             yield "retry: 2000\n\n"
-            for message in render_change(dash, None, session.lang, session.role, since_seq):
-                yield message
+            yield "".join(render_change(dash, None, session.lang, session.role, since_seq))
             while True:
                 try:
                     change = await asyncio.wait_for(changes.get(), KEEPALIVE_S)
@@ -318,8 +317,7 @@ async def events(dash: Dashboard, request: Request, session: Session) -> Respons
                         return
                     yield ": keep-alive\n\n"
                     continue
-                for message in render_change(dash, change, session.lang, session.role):
-                    yield message
+                yield "".join(render_change(dash, change, session.lang, session.role))  # one write per batch
         finally:
             stop()
 
