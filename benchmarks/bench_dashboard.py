@@ -18,7 +18,6 @@ import contextlib
 import getpass
 import http.client
 import multiprocessing
-import os
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from appliance_dev.localnet import free_port
 from appliance_dev.recorder import MqttRecorder
 from appliance_dev.simulate import SimFleet
 from appliance_dev.waiting import stop_process, wait_until
+from benchmarks.procstat import cpu_seconds
 from tests.console.conftest import Console
 from tests.dashboard.conftest import CHROMEDRIVER, CHROMIUM, Dash, start_server
 
@@ -185,12 +185,6 @@ def meeting_ack(dash: Dash, cookie: str, csrf: str, index: int) -> float:
     return statistics.median(latencies)
 
 
-def cpu_ms(pid: int) -> float:
-    """The process's user + system CPU time so far (/proc), in ms."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
-
-
 @contextlib.contextmanager
 def open_dashboards(port: int, cookies: list[str]) -> Iterator[None]:
     spawn = multiprocessing.get_context("spawn")
@@ -258,9 +252,9 @@ def main(argv: list[str]) -> int:
             for index in range(STARTS):
                 for pages, medians in (([], quiet), (cookies, busy)):
                     with open_dashboards(port, pages):
-                        before = cpu_ms(process.pid)
+                        before = cpu_seconds(process.pid) * 1000
                         medians.append(meeting_ack(dash, cookie, csrf, index))
-                        cpu[len(pages)].append(cpu_ms(process.pid) - before)
+                        cpu[len(pages)].append(cpu_seconds(process.pid) * 1000 - before)
             # 2,000 sites: register 1,758 more (never seen: their rows are drawn all the same) and restart the server.
             more = base / "more.csv"
             more.write_text("id,name,kind\n" + "".join(f"desa-x{n:04d},Desa X {n},desa\n" for n in range(1758)))

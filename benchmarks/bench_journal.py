@@ -287,10 +287,11 @@ def write_windows(path: Path, windows: list[list[str]]) -> tuple[list[int], list
         after = path.read_bytes()
         expected += len(entries)
         others = [p.name for p in path.parent.iterdir() if p != path]
-        if others or header(after)[0] != expected:  # replaced (renamed: "from the future", corrupt) or rotated
-            raise RuntimeError(f"systemd-journal-remote did not append: {header(after)[0]} entries, not {expected}; {others}")
+        entry_count, in_use = header(after)
+        if others or entry_count != expected:  # replaced (renamed: "from the future", corrupt) or rotated
+            raise RuntimeError(f"systemd-journal-remote did not append: {entry_count} entries, not {expected}; {others}")
         pages.append(changed_pages(before, after))
-        used.append(header(after)[1])
+        used.append(in_use)
         before = after
     return pages, used, device_sized
 
@@ -308,14 +309,13 @@ def day_on_card(work: Path, by_name: dict[str, tuple[float, list]], entry, windo
     if not startup:
         raise RuntimeError("the daemon logged nothing while starting: is its output captured?")
     # A window opens with the first entry that dirties the (clean) file and is written back window_s later.
-    windows: list[list[tuple[str, str]]] = []
+    entries: list[list[str]] = []
     opened = -window_s
     for at, line in day:
         if at >= opened + window_s:
-            windows.append([])
+            entries.append([])
             opened = at
-        windows[-1].append((line, entry(day_start + at, line, boot, boot_at, ids)))
-    entries = [[journal for _, journal in window] for window in windows]
+        entries[-1].append(entry(day_start + at, line, boot, boot_at, ids))
     for name in ("windowed", "batch"):
         (work / name).mkdir()
     # Both files start with the daemon's start-up entries (on the Pi the file holds the boot already).

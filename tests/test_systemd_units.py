@@ -254,10 +254,7 @@ def test_the_card_sees_the_journal_no_more_often_than_journald_syncs_it() -> Non
             settings[key] = int(value)
     assert list(settings) == ["vm.dirty_expire_centisecs"]
     assert Path("/proc/sys", *"vm.dirty_expire_centisecs".split(".")).exists()
-    parser = configparser.ConfigParser()
-    parser.optionxform = str
-    parser.read(UNITS / "journald.conf.d/10-rapat-journal.conf")
-    assert parser["Journal"]["SyncIntervalSec"] == "15min"
+    assert unit_values(UNITS / "journald.conf.d/10-rapat-journal.conf", "Journal", "SyncIntervalSec") == ["15min"]
     assert settings["vm.dirty_expire_centisecs"] == 15 * 60 * 100
 
 

@@ -199,9 +199,8 @@ def load_recent(db: sqlite3.Connection, now: float, criteria: rollout.Criteria) 
         buckets.setdefault(site, []).append(bucket)
     tests: dict[str, list[tuple[float, bool, list[str]]]] = {}
     for site, at, ok, payload in db.execute("SELECT site, at, ok, payload FROM selftests ORDER BY site, at"):
-        checks = json.loads(payload).get("checks") or {}
-        tests.setdefault(site, []).append((at, bool(ok), [name for name, check in checks.items()
-                                                          if isinstance(check, dict) and check.get("ok") is False]))
+        failed = list(rollout.failing_checks(json.loads(payload).get("checks") or {}))
+        tests.setdefault(site, []).append((at, bool(ok), failed))
     return [rollout.SiteData(id=site, name=name, kind=kind, distance_km=distance, buckets=buckets.get(site, []),
                              selftests=tests.get(site, []), meetings=0)
             for site, name, kind, distance in db.execute("SELECT id, name, kind, distance_km FROM sites ORDER BY id")]

@@ -129,15 +129,19 @@ class SiteData:
         return self.buckets[0] * records.BUCKET_S if self.buckets else None
 
 
+def failing_checks(checks: dict[str, Any]) -> dict[str, str]:
+    """A self-test's failed checks: name -> detail."""
+    return {name: str(check.get("detail") or "") for name, check in checks.items()
+            if isinstance(check, dict) and check.get("ok") is False}
+
+
 def load(db: sqlite3.Connection, store_db: sqlite3.Connection) -> list[SiteData]:
     sites = []
     for row in store_db.execute("SELECT id, name, kind, distance_km FROM sites ORDER BY kind, id"):
         buckets = [r[0] for r in db.execute("SELECT bucket FROM heartbeats WHERE site = ? ORDER BY bucket", (row[0],))]
         tests, failing = [], {}
         for at, ok, payload in db.execute("SELECT at, ok, payload FROM selftests WHERE site = ? ORDER BY at", (row[0],)):
-            checks = json.loads(payload).get("checks") or {}
-            failing[at] = {name: str(check.get("detail") or "") for name, check in checks.items()
-                           if isinstance(check, dict) and check.get("ok") is False}
+            failing[at] = failing_checks(json.loads(payload).get("checks") or {})
             tests.append((at, bool(ok), list(failing[at])))
         meetings = db.execute("SELECT coalesce(sum(meetings_joined), 0) FROM uptime_days WHERE site = ?",
                               (row[0],)).fetchone()[0]

@@ -45,8 +45,7 @@ def _selftest(document: Any) -> tuple[float, bool, list[str], dict[str, str]] | 
         at = parse_rfc3339(document.get("at"))
     except (TypeError, ValueError):
         return None
-    failing = {name: str(check.get("detail") or "") for name, check in document["checks"].items()
-               if isinstance(check, dict) and check.get("ok") is False}
+    failing = rollout.failing_checks(document["checks"])
     return at, document.get("ok") is True, list(failing), failing
 
 
